@@ -1,0 +1,1 @@
+"""Where actual state lives. Each backend implements the protocol in ``base``."""

@@ -1,0 +1,79 @@
+"""The protocol every backend implements: read actual state, create, update and delete resources.
+
+Like a Terraform provider, a backend knows how to do things to one kind of target; it does not
+decide *what* to do (that is the planner's job) and it never sleeps waiting for an event that
+the reconcile loop could observe on its next pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from controller.structs.manifests import Kind
+from controller.structs.plans import Change
+from controller.structs.states import ActualResource, ActualState, DesiredResource, DesiredState, ResourceId
+
+ProgressFn = Callable[[str, float | None], None]
+"""Reports progress of a long operation: a short message and a fraction done (or None if unknown)."""
+
+
+def no_progress(message: str, fraction: float | None) -> None:
+    """A progress sink that drops everything."""
+
+
+@dataclass(frozen=True)
+class ApplyContext:
+    """What a backend needs besides the resource itself to apply a change.
+
+    ``root`` is the folder on disk where the manifests' relative paths resolve (the checkout of
+    ``revision``). ``desired`` gives access to related resources (a service's environment and
+    models). ``controller_name`` goes into the ownership tags.
+    """
+
+    controller_name: str
+    revision: str
+    root: str
+    desired: DesiredState
+    progress: ProgressFn = field(default=no_progress)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Read / create / update / delete per resource kind, plus readiness."""
+
+    name: str
+
+    def read(self) -> ActualState:
+        """Actual state of every resource this backend sees, owned or not.
+
+        Implementations make a number of calls proportional to the number of kinds, not of
+        resources (list calls), and report drift: a killed replica is visible here.
+        """
+        ...
+
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Create ``resource``. Raises ``PermanentError`` or ``TransientError`` on failure."""
+        ...
+
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
+        """Bring an existing resource to ``resource``'s spec, in place (or by rolling replicas)."""
+        ...
+
+    def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
+        """Delete the resource; deleting something already gone is not an error."""
+        ...
+
+    def replace_fields(self, kind: Kind) -> frozenset[str]:
+        """Dotted spec paths of ``kind`` that cannot change in place: a change forces a replace."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and handles. Never stops the services it manages."""
+        ...
+
+
+def observed(actual: ActualState, id: ResourceId) -> ActualResource | None:
+    """The actual resource with ``id``, if any (a small convenience for planners and tests)."""
+    return actual.resources.get(id)

@@ -1,0 +1,263 @@
+"""Loading manifests from a folder tree: safe YAML parsing that keeps every field's line.
+
+Hostile input is expected (a repo is user content): files are size-capped, must be UTF-8 text,
+symlinks may not leave the repo, nesting depth and alias expansion are bounded, and every
+problem becomes a ``ManifestError`` naming file, line and field, never a traceback or a hang.
+Cross-resource checks live in ``validating``; this module turns files into documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from controller.structs.errors import ManifestError, ValidationFailed
+from controller.structs.states import DesiredState
+
+MAX_FILE_BYTES: Final = 2 * 1024 * 1024
+MAX_DEPTH: Final = 48
+MAX_NODES_PER_FILE: Final = 200_000
+MANIFEST_SUFFIXES: Final = (".yaml", ".yml")
+_FLOW_OPENERS = re.compile(rb"[\[{]")
+
+try:  # libyaml is much faster; marks (lines) are the same
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document: its plain data, the line it starts on and the line of every field."""
+
+    file: str
+    line: int
+    data: Any
+    field_lines: dict[FieldPath, int]
+
+
+class _TooLarge(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _to_python(node: yaml.Node, lines: dict[FieldPath, int], path: FieldPath, budget: list[int]) -> Any:
+    """Convert a composed node to plain data, recording lines and bounding depth and alias expansion."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(node.start_mark.line + 1, f"document expands to more than {MAX_NODES_PER_FILE} nodes (alias bomb?)")
+    if len(path) > MAX_DEPTH:
+        raise _TooLarge(node.start_mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels")
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _TooLarge(key_node.start_mark.line + 1, "merge keys ('<<') are not supported in manifests")
+            key = _to_python(key_node, lines, path, budget)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise _TooLarge(key_node.start_mark.line + 1, "mapping keys must be plain scalars")
+            if key in result:
+                raise _TooLarge(key_node.start_mark.line + 1, f"duplicate key {key!r}")
+            child = (*path, str(key))
+            lines[child] = key_node.start_mark.line + 1
+            result[key] = _to_python(value_node, lines, child, budget)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines[child] = item.start_mark.line + 1
+            items.append(_to_python(item, lines, child, budget))
+        return items
+    return _SCALARS.construct_object(node, deep=True)
+
+
+# Resolves scalar tags (ints, floats, bools, timestamps) exactly as safe_load would.
+_SCALARS: Final = yaml.SafeLoader("")
+
+
+def _flow_depth_may_exceed(raw: bytes, limit: int) -> bool:
+    """A cheap upper bound on flow nesting, so the C parser never recurses unboundedly."""
+    if len(_FLOW_OPENERS.findall(raw)) <= limit:
+        return False
+    depth = 0
+    for byte in raw:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth = max(0, depth - 1)
+    return False
+
+
+def parse_documents(display: str, raw: bytes) -> tuple[list[Document], list[ManifestError]]:
+    """Parse every YAML document of one file, or explain why it cannot be parsed."""
+    if b"\x00" in raw[:8192]:
+        return [], [ManifestError(display, 0, "binary file, not YAML text")]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return [], [ManifestError(display, line, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})")]
+    loader_cls = yaml.SafeLoader if _flow_depth_may_exceed(raw, MAX_DEPTH) else _Loader
+    documents: list[Document] = []
+    try:
+        for node in yaml.compose_all(text, Loader=loader_cls):
+            if node is None:
+                continue
+            lines: dict[FieldPath, int] = {}
+            budget = [MAX_NODES_PER_FILE]
+            data = _to_python(node, lines, (), budget)
+            documents.append(Document(display, node.start_mark.line + 1, data, lines))
+    except _TooLarge as exc:
+        return documents, [ManifestError(display, exc.line, exc.message)]
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        problem = exc.problem or exc.context or "invalid YAML"
+        return documents, [ManifestError(display, line, f"YAML syntax error: {problem}")]
+    except yaml.YAMLError as exc:
+        return documents, [ManifestError(display, 0, f"YAML error: {exc}")]
+    except RecursionError:
+        return documents, [ManifestError(display, 0, f"nesting deeper than {MAX_DEPTH} levels")]
+    return documents, []
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def discover_files(root: Path, start: Path) -> tuple[list[Path], list[ManifestError]]:
+    """Manifest files under ``start`` (a folder or one file), skipping hidden folders; links must stay in ``root``."""
+    errors: list[ManifestError] = []
+    if start.is_file() or start.is_symlink():
+        candidates: Iterator[Path] = iter([start])
+    elif start.is_dir():
+        candidates = _walk(start)
+    else:
+        return [], [ManifestError(display_path(root, start), 0, "no such file or folder")]
+    files: list[Path] = []
+    for path in candidates:
+        if path.suffix not in MANIFEST_SUFFIXES:
+            continue
+        if path.is_symlink() and not _inside(root, path):
+            errors.append(ManifestError(display_path(root, path), 0, "symbolic link points outside the repository; refused"))
+            continue
+        files.append(path)
+    return files, errors
+
+
+def _walk(start: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def display_path(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` in POSIX form when inside it, else as given."""
+    try:
+        return path.absolute().relative_to(root.absolute()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _looks_like_manifest(data: Any) -> bool:
+    return isinstance(data, dict) and ("apiVersion" in data or "kind" in data)
+
+
+def read_documents(root: Path, start: Path) -> tuple[list[Document], list[ManifestError]]:
+    """Every document of every manifest file under ``start``, with the errors met on the way.
+
+    A YAML file none of whose documents has ``apiVersion`` or ``kind`` is not a manifest (a conda
+    file beside the manifests, say) and is skipped; inside a manifest file every document counts.
+    """
+    files, errors = discover_files(root, start)
+    documents: list[Document] = []
+    for path in files:
+        display = display_path(root, path)
+        try:
+            size = path.stat().st_size
+            if size > MAX_FILE_BYTES:
+                errors.append(ManifestError(display, 0, f"file is {size} bytes; manifests are limited to {MAX_FILE_BYTES}"))
+                continue
+            raw = path.read_bytes()
+        except OSError as exc:
+            errors.append(ManifestError(display, 0, f"cannot read: {exc.strerror}"))
+            continue
+        found, problems = parse_documents(display, raw)
+        if not problems and found and not any(_looks_like_manifest(d.data) for d in found):
+            continue  # a conda file or other YAML data living beside the manifests
+        documents.extend(found)
+        errors.extend(problems)
+    return documents, errors
+
+
+def load_desired_state(root: str | Path, path: str = ".", revision: str = "working-tree") -> DesiredState:
+    """Load, validate and digest every manifest under ``root/path``; raise ``ValidationFailed`` with all errors.
+
+    Relative paths inside manifests (model files, entry scripts, conda files) resolve against the
+    folder of the manifest that names them and must stay inside ``root``.
+    """
+    from controller.sources.validating import build_desired_state
+
+    root_path = Path(root).absolute()
+    documents, errors = read_documents(root_path, root_path / path)
+    state, semantic_errors = build_desired_state(root_path, documents, revision)
+    errors.extend(semantic_errors)
+    if errors:
+        raise ValidationFailed(errors)
+    return state
+
+
+class ContentHasher:
+    """sha256 of files and folder trees, cached by (path, size, mtime) so unchanged files are read once."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[int, int, str]] = {}
+
+    def file(self, path: Path) -> str:
+        """Hex digest of one file's bytes."""
+        st = path.stat()
+        key = str(path)
+        cached = self._files.get(key)
+        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
+            return cached[2]
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        result = digest.hexdigest()
+        self._files[key] = (st.st_size, st.st_mtime_ns, result)
+        return result
+
+    def tree(self, path: Path) -> str:
+        """``sha256:`` digest of a file, or of a folder's files (names and contents, hidden entries skipped)."""
+        digest = hashlib.sha256()
+        if path.is_file():
+            digest.update(self.file(path).encode())
+        else:
+            for file in sorted(_walk(path)):
+                if file.is_file() and not file.name.startswith("."):
+                    digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+                    digest.update(self.file(file).encode() + b"\0")
+        return "sha256:" + digest.hexdigest()
+
+
+HASHER: Final = ContentHasher()

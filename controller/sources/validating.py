@@ -1,0 +1,360 @@
+"""Validating documents into desired state: schema errors and cross-resource rules, all at once.
+
+Every error names the file, the line and the field path, in words a user can act on; all errors
+of a run are reported together, never only the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from controller.sources.loading import HASHER, Document, FieldPath
+from controller.structs.errors import ManifestError
+from controller.structs.manifests import (
+    API_VERSION,
+    MANIFEST_TYPES,
+    AksClusterManifest,
+    AnyManifest,
+    Kind,
+    WebserviceManifest,
+    WorkspaceManifest,
+)
+from controller.structs.states import DesiredResource, DesiredState, Origin, ResourceId
+
+# Spec fields that name files, per kind; they resolve against the manifest file's folder.
+PATH_FIELDS: dict[Kind, tuple[str, ...]] = {
+    Kind.ENVIRONMENT: ("condaFile", "pipRequirements"),
+    Kind.MODEL: ("path",),
+    Kind.WEBSERVICE: ("sourceDirectory", "entryScript"),
+}
+
+
+def format_field(path: Iterable[str | int]) -> str:
+    """``('spec', 'models', 0, 'name')`` → ``spec.models[0].name``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _number(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fields_at(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """Field names the model allows at ``path`` (for "did you mean" suggestions)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as ``Probe | None`` or ``list[ModelRef]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    if isinstance(annotation, types.UnionType):
+        return None
+    return None
+
+
+def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    got = error.get("input")
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        loc = tuple(error["loc"])
+        allowed = _fields_at(model, loc[:-1])
+        unknown = str(loc[-1])
+        close = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else (f"; expected one of {', '.join(sorted(allowed))}" if allowed else "")
+        return f"unknown field{hint}"
+    if kind == "greater_than_equal":
+        return f"must be ≥ {_number(ctx['ge'])} (got {_short(got)})"
+    if kind == "greater_than":
+        return f"must be > {_number(ctx['gt'])} (got {_short(got)})"
+    if kind == "less_than_equal":
+        return f"must be ≤ {_number(ctx['le'])} (got {_short(got)})"
+    if kind == "less_than":
+        return f"must be < {_number(ctx['lt'])} (got {_short(got)})"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {_short(got)})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number (got {_short(got)})"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number (got {_short(got)})"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false (got {_short(got)})"
+    if kind == "string_type":
+        return f"must be a string (got {_short(got)})"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping (got {_short(got)})"
+    if kind == "list_type":
+        return f"must be a list (got {_short(got)})"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')} (got {_short(got)})"
+    if kind == "string_too_short":
+        return f"must not be empty (got {_short(got)})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _schema_errors(doc: Document, kind: str | None, name: str | None, model: type[BaseModel], exc: ValidationError) -> list[ManifestError]:
+    origin = Origin(doc.file, doc.line, doc.field_lines)
+    found = []
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
+        line = origin.line_of(loc)
+        found.append(ManifestError(doc.file, line, _message(error, model), kind, name, format_field(loc) or None))
+    return found
+
+
+def _envelope_errors(doc: Document) -> tuple[Kind | None, str | None, list[ManifestError]]:
+    data = doc.data
+    if not isinstance(data, dict):
+        return None, None, [ManifestError(doc.file, doc.line, f"a manifest must be a mapping with apiVersion, kind, metadata and spec (got {type(data).__name__})")]
+    errors: list[ManifestError] = []
+    meta = data.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    raw_kind = data.get("kind")
+    kind: Kind | None = None
+    if raw_kind is None:
+        errors.append(ManifestError(doc.file, doc.line, "is required", None, name, "kind"))
+    else:
+        try:
+            kind = Kind(raw_kind)
+        except ValueError:
+            known = [k.value for k in Kind]
+            close = difflib.get_close_matches(str(raw_kind), known, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {', '.join(known)}"
+            errors.append(ManifestError(doc.file, doc.field_lines.get(("kind",), doc.line), f"unknown kind {_short(raw_kind)}{hint}", None, name, "kind"))
+    api = data.get("apiVersion")
+    if api != API_VERSION:
+        what = "is required" if api is None else f"must be {API_VERSION!r} (got {_short(api)})"
+        errors.append(ManifestError(doc.file, doc.field_lines.get(("apiVersion",), doc.line), what, kind.value if kind else None, name, "apiVersion"))
+    return kind, name, errors
+
+
+def _canonical(manifest: AnyManifest) -> bytes:
+    return json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+
+
+class _Builder:
+    """Collects resources and errors over all documents, then runs the cross-resource rules."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.errors: list[ManifestError] = []
+        self.resources: dict[ResourceId, tuple[AnyManifest, Origin, dict[str, str]]] = {}
+
+    def error(self, origin: Origin, manifest: AnyManifest, field: FieldPath, message: str) -> None:
+        self.errors.append(ManifestError(origin.file, origin.line_of(field), message, manifest.kind, manifest.metadata.name, format_field(field)))
+
+    def add(self, doc: Document) -> None:
+        kind, name, errors = _envelope_errors(doc)
+        if errors or kind is None:
+            self.errors.extend(errors)
+            return
+        model = MANIFEST_TYPES[kind]
+        try:
+            manifest = model.model_validate(doc.data)
+        except ValidationError as exc:
+            self.errors.extend(_schema_errors(doc, kind.value, name, model, exc))
+            return
+        origin = Origin(doc.file, doc.line, doc.field_lines)
+        rid = ResourceId(kind, manifest.metadata.name)
+        if rid in self.resources:
+            first = self.resources[rid][1]
+            self.error(origin, manifest, ("metadata", "name"), f"duplicate {kind.value} name; first declared at {first.file}:{first.line}")
+            return
+        self.resources[rid] = (manifest, origin, self._resolve_paths(manifest, origin))
+
+    def _resolve_paths(self, manifest: AnyManifest, origin: Origin) -> dict[str, str]:
+        kind = Kind(manifest.kind)
+        resolved: dict[str, str] = {}
+        base = PurePosixPath(origin.file).parent
+        spec = manifest.spec
+        for field in PATH_FIELDS.get(kind, ()):
+            value = getattr(spec, field)
+            if value is None:
+                continue
+            if field == "entryScript" and "sourceDirectory" in resolved:
+                relative = PurePosixPath(resolved["sourceDirectory"]) / value
+            else:
+                relative = base / value
+            where = ("spec", field)
+            if PurePosixPath(value).is_absolute():
+                self.error(origin, manifest, where, f"must be a path inside the repository, not absolute (got {value!r})")
+                continue
+            normal = _normalise(relative)
+            if normal is None:
+                self.error(origin, manifest, where, f"leaves the repository (got {value!r})")
+                continue
+            target = self.root / normal
+            if not target.exists():
+                self.error(origin, manifest, where, f"{normal} does not exist")
+                continue
+            if not _inside_root(self.root, target):
+                self.error(origin, manifest, where, f"{normal} resolves outside the repository (symbolic link?)")
+                continue
+            resolved[field] = normal
+        return resolved
+
+    def check_references(self) -> None:
+        workspaces = [rid.name for rid in self.resources if rid.kind is Kind.WORKSPACE]
+        for rid, (manifest, origin, _) in self.resources.items():
+            if rid.kind is not Kind.WORKSPACE:
+                wanted = getattr(manifest.spec, "workspace", None)
+                if wanted is not None and wanted not in workspaces:
+                    self.error(origin, manifest, ("spec", "workspace"), self._missing("Workspace", wanted, workspaces))
+                elif wanted is None and len(workspaces) > 1:
+                    self.error(origin, manifest, ("spec", "workspace"), f"is required when several workspaces are declared ({', '.join(sorted(workspaces))})")
+            if isinstance(manifest, WebserviceManifest):
+                self._check_service(manifest, origin)
+
+    def _names(self, kind: Kind) -> list[str]:
+        return [rid.name for rid in self.resources if rid.kind is kind]
+
+    def _missing(self, kind: str, wanted: str, known: list[str]) -> str:
+        close = difflib.get_close_matches(wanted, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{kind} {wanted!r} is not declared{hint}"
+
+    def _check_service(self, manifest: WebserviceManifest, origin: Origin) -> None:
+        spec = manifest.spec
+        clusters = self._names(Kind.AKS_CLUSTER)
+        if spec.cluster not in clusters:
+            self.error(origin, manifest, ("spec", "cluster"), self._missing("AksCluster", spec.cluster, clusters))
+        if spec.environment is not None and spec.environment not in self._names(Kind.ENVIRONMENT):
+            self.error(origin, manifest, ("spec", "environment"), self._missing("Environment", spec.environment, self._names(Kind.ENVIRONMENT)))
+        models = self._names(Kind.MODEL)
+        for index, ref in enumerate(spec.models):
+            if ref.name not in models:
+                self.error(origin, manifest, ("spec", "models", index), self._missing("Model", ref.name, models))
+
+    def check_gpu_capacity(self) -> None:
+        """AKS pods cannot share GPUs: max replicas × GPUs per replica, summed per cluster, must fit."""
+        demand: dict[str, list[tuple[WebserviceManifest, Origin]]] = defaultdict(list)
+        for manifest, origin, _ in self.resources.values():
+            if isinstance(manifest, WebserviceManifest) and manifest.spec.resources.gpu > 0:
+                demand[manifest.spec.cluster].append((manifest, origin))
+        for cluster_name, services in demand.items():
+            found = self.resources.get(ResourceId(Kind.AKS_CLUSTER, cluster_name))
+            if found is None or not isinstance(found[0], AksClusterManifest):
+                continue
+            cluster = found[0].spec
+            capacity = cluster.gpu_capacity()
+            if capacity == 0:
+                for service, origin in services:
+                    self.error(origin, service, ("spec", "resources", "gpu"),
+                               f"requests {service.spec.resources.gpu} GPU per replica but cluster {cluster_name} "
+                               f"({cluster.vmSize}) has no GPUs; use an N-series vmSize or set gpusPerNode")
+                continue
+            wanted = sum(s.spec.max_replicas() * s.spec.resources.gpu for s, _ in services)
+            if wanted <= capacity:
+                continue
+            breakdown = ", ".join(f"{s.metadata.name}: {s.spec.max_replicas()} × {s.spec.resources.gpu}" for s, _ in services)
+            per_node = capacity // cluster.agentCount
+            for service, origin in services:
+                field = ("spec", "replicas") if service.spec.replicas is not None else ("spec", "resources", "gpu")
+                self.error(origin, service, field,
+                           f"GPUs cannot be shared between replicas: services on cluster {cluster_name} need up to "
+                           f"{wanted} GPUs ({breakdown}) but it has {capacity} ({cluster.agentCount} nodes × {per_node} "
+                           f"GPU of {cluster.vmSize}): {wanted - capacity} over")
+
+    def build(self, revision: str) -> DesiredState:
+        digests: dict[ResourceId, tuple[str, dict[str, str]]] = {}
+        order = sorted(self.resources, key=lambda rid: rid.order())
+        for rid in order:
+            manifest, _, paths = self.resources[rid]
+            contents = {field: HASHER.tree(self.root / rel) for field, rel in paths.items()}
+            if isinstance(manifest, WebserviceManifest):
+                for ref in manifest.spec.models:
+                    if (Kind.MODEL, ref.name) in digests:
+                        contents[f"model:{ref.name}"] = digests[ResourceId(Kind.MODEL, ref.name)][0]
+                if manifest.spec.environment and ResourceId(Kind.ENVIRONMENT, manifest.spec.environment) in digests:
+                    contents["environment"] = digests[ResourceId(Kind.ENVIRONMENT, manifest.spec.environment)][0]
+            hasher = hashlib.sha256(_canonical(manifest))
+            for key in sorted(contents):
+                hasher.update(f"\0{key}={contents[key]}".encode())
+            digests[rid] = ("sha256:" + hasher.hexdigest(), contents)
+        resources = {
+            rid: DesiredResource(manifest, origin, digests[rid][0], digests[rid][1], paths)
+            for rid, (manifest, origin, paths) in self.resources.items()
+        }
+        return DesiredState(revision, str(self.root), resources)
+
+
+def _normalise(path: PurePosixPath) -> str | None:
+    parts: list[str] = []
+    for part in path.parts:
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts) or "."
+
+
+def _inside_root(root: Path, target: Path) -> bool:
+    try:
+        target.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def build_desired_state(root: Path, documents: list[Document], revision: str) -> tuple[DesiredState, list[ManifestError]]:
+    """Validate ``documents`` one by one and against each other; return the state and every error."""
+    builder = _Builder(root)
+    for doc in documents:
+        builder.add(doc)
+    builder.check_references()
+    builder.check_gpu_capacity()
+    return builder.build(revision), builder.errors
+
+
+def workspace_of(state: DesiredState, resource: DesiredResource) -> WorkspaceManifest | None:
+    """The workspace a resource belongs to: named in its spec, or the only one declared."""
+    if isinstance(resource.manifest, WorkspaceManifest):
+        return resource.manifest
+    wanted = getattr(resource.manifest.spec, "workspace", None)
+    workspaces = [r.manifest for r in state if isinstance(r.manifest, WorkspaceManifest)]
+    if wanted is None:
+        return workspaces[0] if len(workspaces) == 1 else None
+    return next((w for w in workspaces if w.metadata.name == wanted), None)
+

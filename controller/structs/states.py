@@ -1,0 +1,153 @@
+"""Desired state (what Git says) and actual state (what a backend reports), as plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, NamedTuple
+
+from controller.structs.manifests import KIND_ORDER, AnyManifest, Kind
+
+# Keys of the ownership tags every backend records on what amlops creates.
+MANAGED_BY_TAG: Final = "amlops.dev/managed-by"
+MANIFEST_PATH_TAG: Final = "amlops.dev/manifest-path"
+REVISION_TAG: Final = "amlops.dev/revision"
+DIGEST_TAG: Final = "amlops.dev/digest"
+
+
+class ResourceId(NamedTuple):
+    """A resource's identity: its kind and its name (unique per kind)."""
+
+    kind: Kind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}/{self.name}"
+
+    def order(self) -> int:
+        """Position of this resource's kind in dependency order."""
+        return KIND_ORDER.index(self.kind)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a manifest came from: repo-relative file, the line of its document, and each field's line."""
+
+    file: str
+    line: int
+    field_lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, path: tuple[str | int, ...]) -> int:
+        """The line of ``path`` in the document, or of its nearest ancestor that has one."""
+        while path:
+            if path in self.field_lines:
+                return self.field_lines[path]
+            path = path[:-1]
+        return self.line
+
+
+@dataclass(frozen=True)
+class DesiredResource:
+    """One validated manifest, with where it came from and a digest of everything it deploys.
+
+    ``digest`` covers the normalised spec *and* the content of files the spec points at (model
+    files, entry script folder, conda file), so changing a model file changes the digest.
+    ``content_digests`` holds the per-file-set hashes (e.g. ``{"path": "sha256:…"}`` for a model).
+    ``files`` maps each path field of the spec (``path``, ``entryScript``, ``sourceDirectory``,
+    ``condaFile``, ``pipRequirements``) to its location relative to the repo root (manifest paths
+    resolve against the manifest file's folder); join it with ``DesiredState.root``.
+    """
+
+    manifest: AnyManifest
+    origin: Origin
+    digest: str
+    content_digests: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> ResourceId:
+        return ResourceId(Kind(self.manifest.kind), self.manifest.metadata.name)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """Everything one revision of the repo declares, keyed by resource id."""
+
+    revision: str
+    root: str
+    resources: Mapping[ResourceId, DesiredResource]
+
+    def __iter__(self) -> Iterator[DesiredResource]:
+        return iter(sorted(self.resources.values(), key=lambda r: (r.id.order(), r.id.name)))
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def get(self, kind: Kind, name: str) -> DesiredResource | None:
+        """The resource of ``kind`` named ``name``, if declared."""
+        return self.resources.get(ResourceId(kind, name))
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    STALLED = "Stalled"
+    GPU_UNAVAILABLE = "GpuUnavailable"
+    SUBSTITUTED = "Substituted"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A Kubernetes-style condition: type, status, machine-readable reason, human message."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ActualResource:
+    """What a backend reports for one resource.
+
+    ``spec`` holds the observed values in the manifest's own field names (normalised the same way
+    as desired specs), so the planner can diff them field by field. ``tags`` carries the ownership
+    tags (managed-by, manifest path, revision, digest). ``details`` is backend-specific read-only
+    information for status output (scoring URI, replica pids, model versions…).
+    """
+
+    id: ResourceId
+    spec: Mapping[str, Any]
+    tags: Mapping[str, str] = field(default_factory=dict)
+    conditions: tuple[Condition, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def owned_by(self, controller_name: str) -> bool:
+        """Whether the controller named ``controller_name`` created this resource."""
+        return self.tags.get(MANAGED_BY_TAG) == controller_name
+
+    @property
+    def digest(self) -> str | None:
+        return self.tags.get(DIGEST_TAG)
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of ``type_``, if reported."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """Everything a backend reports, keyed by resource id."""
+
+    resources: Mapping[ResourceId, ActualResource]
+
+    def get(self, kind: Kind, name: str) -> ActualResource | None:
+        """The resource of ``kind`` named ``name``, if it exists."""
+        return self.resources.get(ResourceId(kind, name))
+
+    def __iter__(self) -> Iterator[ActualResource]:
+        return iter(sorted(self.resources.values(), key=lambda r: (r.id.order(), r.id.name)))
+
+    def __len__(self) -> int:
+        return len(self.resources)
