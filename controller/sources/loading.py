@@ -87,19 +87,22 @@ def _to_python(node: yaml.Node, lines: dict[FieldPath, int], path: FieldPath, bu
 _SCALARS: Final = yaml.SafeLoader("")
 
 
-def _flow_depth_may_exceed(raw: bytes, limit: int) -> bool:
-    """A cheap upper bound on flow nesting, so the C parser never recurses unboundedly."""
+def _flow_depth_exceeded_at(raw: bytes, limit: int) -> int | None:
+    """Line where flow nesting (``[`` / ``{``) first exceeds ``limit``, checked before libyaml recurses.
+
+    Brackets inside strings count too, so this over-estimates; only absurd files are refused.
+    """
     if len(_FLOW_OPENERS.findall(raw)) <= limit:
-        return False
+        return None
     depth = 0
-    for byte in raw:
+    for index, byte in enumerate(raw):
         if byte in (0x5B, 0x7B):
             depth += 1
             if depth > limit:
-                return True
+                return raw[:index].count(b"\n") + 1
         elif byte in (0x5D, 0x7D):
             depth = max(0, depth - 1)
-    return False
+    return None
 
 
 def parse_documents(display: str, raw: bytes) -> tuple[list[Document], list[ManifestError]]:
@@ -111,10 +114,12 @@ def parse_documents(display: str, raw: bytes) -> tuple[list[Document], list[Mani
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         return [], [ManifestError(display, line, f"not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})")]
-    loader_cls = yaml.SafeLoader if _flow_depth_may_exceed(raw, MAX_DEPTH) else _Loader
+    deep_at = _flow_depth_exceeded_at(raw, MAX_DEPTH)
+    if deep_at is not None:
+        return [], [ManifestError(display, deep_at, f"nesting deeper than {MAX_DEPTH} levels")]
     documents: list[Document] = []
     try:
-        for node in yaml.compose_all(text, Loader=loader_cls):
+        for node in yaml.compose_all(text, Loader=_Loader):
             if node is None:
                 continue
             lines: dict[FieldPath, int] = {}

@@ -1,0 +1,112 @@
+"""Outcomes as frozen data: what applying one change did, and what one reconcile did.
+
+The executor produces ``ChangeOutcome``s, the reconcile pipeline wraps them in a
+``ReconcileOutcome``; the recorder stores both and the CLI renders them. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from controller.structs.plans import Action, Plan
+from controller.structs.states import ResourceId
+
+
+class ChangeStatus(StrEnum):
+    """How applying one change ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ReconcileStatus(StrEnum):
+    """How one reconcile ended, from the most to the least reassuring."""
+
+    NO_CHANGES = "no-changes"
+    APPLIED = "applied"
+    DETECTED = "detected"
+    HELD = "held"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ChangeOutcome:
+    """The result of applying one change.
+
+    ``reason`` is machine-readable, Flux-style (``Unschedulable``, ``RetriesExhausted``,
+    ``DependencyFailed``); ``error`` is the message a user reads.
+    """
+
+    id: ResourceId
+    action: Action
+    status: ChangeStatus
+    attempts: int = 0
+    duration_s: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for JSON output and the history database."""
+        return {
+            "kind": self.id.kind.value,
+            "name": self.id.name,
+            "action": self.action.value,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "duration_s": round(self.duration_s, 3),
+            "error": self.error,
+            "reason": self.reason,
+        }
+
+
+class ExecutionPhase(StrEnum):
+    """Moments the executor reports to a progress callback."""
+
+    STARTED = "started"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One progress report: which change, what just happened, and on which attempt."""
+
+    id: ResourceId
+    action: Action
+    phase: ExecutionPhase
+    attempt: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    """Everything one reconcile did: its plan, each change's outcome, errors and timings.
+
+    ``errors`` are user-facing strings; validation errors keep their ``file:line`` prefix.
+    ``durations`` holds seconds per pipeline phase (``load``, ``read``, ``plan``, ``apply``).
+    """
+
+    revision: str
+    status: ReconcileStatus
+    started: datetime
+    finished: datetime
+    plan: Plan | None = None
+    changes: tuple[ChangeOutcome, ...] = ()
+    errors: tuple[str, ...] = ()
+    durations: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the reconcile left actual state as Git says (or was told only to look)."""
+        return self.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES, ReconcileStatus.DETECTED)
+
+    def failed_changes(self) -> tuple[ChangeOutcome, ...]:
+        """Outcomes that did not succeed."""
+        return tuple(c for c in self.changes if c.status is not ChangeStatus.SUCCEEDED)
