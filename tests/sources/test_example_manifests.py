@@ -44,3 +44,12 @@ def test_example_manifests_carry_the_schema_modeline() -> None:
         assert first.startswith("# yaml-language-server: $schema="), path
         schema = (path.parent / first.split("$schema=", 1)[1]).resolve()
         assert schema.is_file(), (path, schema)
+
+
+def test_the_readme_manifest_reference_is_current() -> None:
+    from controller.structs.schemas import reference_markdown
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("-->\n", readme.index("<!-- reference:start")) + 4
+    end = readme.index("<!-- reference:end -->")
+    assert readme[start:end] == reference_markdown()
