@@ -1,0 +1,105 @@
+"""The command line of the scoring host: a contract shared with ``amlops serve`` and the local backend."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """Everything one scoring host process is told at start."""
+
+    entry_script: str | None
+    source_dir: str | None
+    model_dir: str | None
+    host: str
+    port: int
+    listen_fd: int | None
+    fd_socket: str | None
+    defer_accept: bool
+    workers: int
+    service_name: str | None
+    auth: str
+    keys_file: str | None
+    scoring_timeout_ms: int
+    max_concurrent: int
+    max_queue_wait_ms: int
+    max_request_bytes: int
+    status_file: str | None
+    tensorflow_compat: str
+    log_format: str
+
+    @property
+    def entry_path(self) -> str | None:
+        """The entry script's absolute path (relative paths are taken from --source-dir)."""
+        if self.entry_script is None:
+            return None
+        if os.path.isabs(self.entry_script) or not self.source_dir:
+            return os.path.abspath(self.entry_script)
+        return os.path.abspath(os.path.join(self.source_dir, self.entry_script))
+
+    @property
+    def working_dir(self) -> str | None:
+        """Where the entry script runs: --source-dir, else the entry script's folder."""
+        if self.source_dir:
+            return os.path.abspath(self.source_dir)
+        entry = self.entry_path
+        return os.path.dirname(entry) if entry else None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m controller.scoring``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m controller.scoring",
+        description="Serve an Azure ML entry script (init/run) or a TensorFlow SavedModel over HTTP.",
+    )
+    add = parser.add_argument
+    add("--entry-script", help="score.py path, relative to --source-dir or absolute; "
+        "without it the built-in TensorFlow SavedModel scorer serves the model dir")
+    add("--source-dir", help="put on sys.path and used as cwd (default: the entry script's folder)")
+    add("--model-dir", help="exported as AZUREML_MODEL_DIR before init()")
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=5001)
+    add("--listen-fd", type=int, help="serve an inherited listening TCP socket instead of binding")
+    add("--fd-socket", help="unix socket path that hands out the listening socket (SCM_RIGHTS)")
+    add("--defer-accept", action="store_true", help="accept nothing until init() has finished")
+    add("--workers", type=_positive, default=1, help="pre-forked processes sharing the socket")
+    add("--service-name", help="also serve /api/v1/service/NAME/score")
+    add("--auth", choices=("key", "token", "none"), default="none")
+    add("--keys-file", help='JSON {"primaryKey","secondaryKey"} (or {"token"}), re-read on change')
+    add("--scoring-timeout-ms", type=_positive, default=60000)
+    add("--max-concurrent", type=_positive, default=1, help="concurrent run() calls per process")
+    add("--max-queue-wait-ms", type=_positive, default=500)
+    add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024)
+    add("--status-file", help="JSON status, replaced atomically on each change")
+    add("--tensorflow-compat", choices=("v1", "none"), default="none")
+    add("--log-format", choices=("text", "json"), default="text")
+    return parser
+
+
+def parse_options(argv: Sequence[str]) -> ScoringOptions:
+    """Parse and check the command line (exits with status 2 on a usage error, like argparse)."""
+    parser = build_parser()
+    ns = parser.parse_args(list(argv))
+    if ns.auth != "none" and not ns.keys_file:
+        parser.error(f"--auth {ns.auth} needs --keys-file")
+    values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__}
+    # Absolute paths now: the entry script later runs with --source-dir as its working directory.
+    for name in ("source_dir", "model_dir", "keys_file", "status_file", "fd_socket"):
+        if values[name]:
+            values[name] = os.path.abspath(values[name])
+    options = ScoringOptions(**values)
+    if options.entry_script:
+        return dataclasses.replace(options, entry_script=options.entry_path)
+    return options

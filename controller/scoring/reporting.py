@@ -1,0 +1,61 @@
+"""What the scoring host tells the outside world: structured log lines and the status file.
+
+Log lines go to stderr, one per event: ``event=<name> key=value ...`` (text) or one JSON object
+(json). Callers pass fields, never pre-formatted prose, and never keys or Authorization headers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import orjson
+
+_format = "text"
+
+
+def configure_events(log_format: str) -> None:
+    """Choose ``text`` or ``json`` for every later :func:`log_event` call in this process."""
+    global _format
+    _format = log_format
+
+
+def log_event(event: str, **fields: Any) -> None:
+    """Write one structured line for ``event`` to stderr."""
+    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event, "pid": os.getpid()}
+    record.update(fields)
+    if _format == "json":
+        line = orjson.dumps(record, default=str).decode()
+    else:
+        line = " ".join(f"{key}={_text_value(value)}" for key, value in record.items())
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        # A closed stderr (the supervisor went away) must never take the scoring host down.
+        pass
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(ch in text for ch in ' "=\n'):
+        return orjson.dumps(text).decode()
+    return text
+
+
+def write_status(path: str | None, state: str, **fields: Any) -> None:
+    """Atomically replace the status file at ``path`` (tmp + rename) with ``state`` and ``fields``.
+
+    A supervisor polls this file to see readiness without HTTP, so a reader must never see a
+    half-written document.
+    """
+    if not path:
+        return
+    document: dict[str, Any] = {"pid": os.getpid(), "state": state, "error": None}
+    document.update(fields)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
+    os.replace(tmp, path)

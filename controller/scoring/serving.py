@@ -1,0 +1,483 @@
+"""One scoring process: HTTP/1.1 on asyncio + uvloop + httptools (no framework), run() off the loop.
+
+The loop only parses, routes, authenticates and writes; run() happens on the dispatcher's slot
+threads (see ``dispatching``), so health checks, /metrics and timeouts keep answering while a
+run() is slow. A watchdog on the loop answers 504 for a run() past ``--scoring-timeout-ms`` (the
+thread itself cannot be interrupted and keeps its slot until run() returns) and 503 for a request
+that waited longer than ``--max-queue-wait-ms`` for a slot.
+
+Only failures and lifecycle changes are logged; a line per successful request would cost more
+than the request at the rates this host serves (the metrics count them instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httptools
+import orjson
+
+from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
+from controller.scoring.importing import EntryPoint, load_entry_script
+from controller.scoring.keys import KeyRing
+from controller.scoring.metrics import ScoringMetrics
+from controller.scoring.options import ScoringOptions
+from controller.scoring.reporting import log_event
+from controller.scoring.sockets import BACKLOG
+
+Reporter = Callable[..., None]
+
+REASONS = {
+    200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+    405: b"Method Not Allowed", 413: b"Payload Too Large", 500: b"Internal Server Error",
+    503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+JSON = b"application/json"
+TEXT = b"text/plain; charset=utf-8"
+PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+RETRY_AFTER = b"retry-after: 1\r\n"
+SWEEP_INTERVAL_S = 0.05
+DRAIN_LIMIT_S = 10.0
+FRESH_GRACE_S = 1.0
+QUEUE_PER_SLOT = 256
+
+
+def swagger_document(service_name: str | None, score_paths: list[str], auth: str) -> dict[str, Any]:
+    """A small OpenAPI 2 document in the shape Azure ML serves on /swagger.json."""
+    title = service_name or "amlops-scoring"
+    score_operation = {
+        "description": "Run the web service's model and get the prediction output",
+        "operationId": "RunMLService",
+        "parameters": [{"name": "serviceInputPayload", "in": "body", "description": "The input payload",
+                        "schema": {"type": "object", "example": {"data": [[0.0]]}}}],
+        "responses": {
+            "200": {"description": "Success", "schema": {"type": "object"}},
+            "default": {"description": "Failure", "schema": {"$ref": "#/definitions/ErrorResponse"}},
+        },
+    }
+    if auth != "none":
+        score_operation["security"] = [{"Bearer": []}]
+    paths: dict[str, Any] = {
+        "/": {"get": {"description": "Simple health check endpoint to ensure the service is up",
+                      "operationId": "ServiceHealthCheck",
+                      "responses": {"200": {"description": "Health check message"}}}},
+    }
+    for path in score_paths:
+        paths[path] = {"post": score_operation}
+    document: dict[str, Any] = {
+        "swagger": "2.0",
+        "info": {"title": title, "description": f"API specification for the scoring service {title}",
+                 "version": "1.0"},
+        "schemes": ["http"],
+        "consumes": ["application/json"],
+        "produces": ["application/json"],
+        "paths": paths,
+        "definitions": {"ErrorResponse": {"type": "object", "properties": {"message": {"type": "string"}}}},
+    }
+    if auth != "none":
+        document["securityDefinitions"] = {"Bearer": {
+            "type": "apiKey", "name": "Authorization", "in": "header",
+            "description": "For example: Bearer abc123"}}
+    return document
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests with httptools and answers them in order."""
+
+    def __init__(self, app: ScoringApp) -> None:
+        self.app = app
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.in_message = False
+        self.busy = False
+        self.closing = False
+        self.answered = 0
+        self.waiting: deque[tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]] = deque()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.app.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.connections.discard(self)
+        self.transport = None
+        self.closing = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.respond(400, b"upgrades are not supported", TEXT, False, route="other")
+        except httptools.HttpParserError:
+            self.respond(400, b"malformed HTTP request", TEXT, False, route="other")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.app.max_request_bytes:
+            self.reject_oversize()
+
+    def on_body(self, body: bytes) -> None:
+        if self.closing:
+            return
+        self.body_size += len(body)
+        if self.body_size > self.app.max_request_bytes:
+            self.reject_oversize()
+            return
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self.closing:
+            return
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        request = (self.parser.get_method(), self.url, self.headers, body, self.parser.should_keep_alive())
+        if self.busy:
+            # HTTP/1.1 pipelining: answer in order, one at a time.
+            self.waiting.append(request)
+        else:
+            self.busy = True
+            self.app.handle(self, *request)
+
+    # answering
+
+    def reject_oversize(self) -> None:
+        """Answer 413 before the body is read, then drop the rest of it."""
+        self.respond(413, b"request body larger than --max-request-bytes", TEXT, False, route="score",
+                     linger=True)
+
+    def respond(self, status: int, body: bytes, content_type: bytes, keep_alive: bool,
+                extra: bytes = b"", route: str = "score", started: float | None = None,
+                linger: bool = False) -> None:
+        """Write one response; close afterwards when the client or a drain asks for it."""
+        app = self.app
+        keep = keep_alive and not app.draining
+        transport = self.transport
+        if transport is not None and not self.closing:
+            head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
+                status, REASONS[status], content_type, len(body), extra,
+                b"" if keep else b"connection: close\r\n",
+            )
+            transport.write(head + body)
+            if not keep:
+                self.closing = True
+                if linger:
+                    # Closing with unread request bytes would reset the connection and could
+                    # destroy the 413 before the client reads it: half-close, then close later.
+                    with contextlib.suppress(OSError, RuntimeError):
+                        transport.write_eof()
+                    asyncio.get_running_loop().call_later(2.0, transport.close)
+                else:
+                    transport.close()
+        app.metrics.observe(route, status, 0.0 if started is None else time.monotonic() - started)
+        self.answered += 1
+        self.busy = False
+        if self.waiting and not self.closing:
+            self.busy = True
+            self.app.handle(self, *self.waiting.popleft())
+
+    def idle(self, fresh_grace: bool) -> bool:
+        """No request under way; with ``fresh_grace``, a connection that never sent one is not idle.
+
+        A just-accepted connection usually has its first request on the wire already: closing it
+        would fail a request that this replica took off the shared accept queue.
+        """
+        if self.busy or self.in_message:
+            return False
+        return not (fresh_grace and self.answered == 0)
+
+    def close(self) -> None:
+        """Close now (used when draining)."""
+        if self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+
+class ScoringApp:
+    """Routes, auth, readiness and the lifecycle of one scoring process."""
+
+    def __init__(self, options: ScoringOptions, report: Reporter, on_drain: Callable[[], None]) -> None:
+        self.options = options
+        self.report = report
+        self.on_drain = on_drain
+        self.metrics = ScoringMetrics()
+        self.keys = KeyRing(options.keys_file, options.auth) if options.auth != "none" and options.keys_file else None
+        self.max_request_bytes = options.max_request_bytes
+        self.timeout_s = options.scoring_timeout_ms / 1000.0
+        self.ready = False
+        self.draining = False
+        self.connections: set[Connection] = set()
+        self.dispatcher: Dispatcher | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.stopped: asyncio.Future[int] | None = None
+        paths = ["/score"]
+        if options.service_name:
+            paths.append(f"/api/v1/service/{options.service_name}/score")
+        self.score_paths = {path.encode() for path in paths}
+        self.swagger = orjson.dumps(swagger_document(options.service_name, paths, options.auth))
+        self.timeout_body = f"Scoring timeout after {options.scoring_timeout_ms} ms".encode()
+
+    # requests
+
+    def handle(self, conn: Connection, method: bytes, url: bytes, headers: dict[bytes, bytes],
+               body: bytes, keep_alive: bool) -> None:
+        """Answer one parsed request (scoring requests are answered later, from the dispatcher)."""
+        started = time.monotonic()
+        path = url.split(b"?", 1)[0]
+        if path in self.score_paths:
+            self.score(conn, method, headers, body, keep_alive, started)
+        elif path == b"/" and method == b"GET":
+            conn.respond(200, b"Healthy", TEXT, keep_alive, route="health", started=started)
+        elif path == b"/-/ready" and method == b"GET":
+            if self.ready and not self.draining:
+                conn.respond(200, b"Ready", TEXT, keep_alive, route="ready", started=started)
+            else:
+                conn.respond(503, b"draining" if self.draining else b"initializing", TEXT, keep_alive,
+                             RETRY_AFTER, route="ready", started=started)
+        elif path == b"/swagger.json" and method == b"GET":
+            conn.respond(200, self.swagger, JSON, keep_alive, route="swagger", started=started)
+        elif path == b"/metrics" and method == b"GET":
+            conn.respond(200, self.metrics.render(), PROMETHEUS, keep_alive, route="metrics", started=started)
+        else:
+            conn.respond(404, b"Not Found", TEXT, keep_alive, route="other", started=started)
+
+    def score(self, conn: Connection, method: bytes, headers: dict[bytes, bytes], body: bytes,
+              keep_alive: bool, started: float) -> None:
+        """Authenticate a scoring request and queue it for a slot."""
+        request_id = headers.get(b"x-request-id") or str(uuid.uuid4()).encode()
+        extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n" % (request_id, request_id)
+        if method != b"POST":
+            conn.respond(405, b"Method Not Allowed", TEXT, keep_alive, extra, started=started)
+            return
+        if self.keys is not None and not self.keys.accepts(headers.get(b"authorization")):
+            conn.respond(401, b'{"message":"Unauthorized"}', JSON, keep_alive, extra, started=started)
+            return
+        if not self.ready or self.dispatcher is None:
+            conn.respond(503, b"the scoring service is initializing", TEXT, keep_alive, extra + RETRY_AFTER,
+                         started=started)
+            return
+        try:
+            raw = body.decode("utf-8")
+        except UnicodeDecodeError:
+            conn.respond(400, b"request body is not UTF-8", TEXT, keep_alive, extra, started=started)
+            return
+        job = Job(raw, conn, request_id, "score", keep_alive)
+        if not self.dispatcher.submit(job):
+            self.metrics.queue_rejections.labels("full").inc()
+            conn.respond(503, b"too many queued requests", TEXT, keep_alive, extra + RETRY_AFTER, started=started)
+            return
+        self.metrics.in_flight.inc()
+
+    def finish(self, job: Job) -> None:
+        """Answer a job the dispatcher is done with (unless the watchdog already did)."""
+        if job.answered:
+            return
+        self.answer(job, job.status, job.body)
+
+    def answer(self, job: Job, status: int, body: bytes) -> None:
+        """Write the response of ``job`` once."""
+        job.answered = True
+        self.metrics.in_flight.dec()
+        extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n" % (job.request_id, job.request_id)
+        if status == OK:
+            extra += b"x-ms-run-fn-exec-ms: %.3f\r\n" % job.elapsed_ms
+            content_type = JSON
+        elif status == EXPIRED:
+            self.metrics.queue_rejections.labels("wait").inc()
+            body, content_type = b"no scoring slot freed up within --max-queue-wait-ms", TEXT
+            extra += RETRY_AFTER
+        else:
+            self.metrics.run_errors.labels("timeout" if status == 504 else "exception").inc()
+            extra += b"x-ms-run-function-failed: True\r\n"
+            content_type = TEXT
+        job.conn.respond(status, body, content_type, job.keep_alive, extra, started=job.enqueued)
+
+    def sweep(self) -> None:
+        """Answer requests that waited too long for a slot (503) or whose run() overran (504)."""
+        dispatcher = self.dispatcher
+        if dispatcher is not None:
+            now = time.monotonic()
+            for job in dispatcher.expire_waiting(now):
+                self.answer(job, EXPIRED, b"")
+            for job in dispatcher.overdue(now, self.timeout_s):
+                if not job.answered:
+                    log_event("run_timeout", request_id=job.request_id.decode(errors="replace"),
+                              timeout_ms=self.options.scoring_timeout_ms)
+                    self.answer(job, 504, self.timeout_body)
+        asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self.sweep)
+
+    # lifecycle
+
+    def begin_drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (answered with Connection: close), then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        log_event("draining", connections=len(self.connections))
+        if self.server is not None:
+            self.server.close()
+        self.on_drain()
+        now = time.monotonic()
+        self._check_drained(now + FRESH_GRACE_S, now + DRAIN_LIMIT_S)
+
+    def _check_drained(self, grace_end: float, deadline: float) -> None:
+        now = time.monotonic()
+        fresh_grace = now < grace_end
+        busy = []
+        for conn in list(self.connections):
+            if conn.idle(fresh_grace):
+                conn.close()
+            else:
+                busy.append(conn)
+        if busy and now < deadline:
+            asyncio.get_running_loop().call_later(0.02, self._check_drained, grace_end, deadline)
+            return
+        if busy:
+            log_event("drain_deadline", connections=len(busy))
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(0)
+
+    async def listen(self, listener: socket.socket) -> None:
+        """Start accepting on (a duplicate of) the shared listening socket."""
+        if self.draining:
+            return
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: Connection(self), sock=listener.dup(), backlog=BACKLOG
+        )
+
+    async def run(self, listener: socket.socket) -> int:
+        """Serve until SIGTERM (exit status 0) or a failed init() (status 1)."""
+        loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.begin_drain)
+        self.report("initializing")
+        if not self.options.defer_accept:
+            await self.listen(listener)
+        initialised: asyncio.Future[EntryPoint] = loop.create_future()
+        threading.Thread(target=self._initialise, args=(loop, initialised), name="init", daemon=True).start()
+        waiting: set[asyncio.Future[Any]] = {initialised, self.stopped}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if self.stopped.done():
+            return self.stopped.result()
+        try:
+            entry = initialised.result()
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log_event("init_failed", error=error)
+            self.report("failed", error=error)
+            if self.server is not None:
+                self.server.close()
+            self.on_drain()
+            return 1
+        self.dispatcher = Dispatcher(
+            entry, self.options.max_concurrent, self.options.max_queue_wait_ms / 1000.0,
+            QUEUE_PER_SLOT * self.options.max_concurrent, loop, self.finish, self.metrics.batch_size.observe,
+        )
+        self.dispatcher.start()
+        self.ready = True
+        if self.options.defer_accept:
+            await self.listen(listener)
+        loop.call_later(SWEEP_INTERVAL_S, self.sweep)
+        self.report("ready", tensorflowGpus=tensorflow_gpus())
+        log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))
+        code = await self.stopped
+        self.dispatcher.stop()
+        return code
+
+    def _initialise(self, loop: asyncio.AbstractEventLoop, result: asyncio.Future[EntryPoint]) -> None:
+        try:
+            entry = load_entry(self.options)
+            entry.init()
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, result, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, result, entry, None)
+
+
+_STARTED = time.monotonic()
+
+
+def _settle(future: asyncio.Future[EntryPoint], value: EntryPoint | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)  # type: ignore[arg-type]
+
+
+def load_entry(options: ScoringOptions) -> EntryPoint:
+    """The entry script named by the options, or the built-in SavedModel scorer without one."""
+    working_dir = options.working_dir
+    if working_dir:
+        os.chdir(working_dir)
+    entry_path = options.entry_path
+    if entry_path is None:
+        from controller.scoring.savedmodels import SavedModelScorer
+
+        if not options.model_dir:
+            raise ValueError("without --entry-script, --model-dir must name a folder with a SavedModel")
+        return SavedModelScorer(options.model_dir).entry_point()
+    return load_entry_script(entry_path, working_dir or os.path.dirname(entry_path), options.tensorflow_compat)
+
+
+def tensorflow_gpus() -> list[str] | None:
+    """GPUs TensorFlow sees, only if the entry script already imported TensorFlow (else None)."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is None:
+        return None
+    try:
+        return [device.name for device in tensorflow.config.list_physical_devices("GPU")]
+    except Exception:  # a TF build without device listing says nothing rather than failing readiness
+        return None
+
+
+def serve_process(options: ScoringOptions, listener: socket.socket, report: Reporter,
+                  on_drain: Callable[[], None]) -> int:
+    """Run one scoring process on ``listener`` until it drains or fails; returns its exit status."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is absent on Windows
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    app = ScoringApp(options, report, on_drain)
+    return runner(app.run(listener))

@@ -1,0 +1,69 @@
+"""TensorFlow workloads: the walk-through's TF1 score.py unchanged, and the no-code SavedModel scorer.
+
+Each host here imports TensorFlow (seconds on a small machine), so these tests are marked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scoring_digits import MODEL_DIR, SOURCE_DIR, held_out
+from scoring_hosts import StartHost
+
+pytestmark = [pytest.mark.tensorflow, pytest.mark.timeout(120)]
+BUILDER = Path(__file__).with_name("scoring_tf_models.py")
+
+
+def build(kind: str, target: Path) -> None:
+    subprocess.run([sys.executable, str(BUILDER), kind, str(target)], check=True, capture_output=True,
+                   env={"TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"})
+
+
+def one_hot_rows(classes: list[int]) -> list[list[float]]:
+    rows = np.zeros((len(classes), 784), dtype=np.float32)
+    rows[np.arange(len(classes)), classes] = 1.0
+    return rows.tolist()  # type: ignore[no-any-return]
+
+
+def test_the_walkthrough_score_py_runs_unchanged_on_the_shipped_model(start_host: StartHost) -> None:
+    host = start_host("--entry-script", "score.py", "--source-dir", SOURCE_DIR, "--model-dir", MODEL_DIR,
+                      "--tensorflow-compat", "v1", "--service-name", "aks-dnn-mnist", timeout=60)
+    status = host.status()
+    assert status["tensorflowGpus"] == []  # this machine has no GPU; TF was asked cheaply
+    rows, labels = held_out()
+    predicted: list[int] = []
+    for start in range(0, len(rows), 60):
+        # The walk-through's own client sends str(list(row)) of numpy floats inside {"data": [...]}.
+        chunk = rows[start : start + 60]
+        code, _headers, body = host.score({"data": chunk.tolist()}, path="/api/v1/service/aks-dnn-mnist/score")
+        assert code == 200, body
+        predicted.extend(json.loads(body))
+    accuracy = float(np.mean(np.asarray(predicted) == labels))
+    assert accuracy >= 0.9, accuracy
+
+
+def test_a_checkpoint_built_here_with_the_same_tensor_names_also_serves(
+    start_host: StartHost, tmp_path: Path
+) -> None:
+    build("checkpoint", tmp_path / "model-root" / "model")
+    host = start_host("--entry-script", "score.py", "--source-dir", SOURCE_DIR,
+                      "--model-dir", str(tmp_path / "model-root"), "--tensorflow-compat", "v1", timeout=60)
+    code, _headers, body = host.score({"data": one_hot_rows([3, 7, 0])})
+    assert code == 200
+    assert json.loads(body) == [3, 7, 0]
+
+
+def test_the_no_code_scorer_serves_a_savedmodel(start_host: StartHost, tmp_path: Path) -> None:
+    build("savedmodel", tmp_path / "models" / "tiny" / "1")
+    host = start_host("--model-dir", str(tmp_path / "models"), timeout=60)
+    code, _headers, body = host.score({"data": one_hot_rows([5, 2])})
+    assert code == 200
+    assert json.loads(body) == [5, 2]
+    code, _headers, body = host.score({"data": [[1.0]]})
+    assert code == 500
+    assert "fast_path=True" in host.log()
