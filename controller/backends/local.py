@@ -1,0 +1,602 @@
+"""The local backend: Azure ML's resources played out on this machine.
+
+Workspaces and clusters are records (a cluster's GPU capacity comes from its manifest and is mapped
+onto the GPUs ``nvidia-smi`` finds); environments resolve to a Python interpreter; models go into
+a content-addressed registry; each web service is a set of scoring-host processes kept alive by a
+per-service supervisor (``supervising.py``) that outlives the controller.
+
+State lives in SQLite under ``state_dir`` (``localstores.py``). ``create`` and ``update`` of a
+service return only once every replica of the new generation is ready (``wait_ready``), reporting
+progress through ``ctx.progress``; ``read`` is a handful of SQL queries plus local pid checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from controller.backends.base import ApplyContext
+from controller.backends.environments import Resolution, current_interpreter, resolve_environment
+from controller.backends.gpus import Allocation, Gpu, allocate_pool, discover_gpus
+from controller.backends.keys import KeyName, ensure_keys, read_keys, regenerate
+from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.registries import content_hash, delete_model, register_model, resolve_model
+from controller.backends.supervising import (
+    bind_listener,
+    database_path,
+    process_alive,
+    read_status,
+    service_dir,
+    socket_dir,
+    start_time,
+)
+from controller.backends.supervising import log_path as replica_log_path
+from controller.structs.errors import PermanentError, TransientError
+from controller.structs.manifests import (
+    AksClusterManifest,
+    EnvironmentManifest,
+    Kind,
+    ModelManifest,
+    WebserviceManifest,
+    WebserviceSpec,
+)
+from controller.structs.plans import Change
+from controller.structs.states import (
+    DIGEST_TAG,
+    MANAGED_BY_TAG,
+    MANIFEST_PATH_TAG,
+    REVISION_TAG,
+    ActualResource,
+    ActualState,
+    Condition,
+    ConditionType,
+    DesiredResource,
+    ResourceId,
+)
+
+log = logging.getLogger(__name__)
+
+FAILURE_LIMIT = 3
+"""Consecutive failed starts of a replica of the current generation before the service is Stalled."""
+
+STOP_GRACE_S = 15.0
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
+_REPLACE_FIELDS: Mapping[Kind, frozenset[str]] = {
+    Kind.WORKSPACE: frozenset({"backend"}),
+    Kind.AKS_CLUSTER: frozenset({"vmSize", "location", "clusterPurpose", "attach"}),
+    Kind.ENVIRONMENT: frozenset(),
+    Kind.MODEL: frozenset(),
+    Kind.WEBSERVICE: frozenset({"cluster"}),
+}
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One live replica as ``read`` and ``wait_ready`` see it."""
+
+    row: ReplicaRow
+    state: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """A service's recorded row plus what is alive right now."""
+
+    row: ServiceRow
+    supervisor_alive: bool
+    replicas: tuple[ReplicaView, ...]
+
+    @property
+    def ready_current(self) -> int:
+        """Distinct desired slots with a ready replica of the current generation."""
+        return len({r.row.slot for r in self.replicas
+                    if r.row.generation == self.row.generation and r.state == "ready" and r.row.slot < self.row.replicas})
+
+    @property
+    def stale(self) -> int:
+        """Live replicas that must go: an older generation, or a slot beyond the desired count."""
+        return sum(1 for r in self.replicas if r.row.generation != self.row.generation or r.row.slot >= self.row.replicas)
+
+    @property
+    def live_slots(self) -> int:
+        """Distinct slots with a live replica (what ``read`` reports as ``replicas``)."""
+        return len({r.row.slot for r in self.replicas})
+
+    @property
+    def stalled(self) -> bool:
+        """Whether replicas of the current generation keep failing to start."""
+        return self.row.failures >= FAILURE_LIMIT and self.row.failure_generation == self.row.generation
+
+    @property
+    def converged(self) -> bool:
+        """Every desired replica is ready at the current generation and nothing old is left."""
+        return self.supervisor_alive and self.ready_current == self.row.replicas and self.stale == 0
+
+
+def _tags(resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
+    return {
+        MANAGED_BY_TAG: ctx.controller_name,
+        MANIFEST_PATH_TAG: resource.origin.file,
+        REVISION_TAG: ctx.revision,
+        DIGEST_TAG: resource.digest,
+    }
+
+
+def _condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def _manifest_dir(resource: DesiredResource, ctx: ApplyContext) -> Path:
+    # Relative paths in a manifest resolve against the folder of the file that declares it.
+    return Path(ctx.root) / Path(resource.origin.file).parent
+
+
+class LocalBackend:
+    """The ``Backend`` protocol on this machine. Safe to construct many times on one state dir."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        controller_name: str = "amlops",
+        *,
+        ready_timeout: float = 600.0,
+        gpus: list[Gpu] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.controller_name = controller_name
+        self.ready_timeout = ready_timeout
+        self.store = LocalStore(database_path(self.state_dir))
+        self.gpus: list[Gpu] = discover_gpus() if gpus is None else list(gpus)
+        self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- the protocol --------------------------------------------------------------------------
+
+    def read(self) -> ActualState:
+        """Every recorded resource, with live replica counts and conditions for services."""
+        self._reap_supervisors()
+        with self.store.snapshot() as conn:
+            records = self.store.all_resources(conn)
+            services = {s.name: s for s in self.store.all_services(conn)}
+            replicas = self.store.replicas(conn)
+        by_service: dict[str, list[ReplicaRow]] = {}
+        for rep in replicas:
+            by_service.setdefault(rep.service, []).append(rep)
+        resources: dict[ResourceId, ActualResource] = {}
+        for kind_text, name, rec in records:
+            try:
+                kind = Kind(kind_text)
+            except ValueError:
+                continue
+            rid = ResourceId(kind, name)
+            spec, details = dict(rec["spec"]), dict(rec["details"])
+            conditions = [Condition(**c) for c in rec["conditions"]]
+            row = services.get(name) if kind is Kind.WEBSERVICE else None
+            if row is not None:
+                view = self._view(row, by_service.get(name, []))
+                spec, live_conditions, live_details = self._observe(view, spec)
+                conditions = [c for c in conditions if c.type not in {c2.type for c2 in live_conditions}] + live_conditions
+                details.update(live_details)
+            resources[rid] = ActualResource(rid, spec, dict(rec["tags"]), tuple(conditions), details)
+        return ActualState(resources)
+
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Create ``resource`` (idempotent: an existing record is brought to the spec)."""
+        self._apply(resource, ctx)
+
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
+        """Bring ``resource`` to its spec: services scale in place or roll one replica at a time."""
+        self._apply(resource, ctx)
+
+    def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
+        """Delete ``id``: services stop their processes and free port and GPUs. Missing is fine."""
+        if id.kind is Kind.WEBSERVICE:
+            self._stop_service(id.name)
+        elif id.kind is Kind.AKS_CLUSTER:
+            with self.store.snapshot() as conn:
+                users = [s.name for s in self.store.all_services(conn) if s.cluster == id.name]
+            if users:
+                raise PermanentError(
+                    f"cluster '{id.name}' still runs services: {', '.join(sorted(users))}", reason="InUse"
+                )
+        elif id.kind is Kind.MODEL:
+            delete_model(self.store, self.state_dir / "models", id.name)
+        with self.store.transaction() as conn:
+            self.store.delete_resource(conn, id.kind.value, id.name)
+        log.info("resource_deleted kind=%s name=%s", id.kind.value, id.name)
+
+    def replace_fields(self, kind: Kind) -> frozenset[str]:
+        """Spec fields of ``kind`` that cannot change in place."""
+        return _REPLACE_FIELDS.get(kind, frozenset())
+
+    def close(self) -> None:
+        """Forget our handles on supervisors; services keep running."""
+        self._reap_supervisors()
+        self._supervisors.clear()
+
+    # -- extras for the CLI ------------------------------------------------------------------
+
+    def wait_ready(self, service: str, timeout: float | None = None, ctx: ApplyContext | None = None) -> None:
+        """Block until every replica of ``service``'s current generation is ready.
+
+        Raises ``PermanentError(reason="ReplicaFailed")`` when replicas keep failing to start,
+        ``TransientError`` when ``timeout`` (default ``ready_timeout``) passes first.
+        """
+        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
+        last = ""
+        while True:
+            view = self._service_view(service)
+            if view is None:
+                raise PermanentError(f"service '{service}' does not exist", reason="NotFound")
+            if view.converged:
+                if ctx is not None:
+                    ctx.progress(f"{service}: {view.row.replicas}/{view.row.replicas} replicas ready", 1.0)
+                return
+            if view.stalled:
+                raise PermanentError(self._failure_message(view), reason="ReplicaFailed")
+            if not view.supervisor_alive:
+                self._ensure_supervisor(service, None)
+            message = f"{service}: {view.ready_current}/{view.row.replicas} replicas ready"
+            if ctx is not None and message != last:
+                ctx.progress(message, view.ready_current / max(view.row.replicas, 1))
+                last = message
+            if time.monotonic() > deadline:
+                raise TransientError(f"service '{service}' not ready in time ({message})", retry_after=10)
+            time.sleep(0.2)
+
+    def scoring_uri(self, service: str) -> str:
+        """The service's scoring URI (every replica serves it through the one shared port)."""
+        row = self._row(service)
+        return f"http://127.0.0.1:{row.port}/api/v1/service/{service}/score"
+
+    def log_path(self, service: str, replica: int = 0) -> Path:
+        """The log file of replica number ``replica`` (0-based) of ``service``."""
+        return replica_log_path(self.state_dir, service, replica)
+
+    def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
+        """The last ``lines`` lines of a replica's log ('' when it has not logged yet)."""
+        path = self.log_path(service, replica)
+        try:
+            with path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 256 * 1024))
+                data = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(data.splitlines()[-lines:])
+
+    def get_keys(self, service: str) -> tuple[str, str]:
+        """``(primary, secondary)`` keys of a service with ``auth: key``."""
+        path = self._keys_path(service)
+        if not path.exists():
+            raise PermanentError(f"service '{service}' has no keys (is auth 'key'?)", reason="NoKeys")
+        return read_keys(path)
+
+    def regenerate_key(self, service: str, which: KeyName) -> None:
+        """Replace the primary or secondary key; replicas pick it up without restarting."""
+        self.get_keys(service)
+        regenerate(self._keys_path(service), which)
+        log.info("service_key_regenerated service=%s key=%s", service, which)
+
+    # -- applying ------------------------------------------------------------------------------
+
+    def _apply(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        manifest = resource.manifest
+        spec = manifest.spec.model_dump(mode="json", exclude_unset=False)
+        conditions = [_condition(ConditionType.READY, True, "Succeeded")]
+        details: dict[str, Any] = {}
+        if isinstance(manifest, WebserviceManifest):
+            self._apply_service(resource, manifest, ctx)
+            return
+        if isinstance(manifest, AksClusterManifest):
+            capacity = manifest.spec.gpu_capacity()
+            details = {"gpuCapacity": capacity, "physicalGpus": [vars(g) for g in self.gpus]}
+            if capacity and not self.gpus:
+                conditions.append(_condition(ConditionType.GPU_UNAVAILABLE, True, "NoPhysicalGpu",
+                                             f"cluster declares {capacity} GPUs but this machine has none; replicas run on CPU"))
+        elif isinstance(manifest, EnvironmentManifest):
+            resolution = resolve_environment(manifest.spec, _manifest_dir(resource, ctx), self.state_dir / "envs", ctx.progress)
+            details = resolution.to_json()
+            if resolution.substitutions:
+                conditions.append(_condition(ConditionType.SUBSTITUTED, True, "Substituted",
+                                             "; ".join(s.message() for s in resolution.substitutions)))
+        elif isinstance(manifest, ModelManifest):
+            source = _manifest_dir(resource, ctx) / manifest.spec.path
+            mv = register_model(self.store, self.state_dir / "models", manifest.name, source, manifest.spec.tags)
+            details = {"version": mv.version, "sha256": mv.sha256, "path": mv.path, "createdAt": mv.created_at}
+        with self.store.transaction() as conn:
+            self.store.put_resource(conn, manifest.kind, manifest.name, spec, _tags(resource, ctx), conditions, details)
+        log.info("resource_applied kind=%s name=%s", manifest.kind, manifest.name)
+
+    def _dependency(self, kind: Kind, name: str, ctx: ApplyContext, by: str) -> dict[str, Any]:
+        with self.store.snapshot() as conn:
+            rec = self.store.get_resource(conn, kind.value, name)
+        if rec is not None:
+            return rec
+        if ctx.desired.get(kind, name) is not None:
+            raise TransientError(f"{by} waits for {kind.value} '{name}' to be created", retry_after=2)
+        raise PermanentError(f"{by} refers to {kind.value} '{name}', which does not exist", reason=f"{kind.value}NotFound")
+
+    def _apply_service(self, resource: DesiredResource, manifest: WebserviceManifest, ctx: ApplyContext) -> None:
+        name, spec = manifest.name, manifest.spec
+        by = f"Webservice '{name}'"
+        cluster = self._dependency(Kind.AKS_CLUSTER, spec.cluster, ctx, by)
+        if spec.environment is not None:
+            resolution = Resolution.from_json(self._dependency(Kind.ENVIRONMENT, spec.environment, ctx, by)["details"])
+            env_conditions = self._dependency(Kind.ENVIRONMENT, spec.environment, ctx, by)["conditions"]
+        else:
+            resolution, env_conditions = current_interpreter(), []
+        models = [resolve_model(self.store, ref.name, ref.version) for ref in spec.models]
+        sdir = service_dir(self.state_dir, name)
+        sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        launch = self._launch(name, spec, resource, ctx, resolution, models, sdir)
+        launch_hash = hashlib.sha256(json.dumps([launch, spec.resources.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+        if spec.auth == "key":
+            ensure_keys(self._keys_path(name))
+
+        conditions = [c for c in env_conditions if c["type"] == ConditionType.SUBSTITUTED]
+        if spec.resources.gpu and not self.gpus:
+            conditions.append(_condition(ConditionType.GPU_UNAVAILABLE, True, "NoPhysicalGpu",
+                                         f"each replica requests {spec.resources.gpu} GPU but this machine has none; "
+                                         "replicas run on CPU (CUDA_VISIBLE_DEVICES='')"))
+        details: dict[str, Any] = {"modelVersions": [f"{m.name}:{m.version}" for m in models], "python": resolution.python,
+                   "tensorflowCompat": resolution.tensorflow_compat}
+
+        listener = None
+        with self.store.snapshot() as conn:
+            existing = self.store.get_service(conn, name)
+        if existing is None:
+            listener = bind_listener(0)  # the kernel picks a free port; the supervisor inherits the socket
+        try:
+            with self.store.transaction() as conn:
+                existing = self.store.get_service(conn, name)
+                others = {s.name: Allocation(s.cluster, s.gpu_pool) for s in self.store.all_services(conn) if s.name != name}
+                cspec = cluster["spec"]
+                pool = allocate_pool(
+                    service=name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
+                    replicas=spec.min_replicas(), gpus_per_replica=spec.resources.gpu, physical=self.gpus,
+                    others=others, current=existing.gpu_pool if existing else (),
+                    gpus_per_node=cspec.get("gpusPerNode"),
+                )
+                port = existing.port if existing else listener.getsockname()[1]  # type: ignore[union-attr]
+                generation = 1
+                if existing is not None:
+                    generation = existing.generation + (existing.launch_hash != launch_hash)
+                row = ServiceRow(
+                    name=name, cluster=spec.cluster, port=port, generation=generation, launch_hash=launch_hash,
+                    launch=launch, replicas=spec.min_replicas(), gpus_per_replica=spec.resources.gpu, gpu_pool=pool,
+                    supervisor_pid=existing.supervisor_pid if existing else None,
+                    supervisor_started=existing.supervisor_started if existing else None,
+                    failures=existing.failures if existing else 0,
+                    failure_generation=existing.failure_generation if existing else 0,
+                    last_error=existing.last_error if existing else None,
+                )
+                self.store.put_service(conn, row)
+                details["port"], details["gpus"] = port, list(pool)
+                self.store.put_resource(conn, Kind.WEBSERVICE.value, name, manifest.spec.model_dump(mode="json"),
+                                        _tags(resource, ctx), conditions, details)
+            log.info("service_applied name=%s generation=%d replicas=%d port=%d", name, generation, row.replicas, port)
+            self._ensure_supervisor(name, listener)
+        finally:
+            if listener is not None:
+                listener.close()
+        self.wait_ready(name, ctx=ctx)
+
+    def _launch(
+        self, name: str, spec: WebserviceSpec, resource: DesiredResource, ctx: ApplyContext,
+        resolution: Resolution, models: list[Any], sdir: Path,
+    ) -> dict[str, Any]:
+        """The replica command line (minus per-replica flags), environment and working folder."""
+        if len(models) == 1:
+            model_dir = Path(models[0].path)
+        else:
+            # Several models: AZUREML_MODEL_DIR is a root holding <name>/<version>/ for each.
+            key = hashlib.sha256("|".join(f"{m.name}:{m.version}" for m in models).encode()).hexdigest()[:12]
+            root = sdir / "models" / key
+            for m in models:
+                link = root / m.name / str(m.version)
+                if not link.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(m.path, link, target_is_directory=True)
+            model_dir = root
+        argv = [resolution.python, "-m", "controller.scoring", "--model-dir", str(model_dir),
+                "--service-name", name, "--auth", spec.auth,
+                "--scoring-timeout-ms", str(spec.scoringTimeoutMs),
+                "--max-concurrent", str(spec.maxConcurrentRequestsPerReplica),
+                "--max-queue-wait-ms", str(spec.maxQueueWaitMs),
+                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json"]
+        if spec.auth == "key":
+            argv += ["--keys-file", str(self._keys_path(name))]
+        cwd = str(sdir)
+        if spec.entryScript is not None:
+            src = self._copy_sources(resource, spec, ctx, sdir)
+            argv += ["--entry-script", spec.entryScript if spec.sourceDirectory else Path(spec.entryScript).name,
+                     "--source-dir", str(src)]
+            cwd = str(src)
+        env = {**resolution.environment_variables, "AZUREML_MODEL_DIR": str(model_dir),
+               "PYTHONPATH": os.pathsep.join([_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        return {"argv": argv, "env": env, "cwd": cwd}
+
+    def _copy_sources(self, resource: DesiredResource, spec: WebserviceSpec, ctx: ApplyContext, sdir: Path) -> Path:
+        """A content-addressed copy of the source folder, so replicas never see a half-updated checkout."""
+        base = _manifest_dir(resource, ctx)
+        assert spec.entryScript is not None
+        source = base / spec.sourceDirectory if spec.sourceDirectory else (base / spec.entryScript)
+        if not source.exists():
+            raise PermanentError(f"entry script source {spec.sourceDirectory or spec.entryScript!r} does not exist",
+                                 reason="SourceNotFound")
+        if spec.sourceDirectory and not (source / spec.entryScript).is_file():
+            raise PermanentError(f"entry script {spec.entryScript!r} is not in {spec.sourceDirectory!r}", reason="SourceNotFound")
+        target = sdir / "src" / content_hash(source)[:16]
+        if not target.exists():
+            staging = target.with_name(target.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            if source.is_dir():
+                shutil.copytree(source, staging, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+            else:
+                staging.mkdir(parents=True)
+                shutil.copy2(source, staging / source.name)
+            staging.rename(target)
+        return target
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def _ensure_supervisor(self, name: str, listener: Any) -> None:
+        """Start the service's supervisor unless a live one is recorded."""
+        row = self._row(name)
+        if process_alive(row.supervisor_pid, row.supervisor_started):
+            return
+        argv = [sys.executable, "-m", "controller.backends.supervising", "--state-dir", str(self.state_dir), "--service", name]
+        pass_fds: tuple[int, ...] = ()
+        if listener is not None:
+            argv += ["--listen-fd", str(listener.fileno())]
+            pass_fds = (listener.fileno(),)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        sdir = service_dir(self.state_dir, name)
+        with open(sdir / "supervisor.log", "ab") as out:
+            popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     pass_fds=pass_fds, start_new_session=True, cwd=str(sdir))
+        self._supervisors[name] = popen
+        try:
+            started = start_time(popen.pid)
+        except psutil.NoSuchProcess:
+            started = None
+        with self.store.transaction() as conn:
+            self.store.set_supervisor(conn, name, popen.pid, started)
+        log.info("supervisor_spawned service=%s pid=%d", name, popen.pid)
+
+    def _stop_service(self, name: str) -> None:
+        """Stop the supervisor first (so nothing restarts), then every replica; forget the service."""
+        with self.store.snapshot() as conn:
+            row = self.store.get_service(conn, name)
+            recorded = self.store.replicas(conn, name)
+        if row is None:
+            return
+        victims: list[psutil.Process] = []
+        if process_alive(row.supervisor_pid, row.supervisor_started):
+            assert row.supervisor_pid is not None
+            sup = psutil.Process(row.supervisor_pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                sup.suspend()  # frozen, it cannot start a replica between our listing and its death
+                victims.extend(sup.children(recursive=True))
+                sup.kill()
+                with contextlib.suppress(psutil.TimeoutExpired):
+                    sup.wait(5)
+        for rep in recorded:
+            if process_alive(rep.pid, rep.started) and rep.pid not in {v.pid for v in victims}:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    victims.append(psutil.Process(rep.pid))
+        for proc in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGTERM)
+        _gone, alive = psutil.wait_procs(victims, timeout=STOP_GRACE_S)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+        self._reap_supervisors()
+        with self.store.transaction() as conn:
+            self.store.delete_service(conn, name)
+        for rep in recorded:
+            with contextlib.suppress(OSError):
+                os.unlink(rep.fd_socket)
+        with contextlib.suppress(OSError):
+            socket_dir(self.state_dir).rmdir()  # only when no other service still has sockets there
+        shutil.rmtree(service_dir(self.state_dir, name), ignore_errors=True)
+        log.info("service_stopped name=%s processes=%d", name, len(victims))
+
+    def _reap_supervisors(self) -> None:
+        # Supervisors we spawned are our children: collect their exit status so none stays a zombie.
+        for name, popen in list(self._supervisors.items()):
+            if popen.poll() is not None:
+                del self._supervisors[name]
+
+    # -- observing -----------------------------------------------------------------------------
+
+    def _row(self, service: str) -> ServiceRow:
+        with self.store.snapshot() as conn:
+            row = self.store.get_service(conn, service)
+        if row is None:
+            raise PermanentError(f"service '{service}' does not exist", reason="NotFound")
+        return row
+
+    def _keys_path(self, service: str) -> Path:
+        return service_dir(self.state_dir, service) / "keys.json"
+
+    def _service_view(self, service: str) -> ServiceView | None:
+        self._reap_supervisors()
+        with self.store.snapshot() as conn:
+            row = self.store.get_service(conn, service)
+            replicas = self.store.replicas(conn, service)
+        return None if row is None else self._view(row, replicas)
+
+    @staticmethod
+    def _view(row: ServiceRow, replicas: list[ReplicaRow]) -> ServiceView:
+        live = []
+        for rep in replicas:
+            if process_alive(rep.pid, rep.started):
+                status = read_status(rep.status_file)
+                live.append(ReplicaView(rep, str(status.get("state", "initializing")), status.get("error")))
+        return ServiceView(row, process_alive(row.supervisor_pid, row.supervisor_started), tuple(live))
+
+    def _failure_message(self, view: ServiceView) -> str:
+        tail = self.tail_log(view.row.name, 0, 5)
+        return (f"replicas of service '{view.row.name}' failed to start {view.row.failures} times in a row: "
+                f"{view.row.last_error or 'unknown error'}" + (f"\nlast log lines:\n{tail}" if tail else ""))
+
+    def _observe(
+        self, view: ServiceView, spec: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Condition], dict[str, Any]]:
+        """Live overrides of a service's recorded spec, plus conditions and details."""
+        row = view.row
+        # Replicas nobody supervises will not be restarted: they do not count, so the planner heals.
+        observed = view.live_slots if view.supervisor_alive else 0
+        if spec.get("replicas") is not None or observed < row.replicas:
+            spec["replicas"] = observed
+        conditions = []
+        if view.converged:
+            conditions.append(Condition(ConditionType.READY, True, "Running", f"{row.replicas}/{row.replicas} replicas ready"))
+        elif not view.supervisor_alive:
+            conditions.append(Condition(ConditionType.READY, False, "SupervisorLost",
+                                        "the supervisor is not running; replicas are not restarted until the next apply"))
+        else:
+            conditions.append(Condition(ConditionType.READY, False, "Progressing",
+                                        f"{view.ready_current}/{row.replicas} replicas ready"))
+        if view.supervisor_alive and not view.converged and not view.stalled:
+            conditions.append(Condition(ConditionType.PROGRESSING, True, "RollingUpdate" if view.stale else "Starting",
+                                        f"{view.ready_current}/{row.replicas} replicas ready"))
+        if view.stalled:
+            conditions.append(Condition(ConditionType.STALLED, True, "ReplicaFailed", self._failure_message(view)))
+        details = {
+            "scoringUri": f"http://127.0.0.1:{row.port}/api/v1/service/{row.name}/score",
+            "port": row.port,
+            "generation": row.generation,
+            "replicas": {
+                "desired": row.replicas, "ready": view.ready_current,
+                "processes": [{"pid": r.row.pid, "slot": r.row.slot, "generation": r.row.generation,
+                               "state": r.state, "gpus": list(r.row.gpus)} for r in view.replicas],
+            },
+            "gpus": list(row.gpu_pool),
+            "supervisor": {"pid": row.supervisor_pid, "alive": view.supervisor_alive},
+            "lastError": row.last_error,
+        }
+        return spec, conditions, details

@@ -1,0 +1,348 @@
+"""The per-service supervisor: keeps a service's replicas running, outliving the controller.
+
+Run as ``python -m controller.backends.supervising --state-dir DIR --service NAME [--listen-fd N]``.
+It must stay light: it imports neither TensorFlow nor the scoring host, only the state store.
+
+Each tick it reads the service row the backend wrote (replicas, generation, launch command, GPU
+pool) and converges the processes to it, like a tiny ReplicaSet controller:
+
+* dead replicas are restarted with exponential backoff (0.5 s doubling to 30 s);
+* extra replicas (scale in) get SIGTERM and drain;
+* replicas of an older generation are rolled one at a time: a new replica starts, and only when
+  its status file says ``ready`` does the old one get SIGTERM. When the GPU pool has no spare
+  replica's worth, the old replica is stopped first (the others keep serving).
+
+The supervisor holds the service's listening socket and passes it to every replica, so they all
+share one accept queue: a connection never lands on a replica that is not accepting. A restarted
+supervisor gets the socket back from any live replica's fd socket, and adopts the live replicas
+it finds recorded (pid + process start time), so its own death never restarts a healthy service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+from controller.backends.gpus import visible_devices
+from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
+
+log = logging.getLogger("amlops.supervisor")
+
+TICK_S = 0.2
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+DRAIN_GRACE_S = 30.0
+
+
+def database_path(state_dir: Path) -> Path:
+    """Where the state database lives in a state directory."""
+    return state_dir / "state.db"
+
+
+def service_dir(state_dir: Path, service: str) -> Path:
+    """Per-service folder: logs, status files, keys, copied sources."""
+    return state_dir / "services" / service
+
+
+def socket_dir(state_dir: Path) -> Path:
+    """A folder for unix sockets whose paths stay under the 107-byte limit, however deep state_dir is."""
+    preferred = state_dir / "run"
+    if len(str(preferred)) <= 60:
+        return preferred
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"amlops-{digest}"
+
+
+def log_path(state_dir: Path, service: str, slot: int) -> Path:
+    """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
+    return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
+
+
+def process_alive(pid: int | None, started: float | None) -> bool:
+    """Whether ``pid`` still runs and is the process that started at ``started`` (not a reused pid)."""
+    if pid is None or started is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def start_time(pid: int) -> float:
+    """The start time psutil reports for ``pid`` (what ``process_alive`` compares against)."""
+    return psutil.Process(pid).create_time()
+
+
+def read_status(path: str) -> dict[str, Any]:
+    """A replica's status file, or ``initializing`` until it has written one."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return data if isinstance(data, dict) else {"state": "initializing"}
+    except (OSError, ValueError):
+        return {"state": "initializing"}
+
+
+def receive_listener(path: str, timeout_s: float = 5.0) -> int:
+    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(timeout_s)
+        client.connect(path)
+        _msg, fds, _flags, _addr = socket.recv_fds(client, 64, 1)
+    if not fds:
+        raise OSError(f"{path} sent no file descriptor")
+    return fds[0]
+
+
+def bind_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A new listening socket on ``host:port`` (SO_REUSEADDR, so a just-closed port can be reused)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+@dataclass
+class _Replica:
+    row: ReplicaRow
+    popen: subprocess.Popen[bytes] | None
+    terminating_since: float | None = None
+    state: str = "initializing"
+    error: str | None = None
+
+    def exit_code(self) -> int | bool | None:
+        """Exit code if a child of ours exited, True if an adopted process is gone, else None."""
+        if self.popen is not None:
+            return self.popen.poll()
+        return None if process_alive(self.row.pid, self.row.started) else True
+
+
+@dataclass
+class Supervisor:
+    """Converges one service's replica processes to its service row. See the module docstring."""
+
+    state_dir: Path
+    service: str
+    listen_fd: int
+    store: LocalStore
+    replicas: dict[int, _Replica] = field(default_factory=dict)
+    failures: dict[int, int] = field(default_factory=dict)
+    next_start: dict[int, float] = field(default_factory=dict)
+    last_error: str | None = None
+    stopping: bool = False
+
+    def adopt(self) -> None:
+        """Track the live replicas recorded for this service; forget the dead ones."""
+        with self.store.transaction() as conn:
+            for row in self.store.replicas(conn, self.service):
+                if process_alive(row.pid, row.started):
+                    self.replicas[row.pid] = _Replica(row, None)
+                    log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
+                else:
+                    self.store.delete_replica(conn, self.service, row.pid)
+
+    def run(self) -> None:
+        """Tick until SIGTERM or until the service row disappears or names another supervisor."""
+        while not self.stopping:
+            with self.store.snapshot() as conn:
+                row = self.store.get_service(conn, self.service)
+            if row is None or row.supervisor_pid not in (None, os.getpid()):
+                log.info("supervisor_exiting service=%s reason=%s", self.service, "deleted" if row is None else "replaced")
+                return
+            self.tick(row)
+            time.sleep(TICK_S)
+
+    def tick(self, row: ServiceRow) -> None:
+        """One convergence step."""
+        now = time.monotonic()
+        self._reap(row, now)
+        for rep in self.replicas.values():
+            status = read_status(rep.row.status_file)
+            rep.state, rep.error = str(status.get("state", "initializing")), status.get("error")
+            if rep.state == "ready" and rep.row.generation == row.generation:
+                self.failures.pop(rep.row.slot, None)
+        active = [r for r in self.replicas.values() if r.terminating_since is None]
+        # Scale in: replicas in slots beyond the desired count drain and exit.
+        for rep in active:
+            if rep.row.slot >= row.replicas:
+                self._terminate(rep, now)
+        active = [r for r in active if r.terminating_since is None]
+        by_slot: dict[int, list[_Replica]] = {}
+        for rep in active:
+            by_slot.setdefault(rep.row.slot, []).append(rep)
+        # Fill empty slots (first start, a crash, or a stop-first roll).
+        for slot in range(row.replicas):
+            if not by_slot.get(slot) and now >= self.next_start.get(slot, 0.0):
+                self._spawn(row, slot)
+        self._roll(row, by_slot, now)
+        for rep in self.replicas.values():
+            if rep.terminating_since is not None and now - rep.terminating_since > DRAIN_GRACE_S:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rep.row.pid, signal.SIGKILL)
+        self._record_failures(row)
+
+    def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
+        # A slot holding an old replica and a ready new one: the old one may go now.
+        for reps in by_slot.values():
+            new_ready = [r for r in reps if r.row.generation == row.generation and r.state == "ready"]
+            if new_ready:
+                for rep in reps:
+                    if rep.row.generation != row.generation:
+                        self._terminate(rep, now)
+        busy = any(r.terminating_since is not None for r in self.replicas.values()) or any(
+            r.row.generation == row.generation and r.state != "ready"
+            for r in self.replicas.values() if r.terminating_since is None
+        )
+        if busy:
+            return  # one replica at a time: wait for the starting one to be ready and the old one to exit
+        for slot in sorted(by_slot):
+            reps = [r for r in by_slot[slot] if r.terminating_since is None]
+            if reps and all(r.row.generation != row.generation for r in reps):
+                if self._free_gpus(row) is not None:
+                    self._spawn(row, slot)  # surge: the old replica stops once this one is ready
+                else:
+                    for rep in reps:
+                        self._terminate(rep, now)  # no spare GPU: stop first, the slot refills after
+                return
+
+    def _free_gpus(self, row: ServiceRow) -> tuple[str, ...] | None:
+        if row.gpus_per_replica == 0:
+            return ()
+        held = {g for r in self.replicas.values() for g in r.row.gpus}
+        free = [g for g in row.gpu_pool if g not in held]
+        return tuple(free[: row.gpus_per_replica]) if len(free) >= row.gpus_per_replica else None
+
+    def _spawn(self, row: ServiceRow, slot: int) -> None:
+        gpus = self._free_gpus(row)
+        if gpus is None:
+            return  # GPUs are still held by a draining replica
+        launch = row.launch
+        uniq = f"{slot}-{row.generation}-{secrets.token_hex(3)}"
+        run_dir = service_dir(self.state_dir, self.service) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sockets = socket_dir(self.state_dir)
+        sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
+        status_file = str(run_dir / f"replica-{uniq}.status.json")
+        fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
+        argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
+                "--defer-accept", "--status-file", status_file]
+        env = {**os.environ, **launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)}
+        logfile = log_path(self.state_dir, self.service, slot)
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logfile, "ab") as out:
+            popen = subprocess.Popen(
+                argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                pass_fds=(self.listen_fd,),
+            )
+        try:
+            started = start_time(popen.pid)
+        except psutil.NoSuchProcess:
+            started = time.time()
+        rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
+        self.replicas[popen.pid] = _Replica(rep, popen)
+        with self.store.transaction() as conn:
+            self.store.put_replica(conn, rep)
+        log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
+                 self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+
+    def _terminate(self, rep: _Replica, now: float) -> None:
+        if rep.terminating_since is None:
+            rep.terminating_since = now
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rep.row.pid, signal.SIGTERM)
+            log.info("replica_stopping service=%s pid=%d slot=%d", self.service, rep.row.pid, rep.row.slot)
+
+    def _reap(self, row: ServiceRow, now: float) -> None:
+        for pid, rep in list(self.replicas.items()):
+            code = rep.exit_code()
+            if code is None:
+                continue
+            del self.replicas[pid]
+            with self.store.transaction() as conn:
+                self.store.delete_replica(conn, self.service, pid)
+            status = read_status(rep.row.status_file) if rep.error is None else {"error": rep.error}
+            for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+            if rep.terminating_since is not None:
+                log.info("replica_stopped service=%s pid=%d slot=%d", self.service, pid, rep.row.slot)
+                continue
+            # An unexpected exit: count it, and back off before the slot restarts.
+            error = status.get("error") or f"replica exited (code {code if code is not True else 'unknown'})"
+            self.last_error = str(error)
+            n = self.failures.get(rep.row.slot, 0) + 1
+            self.failures[rep.row.slot] = n
+            self.next_start[rep.row.slot] = now + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_MAX_S)
+            log.warning("replica_died service=%s pid=%d slot=%d failures=%d", self.service, pid, rep.row.slot, n)
+
+    def _record_failures(self, row: ServiceRow) -> None:
+        worst = max(self.failures.values(), default=0)
+        error = self.last_error if worst else None
+        if (worst, error) != (row.failures, row.last_error) or (worst and row.failure_generation != row.generation):
+            with self.store.transaction() as conn:
+                self.store.set_failures(conn, self.service, row.generation, worst, error)
+
+
+def _listener_fd(store: LocalStore, service: str, given: int | None) -> int:
+    if given is not None:
+        return given
+    with store.snapshot() as conn:
+        row = store.get_service(conn, service)
+        recorded = store.replicas(conn, service)
+    for rep in recorded:
+        if process_alive(rep.pid, rep.started):
+            with contextlib.suppress(OSError):
+                return receive_listener(rep.fd_socket)
+    if row is None:
+        raise SystemExit(f"service {service} is not recorded")
+    sock = bind_listener(row.port)
+    return sock.detach()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the supervisor process."""
+    parser = argparse.ArgumentParser(prog="python -m controller.backends.supervising")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--service", required=True)
+    parser.add_argument("--listen-fd", type=int)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    state_dir = Path(args.state_dir)
+    store = LocalStore(database_path(state_dir))
+    sup = Supervisor(state_dir, args.service, _listener_fd(store, args.service, args.listen_fd), store)
+    os.set_inheritable(sup.listen_fd, True)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        sup.stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with store.transaction() as conn:
+        store.set_supervisor(conn, args.service, os.getpid(), start_time(os.getpid()))
+    log.info("supervisor_started service=%s pid=%d", args.service, os.getpid())
+    sup.adopt()
+    sup.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
