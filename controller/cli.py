@@ -1,4 +1,8 @@
-"""The ``amlops`` command line. Each subcommand parses flags and calls one function below it."""
+"""The ``amlops`` command line. Each subcommand parses flags and calls one function below it.
+
+Exit codes follow Terraform's ``-detailed-exitcode`` where a plan is involved: 0 nothing to do,
+2 changes (planned, or applied), 1 an error (invalid manifests, a failed change).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,30 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
 from controller import __version__
+from controller.backends.base import ApplyContext, Backend
+from controller.core.connecting import BackendPool
+from controller.core.executing import execute
+from controller.core.planning import as_applied, plan, static_replace_fields
+from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
+from controller.core.recording import Recorder
+from controller.core.rendering import render_json, render_markdown, render_text
+from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
-from controller.structs.errors import ValidationFailed
+from controller.structs.errors import BackendError, ValidationFailed
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action, Change, Plan
+from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
+from controller.structs.states import DesiredState, ResourceId
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -74,6 +95,447 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execv does not return
 
 
+# --- shared pieces ------------------------------------------------------------------------------
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return resolve_settings(getattr(args, "state_dir", None), getattr(args, "controller_name", None))
+
+
+def _revision_of(root: Path) -> str:
+    """The commit checked out at ``root`` (``+dirty`` when the tree has edits), or ``working-tree``."""
+    try:
+        import git
+
+        repo = git.Repo(root, search_parent_directories=True)
+        sha = repo.head.commit.hexsha[:12]
+        return sha + ("+dirty" if repo.is_dirty(untracked_files=True) else "")
+    except Exception:  # not a repo, no commits, git missing: the folder is all there is
+        return "working-tree"
+
+
+def _print_validation(exc: ValidationFailed) -> int:
+    for error in exc.errors:
+        print(error, file=sys.stderr)
+    print(f"{len(exc.errors)} error(s); nothing planned", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _render(the_plan: Plan, output: str, color: bool) -> str:
+    if output == "json":
+        return render_json(the_plan)
+    if output == "markdown":
+        return render_markdown(the_plan)
+    return render_text(the_plan, color=color)
+
+
+def _use_color(args: argparse.Namespace, stream: TextIO) -> bool:
+    return not getattr(args, "no_color", False) and stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def _confirm(question: str, assume_yes: bool) -> bool:
+    if assume_yes:
+        return True
+    if not sys.stdin.isatty():
+        print(f"{question} refused: not a terminal; pass --yes to confirm", file=sys.stderr)
+        return False
+    return input(f"{question} Only 'yes' will be accepted: ").strip() == "yes"
+
+
+class _LiveProgress:
+    """One line per change on a terminal (rewritten in place), plain lines otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started: dict[ResourceId, float] = {}
+
+    def __call__(self, event: ExecutionEvent) -> None:
+        label = f"{event.action.symbol} {event.id}"
+        if event.phase is ExecutionPhase.STARTED:
+            self.started.setdefault(event.id, time.monotonic())
+            if event.attempt == 1:
+                self._line(f"{label}: {event.action.value}…", final=False)
+            return
+        elapsed = time.monotonic() - self.started.get(event.id, time.monotonic())
+        if event.phase is ExecutionPhase.RETRYING:
+            self._line(f"{label}: attempt {event.attempt} failed, {event.message}", final=False)
+        elif event.phase is ExecutionPhase.SUCCEEDED:
+            self._line(f"{label}: done after {elapsed:.1f}s", final=True)
+        else:
+            self._line(f"{label}: {event.phase.value}: {event.message}", final=True)
+
+    def _line(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        elif final or "attempt" in text:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def backend(self, message: str, fraction: float | None) -> None:
+        """Backend progress (``2/3 replicas ready``) as a transient line on a terminal."""
+        if self.tty:
+            self.stream.write("\r\x1b[2K  " + message)
+            self.stream.flush()
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _checkout(repo_dir: Path, ref: str) -> Iterator[tuple[Path, str]]:
+    """``ref``'s tree extracted into a temp folder (the user's working tree is never touched)."""
+    import git
+
+    repo = git.Repo(repo_dir, search_parent_directories=True)
+    commit = repo.commit(ref)
+    with tempfile.TemporaryDirectory(prefix="amlops-plan-") as tmp:
+        archive = Path(tmp) / "tree.tar"
+        with archive.open("wb") as handle:
+            repo.archive(handle, treeish=commit.hexsha, format="tar")
+        target = Path(tmp) / "tree"
+        target.mkdir()
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        yield target, commit.hexsha[:12]
+
+
+def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
+    """What merging ``--head`` would change relative to ``--base``: Git only, no backend at all."""
+    import git
+
+    repo_dir = Path(args.repo).absolute()
+    manifests = args.path or args.path_arg
+    try:
+        with _checkout(repo_dir, args.base) as (base_root, base_sha), _checkout(repo_dir, args.head) as (head_root, head_sha):
+            try:
+                base = load_desired_state(base_root, manifests, revision=base_sha)
+            except ValidationFailed as exc:
+                print(f"base {args.base} ({base_sha}) is invalid; planning against an empty state:", file=sys.stderr)
+                for error in exc.errors:
+                    print(f"  {error}", file=sys.stderr)
+                base = DesiredState(base_sha, str(base_root), {})
+            try:
+                head = load_desired_state(head_root, manifests, revision=head_sha)
+            except ValidationFailed as exc:
+                return _print_validation(exc)
+    except (git.GitError, ValueError) as exc:
+        print(f"amlops plan: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    the_plan = plan(
+        head,
+        as_applied(base, controller_name=settings.controller_name),
+        controller_name=settings.controller_name,
+        replace_fields=static_replace_fields,
+        base_revision=base_sha,
+        allow_mass_delete=args.allow_mass_delete,
+    )
+    sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
+    return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
+
+
+def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple[Plan | None, DesiredState | None, int]:
+    root, path = _root_and_path(args.path_arg)
+    try:
+        desired = load_desired_state(root, path, revision=_revision_of(root))
+    except ValidationFailed as exc:
+        return None, None, _print_validation(exc)
+    pool = BackendPool(settings.state_dir, settings.controller_name)
+    try:
+        targets = target_step(desired, pool.backend_for)
+        actual = read_step(targets)
+        options = ReconcileOptions(controller_name=settings.controller_name,
+                                   allow_mass_delete=getattr(args, "allow_mass_delete", False))
+        the_plan = plan_step(desired, actual, targets, options)
+    except BackendError as exc:
+        print(f"amlops: reading actual state failed: {exc}", file=sys.stderr)
+        return None, None, EXIT_ERROR
+    finally:
+        pool.close()
+    return the_plan, desired, EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show what apply would change; exit 0 (none), 2 (changes) or 1 (error)."""
+    settings = _settings(args)
+    if args.base:
+        return _plan_between_refs(args, settings)
+    the_plan, _, code = _plan_against_backend(args, settings)
+    if the_plan is None:
+        return code
+    sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
+    return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Plan, show, confirm and apply once; exit 0 (nothing to do), 2 (applied) or 1 (failed)."""
+    settings = _settings(args)
+    the_plan, _, code = _plan_against_backend(args, settings)
+    if the_plan is None:
+        return code
+    color = _use_color(args, sys.stdout)
+    sys.stdout.write(render_text(the_plan, color=color))
+    if not the_plan.has_changes:
+        return EXIT_OK
+    if the_plan.held:
+        print("amlops apply: plan held; nothing applied", file=sys.stderr)
+        return EXIT_ERROR
+    if not _confirm("Apply these changes?", args.yes):
+        return EXIT_ERROR
+    root, path = _root_and_path(args.path_arg)
+    progress = _LiveProgress(sys.stderr)
+    pool = BackendPool(settings.state_dir, settings.controller_name)
+    try:
+        outcome = reconcile(
+            root, path, the_plan.revision, pool.backend_for, Recorder(settings.state_dir),
+            ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
+                             parallelism=args.parallelism, progress=progress, backend_progress=progress.backend),
+        )
+    finally:
+        pool.close()
+    for error in outcome.errors:
+        print(error, file=sys.stderr)
+    done = sum(1 for c in outcome.changes if c.status is ChangeStatus.SUCCEEDED)
+    print(f"Apply {outcome.status.value}: {done} of {len(outcome.changes)} change(s) succeeded at {outcome.revision}.")
+    if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
+        return EXIT_CHANGES if outcome.status is ReconcileStatus.APPLIED else EXIT_OK
+    return EXIT_ERROR
+
+
+# --- status / history -----------------------------------------------------------------------------
+
+
+def _local_backend(settings: Settings) -> Backend:
+    return BackendPool(settings.state_dir, settings.controller_name).backend_for(None)
+
+
+def _status_rows(settings: Settings) -> list[dict[str, Any]]:
+    backend = _local_backend(settings)
+    try:
+        actual = backend.read()
+    finally:
+        backend.close()
+    recorded = Recorder(settings.state_dir).resource_status()
+    rows: list[dict[str, Any]] = []
+    for resource in actual:
+        record = recorded.get(resource.id)
+        conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in resource.conditions]
+        row: dict[str, Any] = {
+            "kind": resource.id.kind.value,
+            "name": resource.id.name,
+            "managed": resource.owned_by(settings.controller_name),
+            "conditions": conditions,
+            "recordedConditions": record.to_json()["conditions"] if record else [],
+            "lastAppliedRevision": record.last_applied_revision if record else resource.tags.get("amlops.dev/revision"),
+            "lastAttemptedRevision": record.last_attempted_revision if record else None,
+        }
+        if resource.id.kind is Kind.WEBSERVICE:
+            replicas = resource.details.get("replicas") or {}
+            row["scoringUri"] = resource.details.get("scoringUri")
+            row["replicas"] = {"ready": replicas.get("ready"), "desired": replicas.get("desired")}
+            row["modelVersions"] = resource.details.get("modelVersions", [])
+        rows.append(row)
+    return rows
+
+
+def _state_word(row: dict[str, Any]) -> str:
+    conditions = {c["type"]: c for c in row["conditions"] or row["recordedConditions"]}
+    if conditions.get("Stalled", {}).get("status"):
+        return f"Stalled ({conditions['Stalled']['reason']})"
+    ready = conditions.get("Ready")
+    if ready is None:
+        return "Unknown"
+    return "Ready" if ready["status"] else f"NotReady ({ready['reason']})"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every resource with its state and conditions; services with URI, replicas and model versions."""
+    settings = _settings(args)
+    rows = _status_rows(settings)
+    source = Recorder(settings.state_dir).source_status()
+    if args.output == "json":
+        payload = {"lastAppliedRevision": source.last_applied_revision, "lastAttemptedRevision": source.last_attempted_revision,
+                   "lastStatus": source.last_status, "resources": rows}
+        print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    print(f"last applied revision: {source.last_applied_revision or '-'}   last attempted: "
+          f"{source.last_attempted_revision or '-'} ({source.last_status or 'never reconciled'})")
+    if not rows:
+        print("no resources")
+        return EXIT_OK
+    for row in rows:
+        line = f"{row['kind'] + '/' + row['name']:<40} {_state_word(row):<28} rev {row['lastAppliedRevision'] or '-'}"
+        if not row["managed"]:
+            line += "  (not managed)"
+        print(line)
+        if row["kind"] == Kind.WEBSERVICE.value:
+            replicas = row["replicas"]
+            print(f"    uri: {row['scoringUri']}  replicas: {replicas['ready']}/{replicas['desired']} ready  "
+                  f"models: {', '.join(row['modelVersions']) or '-'}")
+        for condition in row["conditions"]:
+            if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
+                print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The latest reconciles, newest first."""
+    entries = Recorder(_settings(args).state_dir).history(args.limit)
+    if args.output == "json":
+        print(json.dumps([e.to_json() for e in entries], indent=2, sort_keys=True))
+        return EXIT_OK
+    for entry in entries:
+        counts = entry.plan["summary"] if entry.plan else None
+        summary = f"+{counts['add']} ~{counts['change']} -/+{counts['replace']} -{counts['destroy']}" if counts else ""
+        took = sum(entry.durations.values())
+        print(f"#{entry.id:<5} {entry.started}  {entry.revision:<20} {entry.status:<11} {summary:<18} {took:.2f}s")
+        for error in entry.errors[:5]:
+            print(f"        {error}")
+        if len(entry.errors) > 5:
+            print(f"        … and {len(entry.errors) - 5} more")
+    return EXIT_OK
+
+
+# --- keys / logs ------------------------------------------------------------------------------------
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Print a service's keys to stdout (on request only; they never go to a log)."""
+    backend: Any = _local_backend(_settings(args))
+    try:
+        if args.regenerate:
+            backend.regenerate_key(args.service, args.regenerate)
+            print(f"regenerated the {args.regenerate} key of {args.service}", file=sys.stderr)
+        primary, secondary = backend.get_keys(args.service)
+    except BackendError as exc:
+        print(f"amlops keys: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        backend.close()
+    if args.output == "json":
+        print(json.dumps({"primaryKey": primary, "secondaryKey": secondary}))
+    else:
+        print(f"primary:   {primary}\nsecondary: {secondary}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print (and with --follow, keep printing) one replica's log."""
+    backend: Any = _local_backend(_settings(args))
+    try:
+        print(backend.tail_log(args.service, args.replica, args.tail))
+        if not args.follow:
+            return EXIT_OK
+        path = Path(backend.log_path(args.service, args.replica))
+        position = path.stat().st_size if path.exists() else 0
+        try:
+            while True:
+                if path.exists():
+                    size = path.stat().st_size
+                    if size < position:  # the log was rotated or truncated
+                        position = 0
+                    if size > position:
+                        with path.open("rb") as handle:
+                            handle.seek(position)
+                            sys.stdout.write(handle.read().decode(errors="replace"))
+                            sys.stdout.flush()
+                            position = handle.tell()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    finally:
+        backend.close()
+
+
+# --- delete -------------------------------------------------------------------------------------
+
+
+def _parse_resource(text: str) -> ResourceId | None:
+    kind, sep, name = text.partition("/")
+    if not sep or not name:
+        return None
+    for known in Kind:
+        if known.value.lower() == kind.lower():
+            return ResourceId(known, name)
+    return None
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    """Delete one resource (``KIND/NAME``) or everything a folder of manifests declares, services first."""
+    settings = _settings(args)
+    target = _parse_resource(args.target) if not Path(args.target).exists() else None
+    pool = BackendPool(settings.state_dir, settings.controller_name)
+    try:
+        if target is not None:
+            desired = DesiredState("delete", str(Path.cwd()), {})
+            owners: dict[ResourceId, Backend] = {target: pool.backend_for(None)}
+        else:
+            root, path = _root_and_path(args.target)
+            try:
+                desired = load_desired_state(root, path, revision=_revision_of(root))
+            except ValidationFailed as exc:
+                return _print_validation(exc)
+            # Workspaces are never deleted (as in pruning): they hold what other repos deploy.
+            owners = {rid: b for rid, b in target_step(desired, pool.backend_for).owner.items() if rid.kind is not Kind.WORKSPACE}
+        ids = sorted(owners, key=lambda r: (r.order(), r.name))
+        seen: dict[int, frozenset[ResourceId]] = {}
+        for backend in owners.values():
+            if id(backend) not in seen:
+                seen[id(backend)] = frozenset(backend.read().resources)
+        existing = {rid for rid in ids if rid in seen[id(owners[rid])]}
+        missing = [rid for rid in ids if rid not in existing]
+        for rid in missing:
+            print(f"{rid}: not found", file=sys.stderr)
+        if not existing:
+            return EXIT_OK if target is None else EXIT_ERROR
+        changes = tuple(Change(rid, Action.DELETE, reason="amlops delete") for rid in
+                        sorted(existing, key=lambda r: (-r.order(), r.name)))
+        deps = [Change(c.id, c.action, c.diffs, c.reason, c.manifest_file,
+                       tuple(o.id for o in changes if o.id.order() > c.id.order())) for c in changes]
+        the_plan = Plan(desired.revision, tuple(deps))
+        sys.stdout.write(render_text(the_plan, color=_use_color(args, sys.stdout)))
+        if not _confirm("Delete these resources?", args.yes):
+            return EXIT_ERROR
+        ctx = ApplyContext(settings.controller_name, desired.revision, desired.root, desired)
+        outcomes = execute(the_plan, desired, owners.__getitem__, ctx, progress=_LiveProgress(sys.stderr))
+    finally:
+        pool.close()
+    recorder = Recorder(settings.state_dir)
+    failed = 0
+    for outcome in outcomes:
+        if outcome.status is ChangeStatus.SUCCEEDED:
+            recorder.forget(outcome.id)
+        else:
+            failed += 1
+            print(f"{outcome.id}: {outcome.error}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The long-lived controller; its flags and loop live in ``controller.runtime.running``."""
+    from controller.runtime.running import add_run_arguments, main_run
+
+    parser = argparse.ArgumentParser(prog="amlops run", description="reconcile a Git repo continuously")
+    add_run_arguments(parser)
+    return main_run(parser.parse_args(args.rest))
+
+
+# --- the parser ---------------------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", default=None, help="state folder (default $AMLOPS_STATE_DIR or the user state dir)")
+    parser.add_argument("--controller-name", default=None, help="owner name in the tags (default $AMLOPS_CONTROLLER_NAME or amlops)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="amlops", description="GitOps for Azure ML GPU inference")
@@ -94,6 +556,64 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one scoring host in the foreground (like azmlinfsrv)", add_help=False)
     serve.add_argument("rest", nargs=argparse.REMAINDER)
     serve.set_defaults(handler=cmd_serve)
+
+    plan_cmd = sub.add_parser("plan", help="show what apply would change (exit 0 none, 2 changes, 1 error)")
+    plan_cmd.add_argument("path_arg", nargs="?", default="manifests", metavar="PATH", help="manifests folder (default manifests)")
+    plan_cmd.add_argument("--output", choices=("text", "markdown", "json"), default="text")
+    plan_cmd.add_argument("--no-color", action="store_true")
+    plan_cmd.add_argument("--base", default=None, help="Git ref the plan starts from (no backend is read)")
+    plan_cmd.add_argument("--head", default="HEAD", help="Git ref whose manifests would be merged (default HEAD)")
+    plan_cmd.add_argument("--repo", default=".", help="Git repository for --base/--head (default .)")
+    plan_cmd.add_argument("--path", default=None, help="manifests folder inside the repo for --base/--head (default PATH)")
+    plan_cmd.add_argument("--allow-mass-delete", action="store_true", help="do not mark mass deletes as held")
+    _common(plan_cmd)
+    plan_cmd.set_defaults(handler=cmd_plan)
+
+    apply = sub.add_parser("apply", help="plan and apply once, with live progress")
+    apply.add_argument("path_arg", nargs="?", default="manifests", metavar="PATH")
+    apply.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    apply.add_argument("--allow-mass-delete", action="store_true")
+    apply.add_argument("--parallelism", type=int, default=4)
+    apply.add_argument("--no-color", action="store_true")
+    _common(apply)
+    apply.set_defaults(handler=cmd_apply)
+
+    status = sub.add_parser("status", help="every resource with its state and conditions")
+    status.add_argument("--output", choices=("text", "json"), default="text")
+    _common(status)
+    status.set_defaults(handler=cmd_status)
+
+    history = sub.add_parser("history", help="recent reconciles, newest first")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--output", choices=("text", "json"), default="text")
+    _common(history)
+    history.set_defaults(handler=cmd_history)
+
+    keys = sub.add_parser("keys", help="print a service's keys (to stdout only)")
+    keys.add_argument("service")
+    keys.add_argument("--regenerate", choices=("primary", "secondary"), default=None)
+    keys.add_argument("--output", choices=("text", "json"), default="text")
+    _common(keys)
+    keys.set_defaults(handler=cmd_keys)
+
+    logs = sub.add_parser("logs", help="a service replica's log")
+    logs.add_argument("service")
+    logs.add_argument("--replica", type=int, default=0, help="replica number, 0-based")
+    logs.add_argument("--tail", type=int, default=100, help="lines to print first")
+    logs.add_argument("--follow", "-f", action="store_true")
+    _common(logs)
+    logs.set_defaults(handler=cmd_logs)
+
+    delete = sub.add_parser("delete", help="delete KIND/NAME or everything a manifests folder declares")
+    delete.add_argument("target", metavar="PATH|KIND/NAME")
+    delete.add_argument("--yes", "-y", action="store_true")
+    delete.add_argument("--no-color", action="store_true")
+    _common(delete)
+    delete.set_defaults(handler=cmd_delete)
+
+    run = sub.add_parser("run", help="the long-lived controller (see amlops run --help)", add_help=False)
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run.set_defaults(handler=cmd_run)
     return parser
 
 

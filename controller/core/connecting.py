@@ -1,0 +1,98 @@
+"""Connecting to backends: the Workspace manifest's ``spec.backend`` picks where its resources live.
+
+``local`` (the default, and what a repo without a Workspace gets) plays Azure ML out on this
+machine; ``azureml`` talks to Azure ML. Backends open lazily and once per target, and the
+azureml module (and its optional SDK) is imported only when a workspace asks for it, so a
+local-only install never needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from controller.backends.base import Backend
+from controller.structs.errors import PermanentError
+from controller.structs.manifests import WorkspaceManifest
+
+log = logging.getLogger(__name__)
+
+
+class BackendUnavailable(PermanentError):
+    """The backend a workspace names cannot be opened here (not installed, not written yet)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="BackendUnavailable")
+
+
+def backend_key(workspace: WorkspaceManifest | None) -> tuple[str, ...]:
+    """What identifies one backend target: workspaces with equal keys share one backend."""
+    if workspace is None or workspace.spec.backend == "local":
+        return ("local",)
+    spec = workspace.spec
+    return ("azureml", spec.subscriptionId or "", spec.resourceGroup or "", spec.workspaceName or workspace.metadata.name)
+
+
+def open_backend(workspace: WorkspaceManifest | None, state_dir: str | Path, controller_name: str) -> Backend:
+    """Open the backend ``workspace`` names (``local`` when there is no workspace)."""
+    if workspace is None or workspace.spec.backend == "local":
+        from controller.backends.local import LocalBackend
+
+        return LocalBackend(state_dir, controller_name=controller_name)
+    if workspace.spec.backend == "azureml":
+        return _open_azureml(workspace, Path(state_dir), controller_name)
+    raise BackendUnavailable(f"unknown backend {workspace.spec.backend!r}")  # pragma: no cover - schema forbids it
+
+
+def _open_azureml(workspace: WorkspaceManifest, state_dir: Path, controller_name: str) -> Backend:
+    try:
+        module = importlib.import_module("controller.backends.azureml")
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"workspace {workspace.metadata.name!r} uses backend 'azureml', which cannot be loaded here ({exc}); "
+            "install amlops[azureml] or use backend: local"
+        ) from exc
+    factory: Any = getattr(module, "open_backend", None) or getattr(module, "AzureMLBackend", None)
+    if factory is None:
+        raise BackendUnavailable("controller.backends.azureml provides neither open_backend() nor AzureMLBackend")
+    # Pass only the arguments the factory takes: the azureml backend is written by another hand.
+    offered: dict[str, Any] = {"workspace": workspace, "state_dir": state_dir, "controller_name": controller_name}
+    try:
+        accepted: set[str] = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    kwargs = {k: v for k, v in offered.items() if k in accepted}
+    backend: Backend = factory(**kwargs)
+    return backend
+
+
+class BackendPool:
+    """Backends opened on first use, one per target, closed together. Safe to share between threads."""
+
+    def __init__(self, state_dir: str | Path, controller_name: str) -> None:
+        self.state_dir = Path(state_dir)
+        self.controller_name = controller_name
+        self._open: dict[tuple[str, ...], Backend] = {}
+        self._lock = threading.Lock()
+
+    def backend_for(self, workspace: WorkspaceManifest | None) -> Backend:
+        """The backend of ``workspace``, opening it on first use."""
+        key = backend_key(workspace)
+        with self._lock:
+            backend = self._open.get(key)
+            if backend is None:
+                backend = open_backend(workspace, self.state_dir, self.controller_name)
+                log.info("backend.opened", extra={"backend": key[0], "workspace": workspace.metadata.name if workspace else None})
+                self._open[key] = backend
+            return backend
+
+    def close(self) -> None:
+        """Close every opened backend (services they manage keep running)."""
+        with self._lock:
+            backends, self._open = list(self._open.values()), {}
+        for backend in backends:
+            backend.close()

@@ -1,0 +1,182 @@
+"""Executing a plan: changes in dependency order, independent ones in parallel, each retried.
+
+Deletes run first, in reverse dependency order, then creates/updates/replaces in dependency order
+(see ``planning``). Inside each phase a change starts as soon as everything it depends on has
+succeeded, on a bounded thread pool. A ``TransientError`` is retried with exponential backoff and
+full jitter (capped in attempts and total time, and never sooner than the backend's
+``retry_after``); a ``PermanentError`` or an unexpected exception fails that change and skips the
+changes that depend on it, while unrelated changes carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from controller.backends.base import ApplyContext, Backend
+from controller.structs.errors import PermanentError, TransientError
+from controller.structs.plans import Action, Change, Plan
+from controller.structs.results import ChangeOutcome, ChangeStatus, ExecutionEvent, ExecutionPhase
+from controller.structs.states import DesiredState, ResourceId
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[ExecutionEvent], None]
+BackendOf = Callable[[ResourceId], Backend]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one change: at most ``max_attempts`` tries within ``max_total_s`` seconds."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 1.0
+    max_delay_s: float = 30.0
+    max_total_s: float = 600.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: Callable[[], float]) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based): full jitter, at least ``retry_after``."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * (2 ** (attempt - 1)))
+        jittered = rng() * ceiling
+        return float(max(jittered, retry_after or 0.0))
+
+
+def _no_progress(event: ExecutionEvent) -> None:
+    """A progress sink that drops everything."""
+
+
+@dataclass
+class _Runner:
+    """Applies single changes with retries; shared by the pool's threads (it holds no mutable state)."""
+
+    desired: DesiredState
+    backend_of: BackendOf
+    ctx: ApplyContext
+    retry: RetryPolicy
+    progress: ProgressCallback
+    sleep: Callable[[float], None]
+    rng: Callable[[], float]
+
+    def apply_once(self, change: Change) -> None:
+        backend = self.backend_of(change.id)
+        if change.action is Action.DELETE:
+            backend.delete(change.id, self.ctx)
+            return
+        resource = self.desired.resources.get(change.id)
+        if resource is None:
+            raise PermanentError(f"{change.id} is not in the desired state at {self.desired.revision}", reason="NotDeclared")
+        if change.action is Action.CREATE:
+            backend.create(resource, self.ctx)
+        elif change.action is Action.UPDATE:
+            backend.update(resource, change, self.ctx)
+        elif change.action is Action.REPLACE:
+            # Some fields cannot change in place: Azure ML needs the old one gone first.
+            backend.delete(change.id, self.ctx)
+            backend.create(resource, self.ctx)
+
+    def run(self, change: Change) -> ChangeOutcome:
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.STARTED, attempt))
+            try:
+                self.apply_once(change)
+            except TransientError as exc:
+                elapsed = time.monotonic() - started
+                delay = self.retry.delay(attempt, exc.retry_after, self.rng)
+                if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_s:
+                    log.warning("change.failed", extra={"resource": str(change.id), "attempts": attempt, "reason": "RetriesExhausted"})
+                    return self._failed(change, attempt, started, f"gave up after {attempt} attempts: {exc}", "RetriesExhausted")
+                log.info("change.retrying", extra={"resource": str(change.id), "attempt": attempt, "delay_s": round(delay, 3)})
+                self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.RETRYING, attempt, f"{exc} (retrying in {delay:.1f}s)"))
+                self.sleep(delay)
+                continue
+            except PermanentError as exc:
+                log.warning("change.failed", extra={"resource": str(change.id), "attempts": attempt, "reason": exc.reason})
+                return self._failed(change, attempt, started, str(exc), exc.reason)
+            except Exception as exc:  # a backend bug must fail one change, not the whole reconcile
+                log.exception("change.crashed", extra={"resource": str(change.id), "attempts": attempt})
+                return self._failed(change, attempt, started, f"{type(exc).__name__}: {exc}", "Unexpected")
+            duration = time.monotonic() - started
+            log.info("change.succeeded", extra={"resource": str(change.id), "action": change.action.value, "attempts": attempt})
+            self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SUCCEEDED, attempt))
+            return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration)
+
+    def _failed(self, change: Change, attempt: int, started: float, message: str, reason: str) -> ChangeOutcome:
+        self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.FAILED, attempt, message))
+        return ChangeOutcome(change.id, change.action, ChangeStatus.FAILED, attempt, time.monotonic() - started, message, reason)
+
+
+def _run_phase(
+    changes: Sequence[Change],
+    runner: _Runner,
+    pool: ThreadPoolExecutor,
+    done: dict[ResourceId, ChangeOutcome],
+) -> None:
+    """Run ``changes`` as a DAG over ``depends_on``; fill ``done`` with every change's outcome."""
+    pending = {c.id: c for c in changes}
+    running: dict[Future[ChangeOutcome], Change] = {}
+    while pending or running:
+        for change in list(pending.values()):
+            deps = [d for d in change.depends_on if d in done or d in pending or any(c.id == d for c in running.values())]
+            broken = [d for d in deps if d in done and done[d].status is not ChangeStatus.SUCCEEDED]
+            if broken:
+                del pending[change.id]
+                message = f"skipped: {broken[0]} did not succeed"
+                runner.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SKIPPED, 0, message))
+                log.info("change.skipped", extra={"resource": str(change.id), "dependency": str(broken[0])})
+                done[change.id] = ChangeOutcome(change.id, change.action, ChangeStatus.SKIPPED, 0, 0.0, message, "DependencyFailed")
+                continue
+            if all(d in done for d in deps):
+                del pending[change.id]
+                running[pool.submit(runner.run, change)] = change
+        if not running:
+            if pending:  # a cycle: cannot happen with kind-ordered dependencies, but never hang
+                for change in pending.values():
+                    done[change.id] = ChangeOutcome(change.id, change.action, ChangeStatus.SKIPPED, 0, 0.0,
+                                                    "skipped: dependency cycle", "DependencyCycle")
+                pending.clear()
+            break
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            change = running.pop(future)
+            done[change.id] = future.result()
+
+
+def execute(
+    plan: Plan,
+    desired: DesiredState,
+    backend_of: BackendOf,
+    ctx: ApplyContext,
+    *,
+    parallelism: int = 4,
+    retry: RetryPolicy | None = None,
+    progress: ProgressCallback | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: Callable[[], float] = random.random,
+) -> tuple[ChangeOutcome, ...]:
+    """Apply every effective change of ``plan``; return one outcome per change, in plan order.
+
+    ``backend_of`` names the backend that owns each resource (workspaces may live on different
+    backends). ``sleep`` and ``rng`` are the clock and dice of the backoff, injectable so tests
+    need not wait.
+    """
+    runner = _Runner(desired, backend_of, ctx, retry or RetryPolicy(), progress or _no_progress, sleep, rng)
+    effective = plan.effective
+    deletes = [c for c in effective if c.action is Action.DELETE]
+    others = [c for c in effective if c.action is not Action.DELETE]
+    done: dict[ResourceId, ChangeOutcome] = {}
+    with ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="amlops-apply") as pool:
+        _run_phase(deletes, runner, pool, done)
+        _run_phase(others, runner, pool, done)
+    return tuple(done[c.id] for c in effective)
+
+
+def outcomes_by_id(outcomes: Sequence[ChangeOutcome]) -> Mapping[ResourceId, ChangeOutcome]:
+    """Outcomes keyed by resource id."""
+    return {o.id: o for o in outcomes}

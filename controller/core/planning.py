@@ -1,0 +1,502 @@
+"""Planning: diff desired state against actual state into a ``Plan``. Pure functions, no I/O.
+
+Only what the manifest says is compared. A field the user left out is the backend's business
+(Azure fills in defaults), so reporting it would be Argo CD's false *OutOfSync*. Values are
+normalised before comparing (``2`` vs ``2.0``, base-image aliases, ``"model"`` vs
+``{name: model}``), following Terraform's ``objchange`` habit of comparing meaning, not spelling.
+
+Global order of a plan (and of applying it):
+
+1. deletes, in reverse dependency order (webservices → models → environments → clusters), so
+   services stop before what they run on goes, and GPUs are freed before new services ask for
+   them;
+2. creates, updates and replaces, in dependency order (workspace → cluster → environment →
+   model → webservice);
+3. no-ops last (they are shown for their reasons: suspended, retained).
+
+Within one kind, changes are ordered by name so plans are stable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from pydantic import BaseModel
+
+from controller.structs.manifests import (
+    ALLOW_MASS_DELETE_ANNOTATION,
+    KIND_ORDER,
+    AnyManifest,
+    Kind,
+    WebserviceManifest,
+)
+from controller.structs.plans import Action, Change, FieldDiff, Plan
+from controller.structs.states import (
+    DIGEST_TAG,
+    MANAGED_BY_TAG,
+    MANIFEST_PATH_TAG,
+    REVISION_TAG,
+    ActualResource,
+    ActualState,
+    DesiredResource,
+    DesiredState,
+    ResourceId,
+)
+
+ReplaceFields = Callable[[Kind], frozenset[str]]
+
+# What a removed manifest's resource gets when its last-applied spec names no policy. Clusters
+# are billed while they exist and are slow to recreate, so they stay unless told otherwise.
+DEFAULT_DELETION_POLICY: Final[Mapping[Kind, str]] = {
+    Kind.AKS_CLUSTER: "Retain",
+    Kind.ENVIRONMENT: "Delete",
+    Kind.MODEL: "Delete",
+    Kind.WEBSERVICE: "Delete",
+}
+
+# Fields that cannot change in place on any backend Azure ML offers; used when no backend is at
+# hand (``amlops plan --base/--head``). Paths are relative to ``spec``.
+STATIC_REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
+    Kind.WORKSPACE: frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName", "location"}),
+    Kind.AKS_CLUSTER: frozenset({"workspace", "vmSize", "location", "attach", "clusterPurpose", "gpusPerNode"}),
+    Kind.ENVIRONMENT: frozenset({"workspace"}),
+    Kind.MODEL: frozenset({"workspace"}),
+    Kind.WEBSERVICE: frozenset({"workspace", "cluster"}),
+}
+
+_MISSING: Final = object()
+
+
+def static_replace_fields(kind: Kind) -> frozenset[str]:
+    """Replace-forcing fields of ``kind`` without asking a backend (see ``STATIC_REPLACE_FIELDS``)."""
+    return STATIC_REPLACE_FIELDS.get(kind, frozenset())
+
+
+# --- what the user set ------------------------------------------------------------------------
+
+
+def user_set(value: Any) -> Any:
+    """Plain data holding only what the user wrote: pydantic fields in ``model_fields_set``, recursively.
+
+    Free-form mappings and lists the user wrote are kept whole (every key is the user's).
+    """
+    if isinstance(value, BaseModel):
+        return {name: user_set(getattr(value, name)) for name in sorted(value.model_fields_set)}
+    if isinstance(value, Mapping):
+        return {str(k): user_set(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [user_set(v) for v in value]
+    if hasattr(value, "value") and isinstance(getattr(value, "value", None), str):  # enums
+        return value.value
+    return value
+
+
+def _field_default(model: type[BaseModel] | None, name: str) -> Any:
+    if model is None or name not in model.model_fields:
+        return _MISSING
+    info = model.model_fields[name]
+    if info.default_factory is not None:
+        return info.default_factory()  # type: ignore[call-arg]
+    if info.is_required():
+        return _MISSING
+    return info.default
+
+
+def _submodel(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The pydantic model a field holds, when it holds exactly one (``resources: Resources``)."""
+    if model is None or name not in model.model_fields:
+        return None
+    annotation = model.model_fields[name].annotation
+    candidates = getattr(annotation, "__args__", (annotation,))
+    found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return found[0] if len(found) == 1 else None
+
+
+# --- normalising ------------------------------------------------------------------------------
+
+
+def _normalise(path: tuple[str, ...], value: Any) -> Any:
+    """One value in comparable form: numbers as floats, image aliases resolved, model refs as dicts."""
+    from controller.structs.manifests import canonical_base_image
+
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if path and path[-1] == "baseImage" and isinstance(value, str):
+        return canonical_base_image(value)
+    if len(path) >= 1 and path[-1] == "models" and isinstance(value, list):
+        return [_model_ref(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _normalise((*path, str(k)), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalise(path, v) for v in value]
+    if isinstance(value, str):
+        return value.strip()
+    return value
+
+
+def _model_ref(value: Any) -> Any:
+    if isinstance(value, str):
+        name, sep, version = value.partition(":")
+        return {"name": name.strip(), "version": float(version)} if sep and version.isdigit() else {"name": name.strip()}
+    if isinstance(value, Mapping):
+        return {str(k): _normalise((str(k),), v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _equal(path: tuple[str, ...], desired: Any, actual: Any) -> bool:
+    a, b = _normalise(path, desired), _normalise(path, actual)
+    if path and path[-1] == "models" and isinstance(a, list) and isinstance(b, list):
+        # A model the user did not pin matches whatever version the backend resolved.
+        return len(a) == len(b) and all(
+            isinstance(x, dict) and isinstance(y, dict) and all(y.get(k) == v for k, v in x.items())
+            for x, y in zip(a, b, strict=True)
+        )
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+# --- diffing ----------------------------------------------------------------------------------
+
+
+def diff_spec(
+    desired: BaseModel,
+    actual: Mapping[str, Any],
+    replace_fields: frozenset[str] = frozenset(),
+) -> tuple[FieldDiff, ...]:
+    """Field diffs between the fields the user set in ``desired`` and the backend's ``actual`` spec.
+
+    Nested models are compared field by field (``spec.resources.cpu``); free-form mappings key by
+    key; lists as a whole. A field missing from ``actual`` is a difference only when the user's
+    value is not the default the backend would have applied.
+    """
+    diffs: list[FieldDiff] = []
+    _diff_model(desired, actual, ("spec",), type(desired), replace_fields, diffs)
+    return tuple(diffs)
+
+
+def _forces(path: tuple[str, ...], replace_fields: frozenset[str]) -> bool:
+    dotted = ".".join(path[1:])  # relative to spec
+    return any(dotted == f or dotted.startswith(f + ".") or f == "spec." + dotted for f in replace_fields)
+
+
+def _diff_model(
+    desired: BaseModel,
+    actual: Mapping[str, Any],
+    path: tuple[str, ...],
+    model: type[BaseModel] | None,
+    replace_fields: frozenset[str],
+    out: list[FieldDiff],
+) -> None:
+    for name in sorted(desired.model_fields_set):
+        value = getattr(desired, name)
+        here = (*path, name)
+        observed = actual.get(name, _MISSING) if isinstance(actual, Mapping) else _MISSING
+        if observed is _MISSING:
+            default = _field_default(model, name)
+            if default is not _MISSING and _equal(here, user_set(default), user_set(value)):
+                continue
+            out.append(FieldDiff(".".join(here), None, user_set(value), _forces(here, replace_fields)))
+            continue
+        if isinstance(value, BaseModel) and isinstance(observed, Mapping):
+            _diff_model(value, observed, here, type(value), replace_fields, out)
+            continue
+        wanted = user_set(value)
+        if isinstance(wanted, dict) and isinstance(observed, Mapping) and here[-1] != "models":
+            _diff_mapping(wanted, observed, here, replace_fields, out)
+            continue
+        if not _equal(here, wanted, observed):
+            out.append(FieldDiff(".".join(here), _plain(observed), wanted, _forces(here, replace_fields)))
+
+
+def _diff_mapping(
+    wanted: Mapping[str, Any],
+    observed: Mapping[str, Any],
+    path: tuple[str, ...],
+    replace_fields: frozenset[str],
+    out: list[FieldDiff],
+) -> None:
+    for key in sorted(set(wanted) | {str(k) for k in observed}):
+        here = (*path, key)
+        a = wanted.get(key, _MISSING)
+        b = observed.get(key, _MISSING)
+        if a is _MISSING or b is _MISSING or not _equal(here, a, b):
+            out.append(
+                FieldDiff(
+                    ".".join(here),
+                    None if b is _MISSING else _plain(b),
+                    None if a is _MISSING else a,
+                    _forces(here, replace_fields),
+                )
+            )
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of an observed value (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- references -------------------------------------------------------------------------------
+
+
+def references(manifest: AnyManifest) -> tuple[ResourceId, ...]:
+    """Resources ``manifest`` needs before it can be created: its workspace, cluster, environment, models."""
+    refs: list[ResourceId] = []
+    workspace = getattr(manifest.spec, "workspace", None)
+    if workspace:
+        refs.append(ResourceId(Kind.WORKSPACE, workspace))
+    if isinstance(manifest, WebserviceManifest):
+        refs.append(ResourceId(Kind.AKS_CLUSTER, manifest.spec.cluster))
+        if manifest.spec.environment:
+            refs.append(ResourceId(Kind.ENVIRONMENT, manifest.spec.environment))
+        refs.extend(ResourceId(Kind.MODEL, m.name) for m in manifest.spec.models)
+    return tuple(refs)
+
+
+def _observed_references(resource: ActualResource) -> set[ResourceId]:
+    """What an existing resource uses, from its last-applied spec (for ordering deletes)."""
+    spec = resource.spec
+    refs: set[ResourceId] = set()
+    if isinstance(spec.get("workspace"), str):
+        refs.add(ResourceId(Kind.WORKSPACE, spec["workspace"]))
+    if isinstance(spec.get("cluster"), str):
+        refs.add(ResourceId(Kind.AKS_CLUSTER, spec["cluster"]))
+    if isinstance(spec.get("environment"), str):
+        refs.add(ResourceId(Kind.ENVIRONMENT, spec["environment"]))
+    for model in spec.get("models") or ():
+        ref = _model_ref(model)
+        if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+            refs.add(ResourceId(Kind.MODEL, ref["name"]))
+    return refs
+
+
+# --- reasons ----------------------------------------------------------------------------------
+
+
+def _short(digest: str | None) -> str:
+    if not digest:
+        return "none"
+    algo, _, hexa = digest.partition(":")
+    return f"{algo}:{hexa[:12]}…" if hexa else digest[:12] + "…"
+
+
+def _content_label(key: str) -> str:
+    if key.startswith("model:"):
+        return f"model {key.partition(':')[2]}"
+    if key == "environment":
+        return "environment"
+    return f"spec.{key}"
+
+
+def _content_reason(desired: DesiredResource, actual: ActualResource) -> str:
+    """Why a resource whose fields all match still needs an update: which referenced content changed."""
+    observed = actual.details.get("content_digests")
+    if isinstance(observed, Mapping):
+        changed = [
+            f"content of {_content_label(key)} changed ({_short(observed.get(key))} → {_short(value)})"
+            for key, value in sorted(desired.content_digests.items())
+            if observed.get(key) != value
+        ]
+        if changed:
+            return "; ".join(changed)
+    if desired.content_digests:
+        keys = ", ".join(_content_label(k) for k in sorted(desired.content_digests))
+        return f"content changed (digest {_short(actual.digest)} → {_short(desired.digest)}; covers {keys})"
+    return f"manifest changed (digest {_short(actual.digest)} → {_short(desired.digest)})"
+
+
+def _drift_reason(diffs: tuple[FieldDiff, ...], actual: ActualResource) -> str:
+    """Why a resource already at this digest differs: someone or something changed it outside Git."""
+    for diff in diffs:
+        if diff.path == "spec.replicas" and isinstance(diff.before, int | float) and isinstance(diff.after, int):
+            return f"drift: {int(diff.before)} of {diff.after} replicas running"
+    return "drift: " + ", ".join(d.path for d in diffs) + " changed outside Git"
+
+
+def _replica_drift(manifest: AnyManifest, actual: ActualResource) -> tuple[FieldDiff, ...]:
+    """Missing replicas of a service whose count the user left to autoscale: drift all the same."""
+    if not isinstance(manifest, WebserviceManifest) or "replicas" in manifest.spec.model_fields_set:
+        return ()
+    observed = actual.spec.get("replicas")
+    wanted = manifest.spec.min_replicas()
+    if isinstance(observed, int) and not isinstance(observed, bool) and observed < wanted:
+        return (FieldDiff("spec.replicas", observed, wanted),)
+    return ()
+
+
+# --- planning one resource --------------------------------------------------------------------
+
+
+def plan_resource(
+    desired: DesiredResource,
+    actual: ActualResource | None,
+    *,
+    controller_name: str,
+    replace_fields: frozenset[str],
+) -> Change:
+    """The change that brings ``actual`` (or nothing) to ``desired``."""
+    manifest = desired.manifest
+    if manifest.suspended:
+        return Change(desired.id, Action.NOOP, reason="suspended", manifest_file=desired.origin.file)
+    if actual is None:
+        wanted = user_set(manifest.spec)
+        created = tuple(FieldDiff(f"spec.{name}", None, value) for name, value in wanted.items())
+        return Change(desired.id, Action.CREATE, created, reason="not found in actual state", manifest_file=desired.origin.file)
+    owner = actual.tags.get(MANAGED_BY_TAG)
+    if owner and owner != controller_name:
+        # Another controller instance owns it; fighting over it would flap forever.
+        return Change(desired.id, Action.NOOP, reason=f"managed by {owner!r}; left alone", manifest_file=desired.origin.file)
+    diffs = diff_spec(manifest.spec, actual.spec, replace_fields) + _replica_drift(manifest, actual)
+    forced = [d for d in diffs if d.forces_replace]
+    if forced:
+        names = ", ".join(d.path for d in forced)
+        return Change(desired.id, Action.REPLACE, diffs, reason=f"{names} cannot change in place (forces replacement)",
+                      manifest_file=desired.origin.file)
+    if diffs:
+        if actual.digest == desired.digest:
+            reason = _drift_reason(diffs, actual)
+        else:
+            reason = "manifest changed: " + ", ".join(d.path for d in diffs)
+        return Change(desired.id, Action.UPDATE, diffs, reason=reason, manifest_file=desired.origin.file)
+    if not actual.owned_by(controller_name):
+        return Change(desired.id, Action.UPDATE, reason="adopt: exists but carries no ownership tags yet",
+                      manifest_file=desired.origin.file)
+    if actual.digest != desired.digest:
+        return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file)
+    return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file)
+
+
+def plan_removal(actual: ActualResource, *, controller_name: str) -> Change | None:
+    """What to do with a resource no manifest declares: prune it, retain it, or (not ours) nothing."""
+    if not actual.owned_by(controller_name):
+        return None  # never ours: never touched, never listed
+    source = actual.tags.get(MANIFEST_PATH_TAG, "the repository")
+    if actual.id.kind is Kind.WORKSPACE:
+        return Change(actual.id, Action.NOOP, reason="retained (workspaces are never deleted)", manifest_file=source)
+    policy = actual.spec.get("deletionPolicy") or DEFAULT_DELETION_POLICY.get(actual.id.kind, "Delete")
+    if policy != "Delete":
+        return Change(actual.id, Action.NOOP, reason=f"retained (deletionPolicy: {policy})", manifest_file=source)
+    return Change(actual.id, Action.DELETE, reason=f"manifest removed from {source}", manifest_file=source)
+
+
+# --- the whole plan ---------------------------------------------------------------------------
+
+
+def _sort_key(change: Change) -> tuple[int, int, str]:
+    order = change.id.order()
+    if change.action is Action.DELETE:
+        return (0, len(KIND_ORDER) - order, change.id.name)
+    if change.action is Action.NOOP:
+        return (2, order, change.id.name)
+    return (1, order, change.id.name)
+
+
+def _with_dependencies(changes: list[Change], desired: DesiredState, actual: ActualState) -> list[Change]:
+    """Fill ``depends_on``: creates wait for what they reference, deletes for what references them."""
+    effective = {c.id: c for c in changes if c.action is not Action.NOOP}
+    result: list[Change] = []
+    for change in changes:
+        deps: set[ResourceId] = set()
+        if change.action is Action.DELETE:
+            for other in effective.values():
+                if other.action is Action.DELETE and other.id != change.id:
+                    found = actual.resources.get(other.id)
+                    if found is not None and change.id in _observed_references(found):
+                        deps.add(other.id)
+        elif change.action is not Action.NOOP:
+            resource = desired.resources.get(change.id)
+            if resource is not None:
+                deps = {ref for ref in references(resource.manifest) if ref in effective and ref != change.id}
+        ordered = tuple(sorted(deps, key=lambda r: (r.order(), r.name)))
+        result.append(Change(change.id, change.action, change.diffs, change.reason, change.manifest_file, ordered))
+    return result
+
+
+def _mass_delete_hold(changes: list[Change], desired: DesiredState, actual: ActualState, controller_name: str) -> str | None:
+    """Hold a plan that would delete more than half (or all) of what this controller owns.
+
+    A bad merge or an emptied folder must not wipe production; a human confirms with
+    ``--allow-mass-delete`` or the ``amlops.dev/allow-mass-delete: "true"`` annotation on any
+    manifest that remains.
+    """
+    deletes = sum(1 for c in changes if c.action is Action.DELETE)
+    if deletes == 0:
+        return None
+    owned = sum(1 for r in actual if r.owned_by(controller_name) and r.id.kind is not Kind.WORKSPACE)
+    if deletes < owned and deletes * 2 <= owned:
+        return None
+    if any(r.manifest.metadata.annotations.get(ALLOW_MASS_DELETE_ANNOTATION, "").lower() == "true" for r in desired):
+        return None
+    scope = "all" if deletes >= owned else "more than half"
+    return (
+        f"would delete {deletes} of {owned} resources managed by {controller_name} ({scope}); "
+        f"rerun with --allow-mass-delete or annotate a manifest with {ALLOW_MASS_DELETE_ANNOTATION}: \"true\""
+    )
+
+
+def plan(
+    desired: DesiredState,
+    actual: ActualState,
+    *,
+    controller_name: str,
+    replace_fields: ReplaceFields,
+    base_revision: str | None = None,
+    allow_mass_delete: bool = False,
+) -> Plan:
+    """The ordered changes that bring ``actual`` to ``desired`` (see the module docstring for the order)."""
+    changes: list[Change] = []
+    for resource in desired:
+        changes.append(
+            plan_resource(
+                resource,
+                actual.resources.get(resource.id),
+                controller_name=controller_name,
+                replace_fields=replace_fields(resource.id.kind),
+            )
+        )
+    unmanaged = 0
+    for existing in actual:
+        if existing.id in desired.resources:
+            continue
+        removal = plan_removal(existing, controller_name=controller_name)
+        if removal is None:
+            unmanaged += 1
+        else:
+            changes.append(removal)
+    changes.sort(key=_sort_key)
+    changes = _with_dependencies(changes, desired, actual)
+    warnings: list[str] = []
+    if unmanaged:
+        warnings.append(f"{unmanaged} resource(s) not declared in Git and not managed by {controller_name} are left alone")
+    held = None if allow_mass_delete else _mass_delete_hold(changes, desired, actual, controller_name)
+    return Plan(desired.revision, tuple(changes), base_revision=base_revision, held=held, warnings=tuple(warnings))
+
+
+def as_applied(desired: DesiredState, *, controller_name: str) -> ActualState:
+    """The actual state a backend would report had ``desired`` been applied by ``controller_name``.
+
+    Lets ``amlops plan --base --head`` show what merging would change without touching a backend.
+    """
+    resources: dict[ResourceId, ActualResource] = {}
+    for resource in desired:
+        spec = resource.manifest.spec.model_dump(mode="json")
+        tags = {
+            MANAGED_BY_TAG: controller_name,
+            MANIFEST_PATH_TAG: resource.origin.file,
+            REVISION_TAG: desired.revision,
+            DIGEST_TAG: resource.digest,
+        }
+        resources[resource.id] = ActualResource(
+            resource.id, spec, tags, details={"content_digests": dict(resource.content_digests)}
+        )
+    return ActualState(resources)
+
+
+def plan_ids(changes: Iterable[Change]) -> list[str]:
+    """``Kind/name`` of each change, for logs."""
+    return [str(c.id) for c in changes]

@@ -1,0 +1,218 @@
+"""Reconciling: one pass of the Flux-style pipeline from a folder of manifests to actual state.
+
+load + validate → read actual → plan → (detect only? stop) → (held? stop) → apply (prune is part
+of the plan) → record. Waiting for health is the backend's job: its create and update return when
+the resource is ready. The pass is level-triggered and idempotent: it trusts only the state it
+reads, so running it twice in a row writes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from controller.backends.base import ApplyContext, Backend, ProgressFn, no_progress
+from controller.core.executing import ProgressCallback, RetryPolicy, execute
+from controller.core.planning import plan as make_plan
+from controller.sources.loading import load_desired_state
+from controller.sources.validating import workspace_of
+from controller.structs.errors import BackendError, ValidationFailed
+from controller.structs.manifests import Kind, WorkspaceManifest
+from controller.structs.plans import Plan
+from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
+from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
+
+log = logging.getLogger(__name__)
+
+BackendFor = Callable[[WorkspaceManifest | None], Backend]
+
+
+class RecorderLike(Protocol):
+    """What ``reconcile`` needs of a recorder (``recording.Recorder`` is the real one)."""
+
+    def record(self, outcome: ReconcileOutcome) -> int:
+        """Store one outcome; return its history id."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """Knobs of one reconcile.
+
+    ``detect_only`` plans without applying (drift detection); ``allow_mass_delete`` lifts the
+    mass-delete hold; ``progress`` receives executor events; ``backend_progress`` receives the
+    backends' own messages (``3/5 replicas ready``).
+    """
+
+    controller_name: str = "amlops"
+    detect_only: bool = False
+    allow_mass_delete: bool = False
+    parallelism: int = 4
+    progress: ProgressCallback | None = None
+    backend_progress: ProgressFn = no_progress
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class _Targets:
+    """Which backend holds each resource, and the backends in use (each once)."""
+
+    backends: list[Backend] = field(default_factory=list)
+    owner: dict[ResourceId, Backend] = field(default_factory=dict)
+
+    def add(self, backend: Backend) -> Backend:
+        if not any(b is backend for b in self.backends):
+            self.backends.append(backend)
+        return backend
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the steps ----------------------------------------------------------------------------------
+
+
+def load_step(root: str | Path, path: str, revision: str) -> DesiredState:
+    """Load and validate everything at once, so a broken commit is refused before anything is touched."""
+    return load_desired_state(root, path, revision=revision)
+
+
+def target_step(desired: DesiredState, backend_for: BackendFor) -> _Targets:
+    """Pick each declared resource's backend from its workspace, so one repo can span backends."""
+    targets = _Targets()
+    workspaces = [r.manifest for r in desired if isinstance(r.manifest, WorkspaceManifest)]
+    for workspace in workspaces:
+        targets.add(backend_for(workspace))
+    if not workspaces:
+        targets.add(backend_for(None))
+    for resource in desired:
+        targets.owner[resource.id] = targets.add(backend_for(workspace_of(desired, resource)))
+    return targets
+
+
+def read_step(targets: _Targets) -> ActualState:
+    """Read actual state from every backend in use: the plan is made from what is, not from events."""
+    merged: dict[ResourceId, ActualResource] = {}
+    for backend in targets.backends:
+        for resource in backend.read():
+            if resource.id not in merged:
+                merged[resource.id] = resource
+                targets.owner.setdefault(resource.id, backend)
+    return ActualState(merged)
+
+
+def plan_step(desired: DesiredState, actual: ActualState, targets: _Targets, options: ReconcileOptions) -> Plan:
+    """Diff desired against actual, asking each resource's own backend what forces a replace."""
+    fallback = targets.backends[0]
+
+    def replace_fields(kind: Kind) -> frozenset[str]:
+        # Fields are per kind; the union over backends in use is the cautious answer.
+        fields: frozenset[str] = frozenset()
+        for backend in targets.backends or [fallback]:
+            fields |= backend.replace_fields(kind)
+        return fields
+
+    return make_plan(
+        desired,
+        actual,
+        controller_name=options.controller_name,
+        replace_fields=replace_fields,
+        allow_mass_delete=options.allow_mass_delete,
+    )
+
+
+def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
+    """Apply the plan in dependency order, retrying what may pass and isolating what will not."""
+    ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress)
+    fallback = targets.backends[0]
+    return execute(
+        plan,
+        desired,
+        lambda rid: targets.owner.get(rid, fallback),
+        ctx,
+        parallelism=options.parallelism,
+        retry=options.retry,
+        progress=options.progress,
+    )
+
+
+def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileOutcome:
+    """Record every pass, good or bad, so status and history answer "what happened at revision X"."""
+    try:
+        recorder.record(outcome)
+    except Exception:  # a full disk must not turn an applied revision into a crash loop
+        log.exception("reconcile.record_failed", extra={"revision": outcome.revision})
+    log.info(
+        "reconcile.finished",
+        extra={"revision": outcome.revision, "status": outcome.status.value, "changes": len(outcome.changes),
+               "errors": len(outcome.errors)},
+    )
+    return outcome
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def reconcile(
+    root: str | Path,
+    path: str,
+    revision: str,
+    backend_for: BackendFor,
+    recorder: RecorderLike,
+    options: ReconcileOptions | None = None,
+) -> ReconcileOutcome:
+    """Converge actual state on the manifests under ``root/path`` at ``revision``; record and return the outcome.
+
+    Never raises for bad input or backend failures: they become the outcome's status and errors.
+    """
+    options = options or ReconcileOptions()
+    started = _now()
+    durations: dict[str, float] = {}
+
+    def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
+               errors: tuple[str, ...] = ()) -> ReconcileOutcome:
+        outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations))
+        return record_step(recorder, outcome)
+
+    mark = time.monotonic()
+    try:
+        desired = load_step(root, path, revision)
+    except ValidationFailed as exc:
+        durations["load"] = time.monotonic() - mark
+        log.warning("reconcile.invalid", extra={"revision": revision, "errors": len(exc.errors)})
+        return finish(ReconcileStatus.INVALID, errors=tuple(str(e) for e in exc.errors))
+    durations["load"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    try:
+        targets = target_step(desired, backend_for)
+        actual = read_step(targets)
+    except BackendError as exc:
+        durations["read"] = time.monotonic() - mark
+        return finish(ReconcileStatus.FAILED, errors=(f"reading actual state: {exc}",))
+    durations["read"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    plan = plan_step(desired, actual, targets, options)
+    durations["plan"] = time.monotonic() - mark
+    log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
+
+    if options.detect_only:
+        return finish(ReconcileStatus.DETECTED, plan)
+    if plan.held:
+        return finish(ReconcileStatus.HELD, plan, errors=(plan.held,))
+    if not plan.has_changes:
+        return finish(ReconcileStatus.NO_CHANGES, plan)
+
+    mark = time.monotonic()
+    changes = apply_step(plan, desired, targets, options)
+    durations["apply"] = time.monotonic() - mark
+    failed = [c for c in changes if c.status is not ChangeStatus.SUCCEEDED]
+    errors = tuple(f"{c.id}: {c.error}" for c in failed if c.error)
+    return finish(ReconcileStatus.FAILED if failed else ReconcileStatus.APPLIED, plan, changes, errors)

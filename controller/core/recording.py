@@ -1,0 +1,286 @@
+"""Recording: every reconcile's outcome and each resource's status, in SQLite (WAL) in the state dir.
+
+This is Flux's status subresource and history for a controller without Kubernetes: the runtime,
+the CLI and a second controller process read and write the same file, so every call opens its
+own short connection (WAL lets readers go on while one writer commits) and every write is one
+``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from controller.core.rendering import plan_to_json
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action
+from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
+from controller.structs.states import Condition, ResourceId
+
+HISTORY_FILE: Final = "history.sqlite"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS reconciles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    revision TEXT NOT NULL, status TEXT NOT NULL,
+    started TEXT NOT NULL, finished TEXT NOT NULL,
+    plan TEXT, changes TEXT NOT NULL, errors TEXT NOT NULL, durations TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reconciles_status ON reconciles (status, id);
+CREATE TABLE IF NOT EXISTS resource_status (
+    kind TEXT NOT NULL, name TEXT NOT NULL,
+    conditions TEXT NOT NULL,
+    last_applied_revision TEXT, last_attempted_revision TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
+);
+"""
+
+# A reconcile that left actual state as its revision says: its revision is a "good" one.
+_GOOD: Final = (ReconcileStatus.APPLIED.value, ReconcileStatus.NO_CHANGES.value)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One recorded reconcile."""
+
+    id: int
+    revision: str
+    status: str
+    started: str
+    finished: str
+    plan: dict[str, Any] | None
+    changes: list[dict[str, Any]]
+    errors: list[str]
+    durations: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``amlops history --output json``."""
+        return {
+            "id": self.id,
+            "revision": self.revision,
+            "status": self.status,
+            "started": self.started,
+            "finished": self.finished,
+            "plan": self.plan,
+            "changes": self.changes,
+            "errors": self.errors,
+            "durations": self.durations,
+        }
+
+
+@dataclass(frozen=True)
+class ResourceStatus:
+    """Flux-style status of one resource: conditions and the revisions last applied and attempted."""
+
+    id: ResourceId
+    conditions: tuple[Condition, ...]
+    last_applied_revision: str | None
+    last_attempted_revision: str | None
+    updated: str
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of ``type_``, if recorded."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "kind": self.id.kind.value,
+            "name": self.id.name,
+            "conditions": [_condition_json(c) for c in self.conditions],
+            "lastAppliedRevision": self.last_applied_revision,
+            "lastAttemptedRevision": self.last_attempted_revision,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """Status of the whole source (the repo path the controller follows)."""
+
+    last_applied_revision: str | None
+    last_attempted_revision: str | None
+    last_status: str | None
+    last_errors: tuple[str, ...]
+
+
+def _condition_json(c: Condition) -> dict[str, Any]:
+    return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
+
+
+def _conditions_from(data: str) -> tuple[Condition, ...]:
+    return tuple(Condition(d["type"], bool(d["status"]), d["reason"], d.get("message", "")) for d in json.loads(data))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Recorder:
+    """Reconcile history and per-resource status, in ``<state_dir>/history.sqlite``."""
+
+    def __init__(self, state_dir: str | Path, filename: str = HISTORY_FILE) -> None:
+        self.path = Path(state_dir) / filename
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # --- writing ------------------------------------------------------------------------------
+
+    def record(self, outcome: ReconcileOutcome) -> int:
+        """Store one reconcile and fold its change outcomes into resource status; return its history id."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    outcome.revision,
+                    outcome.status.value,
+                    outcome.started.isoformat(timespec="milliseconds"),
+                    outcome.finished.isoformat(timespec="milliseconds"),
+                    json.dumps(plan_to_json(outcome.plan), default=str) if outcome.plan is not None else None,
+                    json.dumps([c.to_json() for c in outcome.changes]),
+                    json.dumps(list(outcome.errors)),
+                    json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}),
+                ),
+            )
+            self._fold_status(conn, outcome)
+            return int(cursor.lastrowid or 0)
+
+    def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
+        """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""
+        if outcome.plan is None or outcome.status not in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES, ReconcileStatus.FAILED):
+            return
+        now = _now()
+        revision = outcome.revision
+        results = {c.id: c for c in outcome.changes}
+        for change in outcome.plan.changes:
+            result = results.get(change.id)
+            if change.action is Action.DELETE and result is not None and result.status is ChangeStatus.SUCCEEDED:
+                conn.execute("DELETE FROM resource_status WHERE kind = ? AND name = ?", (change.id.kind.value, change.id.name))
+                continue
+            previous = conn.execute(
+                "SELECT last_applied_revision FROM resource_status WHERE kind = ? AND name = ?",
+                (change.id.kind.value, change.id.name),
+            ).fetchone()
+            last_applied = previous[0] if previous else None
+            conditions: tuple[Condition, ...]
+            if change.action is Action.NOOP:
+                if change.reason == "suspended":
+                    conditions = (Condition("Ready", False, "Suspended", "reconciliation suspended by annotation"),)
+                elif change.reason.startswith("retained"):
+                    conditions = (Condition("Ready", True, "Retained", change.reason),)
+                else:
+                    conditions = (Condition("Ready", True, "ReconciliationSucceeded", f"at revision {revision}"),)
+                    last_applied = revision
+            elif result is None:
+                continue
+            elif result.status is ChangeStatus.SUCCEEDED:
+                conditions = (Condition("Ready", True, "ReconciliationSucceeded", f"{change.action.value} at revision {revision}"),)
+                last_applied = revision
+            elif result.status is ChangeStatus.SKIPPED:
+                conditions = (
+                    Condition("Ready", False, result.reason or "DependencyFailed", result.error or ""),
+                    Condition("Progressing", True, "DependencyNotReady", result.error or ""),
+                )
+            elif result.reason == "RetriesExhausted":
+                # Transient: the next reconcile tries again, so this is progress, not a stall.
+                conditions = (
+                    Condition("Ready", False, "RetriesExhausted", result.error or ""),
+                    Condition("Progressing", True, "RetriesExhausted", result.error or ""),
+                )
+            else:
+                conditions = (
+                    Condition("Ready", False, result.reason or "Failed", result.error or ""),
+                    Condition("Stalled", True, result.reason or "Failed", result.error or ""),
+                )
+            conn.execute(
+                "INSERT INTO resource_status (kind, name, conditions, last_applied_revision, last_attempted_revision, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET conditions = excluded.conditions,"
+                " last_applied_revision = excluded.last_applied_revision,"
+                " last_attempted_revision = excluded.last_attempted_revision, updated = excluded.updated",
+                (change.id.kind.value, change.id.name, json.dumps([_condition_json(c) for c in conditions]),
+                 last_applied, revision, now),
+            )
+
+    def forget(self, id: ResourceId) -> None:
+        """Drop the status of a resource deleted outside a reconcile (``amlops delete``)."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM resource_status WHERE kind = ? AND name = ?", (id.kind.value, id.name))
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def history(self, limit: int = 20) -> list[HistoryEntry]:
+        """The latest ``limit`` reconciles, newest first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT id, revision, status, started, finished, plan, changes, errors, durations"
+                " FROM reconciles ORDER BY id DESC LIMIT ?",
+                (max(0, limit),),
+            ).fetchall()
+        return [
+            HistoryEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None,
+                         json.loads(r[6]), json.loads(r[7]), json.loads(r[8]))
+            for r in rows
+        ]
+
+    def last_good_revision(self) -> str | None:
+        """The revision of the newest reconcile that applied cleanly (or found nothing to do)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT revision FROM reconciles WHERE status IN (?, ?) ORDER BY id DESC LIMIT 1", _GOOD
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def source_status(self) -> SourceStatus:
+        """``lastAppliedRevision`` / ``lastAttemptedRevision`` of the source, and the last errors."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT revision, status, errors FROM reconciles ORDER BY id DESC LIMIT 1").fetchone()
+        good = self.last_good_revision()
+        if row is None:
+            return SourceStatus(good, None, None, ())
+        return SourceStatus(good, str(row[0]), str(row[1]), tuple(json.loads(row[2])))
+
+    def resource_status(self) -> dict[ResourceId, ResourceStatus]:
+        """Recorded status of every resource, keyed by id."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT kind, name, conditions, last_applied_revision, last_attempted_revision, updated FROM resource_status"
+            ).fetchall()
+        result: dict[ResourceId, ResourceStatus] = {}
+        for kind, name, conditions, applied, attempted, updated in rows:
+            try:
+                rid = ResourceId(Kind(kind), name)
+            except ValueError:
+                continue
+            result[rid] = ResourceStatus(rid, _conditions_from(conditions), applied, attempted, updated)
+        return result
+

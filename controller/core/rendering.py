@@ -1,0 +1,206 @@
+"""Rendering plans for people and programs: terminal text, Markdown for pull requests, JSON.
+
+A plan never prints itself (Terraform's split); these functions are its only presentation, and
+golden files in ``tests/golden/`` pin their output.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from controller.structs.plans import Action, Change, FieldDiff, Plan
+
+_VERBS: Final = {
+    Action.CREATE: "create",
+    Action.UPDATE: "update in place",
+    Action.REPLACE: "replace",
+    Action.DELETE: "destroy",
+    Action.NOOP: "no-op",
+}
+
+# ANSI colours as Terraform uses them; magenta marks replaces, which destroy before creating.
+_COLOURS: Final = {
+    Action.CREATE: "\x1b[32m",
+    Action.UPDATE: "\x1b[33m",
+    Action.REPLACE: "\x1b[35m",
+    Action.DELETE: "\x1b[31m",
+    Action.NOOP: "\x1b[2m",
+}
+_BOLD: Final = "\x1b[1m"
+_RESET: Final = "\x1b[0m"
+
+_EMOJI: Final = {
+    Action.CREATE: "🟢",
+    Action.UPDATE: "🟡",
+    Action.REPLACE: "🟣",
+    Action.DELETE: "🔴",
+    Action.NOOP: "⚪",
+}
+
+
+def summary_line(plan: Plan) -> str:
+    """``Plan: 1 to add, 2 to change, 0 to replace, 1 to destroy.``"""
+    return (
+        f"Plan: {plan.count(Action.CREATE)} to add, {plan.count(Action.UPDATE)} to change, "
+        f"{plan.count(Action.REPLACE)} to replace, {plan.count(Action.DELETE)} to destroy."
+    )
+
+
+def format_value(value: Any) -> str:
+    """A value as a reviewer reads it: JSON, with ``(unset)`` for nothing."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else json.dumps(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _diff_line(diff: FieldDiff, action: Action) -> str:
+    if action is Action.CREATE or diff.before is None:
+        line = f"+ {diff.path}: {format_value(diff.after)}"
+    elif diff.after is None:
+        line = f"- {diff.path}: {format_value(diff.before)}"
+    else:
+        line = f"~ {diff.path}: {format_value(diff.before)} → {format_value(diff.after)}"
+    if diff.forces_replace:
+        line += "  # forces replacement"
+    return line
+
+
+def _diff_colour(diff: FieldDiff, action: Action) -> Action:
+    """Added fields are green, removed red, changed yellow, as in Terraform."""
+    if action is Action.CREATE or diff.before is None:
+        return Action.CREATE
+    if diff.after is None:
+        return Action.DELETE
+    return Action.UPDATE
+
+
+def _shown(plan: Plan) -> list[Change]:
+    """Effective changes, plus no-ops that carry a reason worth reading (suspended, retained)."""
+    return [c for c in plan.changes if c.action is not Action.NOOP or c.reason]
+
+
+def render_text(plan: Plan, color: bool = False) -> str:
+    """Terraform-style terminal text; ANSI colours only when ``color``."""
+
+    def paint(action: Action, text: str) -> str:
+        return f"{_COLOURS[action]}{text}{_RESET}" if color else text
+
+    def bold(text: str) -> str:
+        return f"{_BOLD}{text}{_RESET}" if color else text
+
+    header = f"amlops plan for revision {plan.revision}"
+    if plan.base_revision:
+        header += f" (base {plan.base_revision})"
+    lines = [bold(header), ""]
+    shown = _shown(plan)
+    if not plan.has_changes:
+        lines.append("No changes. Actual state matches the manifests.")
+        lines.append("")
+    for change in shown:
+        where = f"  ({change.manifest_file})" if change.manifest_file else ""
+        title = f"{change.action.symbol} {_VERBS[change.action]} {bold(str(change.id))}{where}"
+        if change.action is Action.NOOP:
+            title = f"  {_VERBS[change.action]} {change.id}{where}"
+        lines.append(paint(change.action, title))
+        if change.reason:
+            lines.append(f"      # {change.reason}")
+        for diff in change.diffs:
+            lines.append("      " + paint(_diff_colour(diff, change.action), _diff_line(diff, change.action)))
+        lines.append("")
+    for warning in plan.warnings:
+        lines.append(f"Note: {warning}")
+    if plan.warnings:
+        lines.append("")
+    if plan.held:
+        lines.append(paint(Action.DELETE, f"Held: {plan.held}"))
+        lines.append("")
+    if plan.has_changes:
+        lines.append(bold(summary_line(plan)))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(plan: Plan) -> str:
+    """Markdown for a pull-request comment: a summary table, then one ``<details>`` per change."""
+    title = f"### amlops plan for `{plan.revision}`"
+    if plan.base_revision:
+        title += f" (base `{plan.base_revision}`)"
+    out = [title, ""]
+    if plan.held:
+        out += [f"> [!WARNING]\n> **Held:** {_md_cell(plan.held)}", ""]
+    shown = _shown(plan)
+    if not plan.has_changes:
+        out += ["**No changes.** Actual state matches the manifests.", ""]
+    else:
+        out += [f"**{summary_line(plan)}**", ""]
+    if shown:
+        out += ["| | Action | Resource | Reason |", "|---|---|---|---|"]
+        for change in shown:
+            symbol = f"`{change.action.symbol}` " if change.action is not Action.NOOP else ""
+            out.append(f"| {_EMOJI[change.action]} | {symbol}{_VERBS[change.action]} | `{change.id}` | {_md_cell(change.reason)} |")
+        out.append("")
+    for change in shown:
+        if not change.diffs and change.action is Action.NOOP:
+            continue
+        out.append(f"<details><summary><code>{change.action.symbol}</code> {_VERBS[change.action]} <code>{change.id}</code></summary>")
+        out.append("")
+        if change.manifest_file:
+            out.append(f"Manifest: `{change.manifest_file}`")
+            out.append("")
+        if change.reason:
+            out.append(f"Reason: {_md_cell(change.reason)}")
+            out.append("")
+        if change.diffs:
+            out += ["| Field | Before | After | |", "|---|---|---|---|"]
+            for diff in change.diffs:
+                note = "forces replacement" if diff.forces_replace else ""
+                out.append(
+                    f"| `{diff.path}` | `{_md_cell(format_value(diff.before))}` | `{_md_cell(format_value(diff.after))}` | {note} |"
+                )
+            out.append("")
+        out += ["</details>", ""]
+    for warning in plan.warnings:
+        out.append(f"_Note: {_md_cell(warning)}_")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (the shape ``render_json`` prints and history stores)."""
+    return {
+        "revision": plan.revision,
+        "base_revision": plan.base_revision,
+        "held": plan.held,
+        "warnings": list(plan.warnings),
+        "summary": {
+            "add": plan.count(Action.CREATE),
+            "change": plan.count(Action.UPDATE),
+            "replace": plan.count(Action.REPLACE),
+            "destroy": plan.count(Action.DELETE),
+        },
+        "changes": [
+            {
+                "kind": c.id.kind.value,
+                "name": c.id.name,
+                "action": c.action.value,
+                "reason": c.reason,
+                "manifest_file": c.manifest_file,
+                "depends_on": [str(d) for d in c.depends_on],
+                "diffs": [
+                    {"path": d.path, "before": d.before, "after": d.after, "forces_replace": d.forces_replace}
+                    for d in c.diffs
+                ],
+            }
+            for c in plan.changes
+        ],
+    }
+
+
+def render_json(plan: Plan) -> str:
+    """The plan as indented, key-sorted JSON text."""
+    return json.dumps(plan_to_json(plan), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"

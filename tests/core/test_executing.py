@@ -1,0 +1,81 @@
+"""The executor: order, retries with backoff, and failure isolation."""
+
+from __future__ import annotations
+
+from controller.backends.base import ApplyContext
+from controller.core.executing import RetryPolicy, execute
+from controller.core.planning import plan, static_replace_fields
+from controller.structs.errors import PermanentError, TransientError
+from controller.structs.manifests import Kind
+from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase
+from controller.structs.states import ActualState, DesiredState, ResourceId
+
+from .memories import MemoryBackend
+from .repos import Repo
+
+MODEL = ResourceId(Kind.MODEL, "linear")
+
+
+def _run(desired: DesiredState, backend: MemoryBackend, **kwargs: object) -> tuple:  # type: ignore[type-arg]
+    the_plan = plan(desired, backend.read(), controller_name="amlops", replace_fields=static_replace_fields)
+    ctx = ApplyContext("amlops", desired.revision, desired.root, desired)
+    return execute(the_plan, desired, lambda rid: backend, ctx, sleep=lambda s: None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_transient_errors_are_retried_until_the_change_succeeds(repo: Repo, backend: MemoryBackend) -> None:
+    desired = repo.standard().load()
+    backend.failures[MODEL] = [TransientError("throttled", retry_after=0.01), TransientError("503")]
+    delays: list[float] = []
+    the_plan = plan(desired, ActualState({}), controller_name="amlops", replace_fields=static_replace_fields)
+    ctx = ApplyContext("amlops", desired.revision, desired.root, desired)
+    outcomes = execute(the_plan, desired, lambda rid: backend, ctx, sleep=delays.append, rng=lambda: 0.5,
+                       retry=RetryPolicy(max_attempts=5, base_delay_s=1.0))
+    model = next(o for o in outcomes if o.id == MODEL)
+    assert model.status is ChangeStatus.SUCCEEDED and model.attempts == 3
+    assert all(o.status is ChangeStatus.SUCCEEDED for o in outcomes)
+    # Full jitter: rng × min(cap, base × 2^(n-1)), but never below the backend's retry_after.
+    assert delays == [0.5, 1.0]
+
+
+def test_retries_stop_at_the_attempt_cap(repo: Repo, backend: MemoryBackend) -> None:
+    desired = repo.standard().load()
+    backend.failures[MODEL] = [TransientError("503")] * 10
+    outcomes = _run(desired, backend, retry=RetryPolicy(max_attempts=3, base_delay_s=0.0))
+    model = next(o for o in outcomes if o.id == MODEL)
+    assert model.status is ChangeStatus.FAILED and model.attempts == 3 and model.reason == "RetriesExhausted"
+
+
+def test_a_permanent_error_skips_dependents_and_nothing_else(repo: Repo, backend: MemoryBackend) -> None:
+    repo.standard(services=("svc-a",))
+    repo.write("manifests/services/svc-plain.yaml", (
+        "apiVersion: amlops.dev/v1\nkind: Webservice\nmetadata:\n  name: svc-plain\nspec:\n  cluster: aks-cpu\n"
+        "  sourceDirectory: ../src\n  entryScript: score.py\n"))
+    desired = repo.load()
+    backend.failures[MODEL] = [PermanentError("model file is corrupt", reason="InvalidModel")]
+    events: list[ExecutionEvent] = []
+    outcomes = {o.id.name: o for o in _run(desired, backend, progress=events.append, parallelism=2)}
+    assert outcomes["linear"].status is ChangeStatus.FAILED
+    assert outcomes["linear"].reason == "InvalidModel" and outcomes["linear"].attempts == 1
+    assert outcomes["svc-a"].status is ChangeStatus.SKIPPED and outcomes["svc-a"].reason == "DependencyFailed"
+    assert outcomes["svc-plain"].status is ChangeStatus.SUCCEEDED
+    assert outcomes["aks-cpu"].status is ChangeStatus.SUCCEEDED
+    assert ("create", "Webservice/svc-a") not in backend.writes
+    assert any(e.phase is ExecutionPhase.SKIPPED and e.id.name == "svc-a" for e in events)
+
+
+def test_an_unexpected_exception_fails_only_that_change(repo: Repo, backend: MemoryBackend) -> None:
+    desired = repo.standard().load()
+    backend.failures[ResourceId(Kind.ENVIRONMENT, "numpy-env")] = [RuntimeError("bug")]
+    outcomes = {o.id.name: o for o in _run(desired, backend)}
+    assert outcomes["numpy-env"].status is ChangeStatus.FAILED and outcomes["numpy-env"].reason == "Unexpected"
+    assert outcomes["linear"].status is ChangeStatus.SUCCEEDED
+    assert outcomes["svc-a"].status is ChangeStatus.SKIPPED
+
+
+def test_dependencies_finish_before_their_dependents_start(repo: Repo, backend: MemoryBackend) -> None:
+    desired = repo.standard(services=("svc-a", "svc-b", "svc-c")).load()
+    _run(desired, backend, parallelism=4)
+    position = {name: i for i, (_, name) in enumerate(backend.writes)}
+    for service in ("svc-a", "svc-b", "svc-c"):
+        for dependency in ("AksCluster/aks-cpu", "Model/linear", "Environment/numpy-env"):
+            assert position[dependency] < position[f"Webservice/{service}"]

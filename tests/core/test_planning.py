@@ -1,0 +1,222 @@
+"""The planner: what a plan says, for each way desired and actual state can differ."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from controller.core.planning import as_applied, plan, static_replace_fields
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action, Plan
+from controller.structs.states import (
+    MANAGED_BY_TAG,
+    ActualResource,
+    ActualState,
+    DesiredState,
+    ResourceId,
+)
+
+from .repos import Repo
+
+SVC = ResourceId(Kind.WEBSERVICE, "svc-a")
+
+
+def _plan(desired: DesiredState, actual: ActualState, **kwargs: object) -> Plan:
+    return plan(desired, actual, controller_name="amlops", replace_fields=static_replace_fields, **kwargs)  # type: ignore[arg-type]
+
+
+def _applied(desired: DesiredState) -> ActualState:
+    return as_applied(desired, controller_name="amlops")
+
+
+def _with(actual: ActualState, resource: ActualResource) -> ActualState:
+    return ActualState({**actual.resources, resource.id: resource})
+
+
+def test_an_empty_backend_gets_every_resource_created_in_dependency_order(repo: Repo) -> None:
+    desired = repo.standard().load()
+    result = _plan(desired, ActualState({}))
+    assert [c.action for c in result.changes] == [Action.CREATE] * 5
+    assert [c.id.kind for c in result.changes] == [Kind.WORKSPACE, Kind.AKS_CLUSTER, Kind.ENVIRONMENT, Kind.MODEL, Kind.WEBSERVICE]
+    service = result.changes[-1]
+    assert set(service.depends_on) >= {ResourceId(Kind.AKS_CLUSTER, "aks-cpu"), ResourceId(Kind.MODEL, "linear"),
+                                       ResourceId(Kind.ENVIRONMENT, "numpy-env")}
+    assert result.held is None
+
+
+def test_applied_state_plans_no_changes(repo: Repo) -> None:
+    desired = repo.standard().load()
+    result = _plan(desired, _applied(desired))
+    assert not result.has_changes
+    assert all(c.action is Action.NOOP for c in result.changes)
+
+
+def test_a_changed_field_is_an_update_with_before_and_after(repo: Repo) -> None:
+    before = repo.standard(replicas=2).load()
+    after = repo.standard(replicas=3).load()
+    result = _plan(after, _applied(before))
+    (change,) = result.effective
+    assert change.id == SVC and change.action is Action.UPDATE
+    assert [(d.path, d.before, d.after) for d in change.diffs] == [("spec.replicas", 2, 3)]
+    assert "spec.replicas" in change.reason
+
+
+def test_a_replace_field_forces_a_replace_and_says_which(repo: Repo) -> None:
+    before = repo.standard().load()
+    text = (repo.root / "manifests/services/svc-a.yaml").read_text().replace("cluster: aks-cpu", "cluster: aks-two")
+    repo.write("manifests/services/svc-a.yaml", text)
+    repo.write("manifests/cluster2.yaml", (repo.root / "manifests/cluster.yaml").read_text().replace("aks-cpu", "aks-two"))
+    after = repo.load()
+    result = _plan(after, _applied(before))
+    replace = next(c for c in result.effective if c.id == SVC)
+    assert replace.action is Action.REPLACE
+    assert "spec.cluster" in replace.reason
+    assert any(d.forces_replace and d.path == "spec.cluster" for d in replace.diffs)
+
+
+def test_fields_the_user_left_out_are_never_diffed_against_backend_defaults(repo: Repo) -> None:
+    desired = repo.standard().load()
+    actual = _applied(desired)
+    observed = actual.resources[SVC]
+    # The backend filled in defaults the manifest never mentions, differently from ours.
+    spec = {**observed.spec, "scoringTimeoutMs": 12345, "auth": "token", "livenessProbe": {"periodSeconds": 99},
+            "resources": {**observed.spec["resources"], "gpu": 0, "memoryGbLimit": 8}}
+    result = _plan(desired, _with(actual, ActualResource(SVC, spec, observed.tags, details=observed.details)))
+    assert not result.has_changes
+
+
+def test_units_and_aliases_are_normalised_before_comparing(repo: Repo) -> None:
+    desired = repo.standard(cpu="2", image="DEFAULT_CPU_IMAGE").load()
+    actual = _applied(desired)
+    env_id = ResourceId(Kind.ENVIRONMENT, "numpy-env")
+    env = actual.resources[env_id]
+    svc = actual.resources[SVC]
+    actual = _with(actual, ActualResource(env_id, {**env.spec, "baseImage": "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"},
+                                          env.tags, details=env.details))
+    actual = _with(actual, ActualResource(SVC, {**svc.spec, "resources": {**svc.spec["resources"], "cpu": 2.0},
+                                                "models": ["linear"]}, svc.tags, details=svc.details))
+    assert not _plan(desired, actual).has_changes
+
+
+def test_an_unpinned_model_matches_whatever_version_the_backend_resolved(repo: Repo) -> None:
+    desired = repo.standard().load()
+    actual = _applied(desired)
+    svc = actual.resources[SVC]
+    actual = _with(actual, ActualResource(SVC, {**svc.spec, "models": [{"name": "linear", "version": 7}]}, svc.tags, details=svc.details))
+    assert not _plan(desired, actual).has_changes
+
+
+def test_changed_model_file_content_is_an_update_naming_the_content(repo: Repo) -> None:
+    before = repo.standard().load()
+    np.save(repo.root / "manifests/linear/weights.npy", np.array([[3.0], [4.0]]))
+    after = repo.load()
+    result = _plan(after, _applied(before))
+    model = next(c for c in result.effective if c.id == ResourceId(Kind.MODEL, "linear"))
+    assert model.action is Action.UPDATE and not model.diffs
+    assert model.reason.startswith("content of spec.path changed (sha256:")
+    # The service loads that model, so its digest changed too: it rolls to the new version.
+    service = next(c for c in result.effective if c.id == SVC)
+    assert "model linear" in service.reason
+
+
+def test_drift_in_replicas_is_an_update_saying_how_many_run(repo: Repo) -> None:
+    desired = repo.standard(replicas=3).load()
+    actual = _applied(desired)
+    svc = actual.resources[SVC]
+    actual = _with(actual, ActualResource(SVC, {**svc.spec, "replicas": 2}, svc.tags, details=svc.details))
+    (change,) = _plan(desired, actual).effective
+    assert change.action is Action.UPDATE
+    assert change.reason == "drift: 2 of 3 replicas running"
+
+
+def test_a_suspended_resource_is_left_alone(repo: Repo) -> None:
+    before = repo.standard(replicas=2).load()
+    text = (repo.root / "manifests/services/svc-a.yaml").read_text()
+    text = text.replace("  name: svc-a\n", "  name: svc-a\n  annotations:\n    amlops.dev/suspend: \"true\"\n").replace("replicas: 2", "replicas: 5")
+    repo.write("manifests/services/svc-a.yaml", text)
+    result = _plan(repo.load(), _applied(before))
+    change = next(c for c in result.changes if c.id == SVC)
+    assert change.action is Action.NOOP and change.reason == "suspended"
+
+
+def test_removing_a_manifest_prunes_only_owned_resources_with_delete_policy(repo: Repo) -> None:
+    before = repo.standard(services=("svc-a", "svc-b", "svc-c")).load()
+    actual = _applied(before)
+    stranger = ActualResource(ResourceId(Kind.WEBSERVICE, "not-ours"), {"cluster": "aks-cpu"}, {MANAGED_BY_TAG: "someone-else"})
+    untagged = ActualResource(ResourceId(Kind.MODEL, "portal-model"), {"path": "x"}, {})
+    actual = _with(_with(actual, stranger), untagged)
+    repo.remove("manifests/services/svc-b.yaml")
+    result = _plan(repo.load(), actual)
+    (delete,) = result.effective
+    assert delete.id == ResourceId(Kind.WEBSERVICE, "svc-b") and delete.action is Action.DELETE
+    assert delete.reason == "manifest removed from manifests/services/svc-b.yaml"
+    listed = {c.id for c in result.changes}
+    assert stranger.id not in listed and untagged.id not in listed
+    assert any("not managed by amlops" in w for w in result.warnings)
+
+
+def test_a_removed_cluster_is_retained_by_its_default_policy(repo: Repo) -> None:
+    before = repo.standard(services=()).load()
+    repo.remove("manifests/cluster.yaml")
+    result = _plan(repo.load(), _applied(before))
+    cluster = next(c for c in result.changes if c.id.kind is Kind.AKS_CLUSTER)
+    assert cluster.action is Action.NOOP and cluster.reason == "retained (deletionPolicy: Retain)"
+
+
+def test_a_removed_service_with_retain_policy_is_kept(repo: Repo) -> None:
+    repo.standard(services=("svc-a", "svc-b", "svc-c"))
+    path = repo.root / "manifests/services/svc-b.yaml"
+    path.write_text(path.read_text() + "  deletionPolicy: Retain\n")
+    before = repo.load()
+    repo.remove("manifests/services/svc-b.yaml")
+    result = _plan(repo.load(), _applied(before))
+    change = next(c for c in result.changes if c.id.name == "svc-b")
+    assert change.action is Action.NOOP and change.reason == "retained (deletionPolicy: Retain)"
+
+
+def test_deleting_most_owned_resources_is_held_unless_allowed(repo: Repo) -> None:
+    before = repo.standard(services=("svc-a", "svc-b")).load()
+    for name in ("model.yaml", "environment.yaml", "services/svc-a.yaml", "services/svc-b.yaml"):
+        repo.remove(f"manifests/{name}")
+    repo.write("manifests/model.yaml", "")
+    after = repo.load()
+    held = _plan(after, _applied(before))
+    assert held.count(Action.DELETE) == 4
+    assert held.held is not None and "4 of 5" in held.held
+    assert _plan(after, _applied(before), allow_mass_delete=True).held is None
+    # The annotation on any manifest that remains lifts the hold too.
+    repo.write("manifests/workspace.yaml", (repo.root / "manifests/workspace.yaml").read_text().replace(
+        "  name: local\n", "  name: local\n  annotations:\n    amlops.dev/allow-mass-delete: \"true\"\n"))
+    assert _plan(repo.load(), _applied(before)).held is None
+
+
+def test_deleting_a_few_owned_resources_is_not_held(repo: Repo) -> None:
+    before = repo.standard(services=("svc-a", "svc-b")).load()
+    repo.remove("manifests/services/svc-b.yaml")
+    assert _plan(repo.load(), _applied(before)).held is None
+
+
+def test_deletes_come_first_in_reverse_dependency_order_then_creates_in_order(repo: Repo) -> None:
+    before = repo.standard(services=("svc-a", "svc-b", "svc-c", "svc-d")).load()
+    repo.remove("manifests/services/svc-a.yaml")
+    repo.remove("manifests/model.yaml")
+    repo.write("manifests/model2.yaml", "apiVersion: amlops.dev/v1\nkind: Model\nmetadata:\n  name: linear2\nspec:\n  path: linear\n")
+    for name in ("svc-b", "svc-c", "svc-d"):
+        path = repo.root / f"manifests/services/{name}.yaml"
+        path.write_text(path.read_text().replace("- linear\n", "- linear2\n"))
+    repo.write("manifests/services/svc-e.yaml", (repo.root / "manifests/services/svc-b.yaml").read_text().replace("svc-b", "svc-e"))
+    result = _plan(repo.load(), _applied(before))
+    order = [(c.action, str(c.id)) for c in result.effective]
+    assert order[:2] == [(Action.DELETE, "Webservice/svc-a"), (Action.DELETE, "Model/linear")]
+    assert order[2] == (Action.CREATE, "Model/linear2")
+    assert [a for a, _ in order[3:]] == [Action.UPDATE, Action.UPDATE, Action.UPDATE, Action.CREATE]
+    model_delete = result.effective[1]
+    assert model_delete.depends_on == (ResourceId(Kind.WEBSERVICE, "svc-a"),)
+
+
+def test_a_resource_owned_by_another_controller_is_not_fought_over(repo: Repo) -> None:
+    desired = repo.standard(replicas=3).load()
+    actual = _applied(desired)
+    svc = actual.resources[SVC]
+    actual = _with(actual, ActualResource(SVC, {**svc.spec, "replicas": 1}, {**svc.tags, MANAGED_BY_TAG: "other"}))
+    change = next(c for c in _plan(desired, actual).changes if c.id == SVC)
+    assert change.action is Action.NOOP and "other" in change.reason

@@ -1,0 +1,107 @@
+"""The reconcile pipeline: idempotence, refusal of invalid commits, and what gets recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.core.reconciling import ReconcileOptions, reconcile
+from controller.core.recording import Recorder
+from controller.structs.errors import PermanentError
+from controller.structs.manifests import Kind, WorkspaceManifest
+from controller.structs.results import ReconcileStatus
+from controller.structs.states import ResourceId
+
+from .memories import MemoryBackend
+from .repos import Repo
+
+
+def _backend_for(backend: MemoryBackend):  # type: ignore[no-untyped-def]
+    def backend_for(workspace: WorkspaceManifest | None) -> MemoryBackend:
+        return backend
+
+    return backend_for
+
+
+def test_reconciling_twice_writes_nothing_the_second_time(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    recorder = Recorder(tmp_path / "state")
+    first = reconcile(repo.root, "manifests", "rev1", _backend_for(backend), recorder)
+    assert first.status is ReconcileStatus.APPLIED, first.errors
+    writes = len(backend.writes)
+    assert writes == 5
+    second = reconcile(repo.root, "manifests", "rev1", _backend_for(backend), recorder)
+    assert second.status is ReconcileStatus.NO_CHANGES
+    assert len(backend.writes) == writes
+    assert set(first.durations) == {"load", "read", "plan", "apply"}
+    assert recorder.last_good_revision() == "rev1"
+    status = recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")]
+    assert status.condition("Ready") is not None and status.condition("Ready").status  # type: ignore[union-attr]
+    assert status.last_applied_revision == "rev1"
+
+
+def test_an_invalid_commit_applies_nothing_and_records_every_error_with_file_and_line(
+    repo: Repo, backend: MemoryBackend, tmp_path: Path
+) -> None:
+    repo.standard()
+    recorder = Recorder(tmp_path / "state")
+    reconcile(repo.root, "manifests", "good", _backend_for(backend), recorder)
+    writes = list(backend.writes)
+    path = repo.root / "manifests/services/svc-a.yaml"
+    path.write_text(path.read_text().replace("replicas: 2", "replicas: -1"))
+    repo.write("manifests/model.yaml", (repo.root / "manifests/model.yaml").read_text().replace("path: linear", "path: missing"))
+    outcome = reconcile(repo.root, "manifests", "bad", _backend_for(backend), recorder)
+    assert outcome.status is ReconcileStatus.INVALID and outcome.plan is None
+    assert backend.writes == writes
+    assert any(e.startswith("manifests/services/svc-a.yaml:12:") and "spec.replicas" in e for e in outcome.errors), outcome.errors
+    assert any(e.startswith("manifests/model.yaml:6:") and "spec.path" in e for e in outcome.errors), outcome.errors
+    latest = recorder.history(1)[0]
+    assert latest.status == "invalid" and latest.revision == "bad" and latest.errors == list(outcome.errors)
+    assert recorder.last_good_revision() == "good"
+    source = recorder.source_status()
+    assert source.last_attempted_revision == "bad" and source.last_applied_revision == "good"
+
+
+def test_detect_only_plans_without_writing(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    outcome = reconcile(repo.root, "manifests", "r", _backend_for(backend), Recorder(tmp_path / "s"),
+                        ReconcileOptions(detect_only=True))
+    assert outcome.status is ReconcileStatus.DETECTED and outcome.plan is not None and outcome.plan.has_changes
+    assert backend.writes == []
+
+
+def test_a_held_plan_is_not_applied_until_allowed(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard(services=("svc-a", "svc-b"))
+    recorder = Recorder(tmp_path / "s")
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    for name in ("services/svc-a.yaml", "services/svc-b.yaml", "model.yaml", "environment.yaml"):
+        repo.remove(f"manifests/{name}")
+    writes = len(backend.writes)
+    held = reconcile(repo.root, "manifests", "r2", _backend_for(backend), recorder)
+    assert held.status is ReconcileStatus.HELD and len(backend.writes) == writes
+    allowed = reconcile(repo.root, "manifests", "r2", _backend_for(backend), recorder, ReconcileOptions(allow_mass_delete=True))
+    assert allowed.status is ReconcileStatus.APPLIED
+    assert ResourceId(Kind.WEBSERVICE, "svc-a") not in backend.resources
+
+
+def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    backend.failures[ResourceId(Kind.WEBSERVICE, "svc-a")] = [PermanentError("0/3 nodes have a free GPU", reason="Unschedulable")]
+    recorder = Recorder(tmp_path / "s")
+    outcome = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    assert outcome.status is ReconcileStatus.FAILED
+    assert outcome.errors == ("Webservice/svc-a: 0/3 nodes have a free GPU",)
+    status = recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")]
+    assert status.condition("Stalled").reason == "Unschedulable"  # type: ignore[union-attr]
+    assert status.last_applied_revision is None and status.last_attempted_revision == "r1"
+    assert recorder.history(5)[0].changes[-1]["reason"] == "Unschedulable"
+    # The next pass retries it (the input is unchanged, but a permanent error may be capacity).
+    again = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    assert again.status is ReconcileStatus.APPLIED
+
+
+def test_two_recorders_on_one_file_see_each_others_writes(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    writer, reader = Recorder(tmp_path / "s"), Recorder(tmp_path / "s")
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), writer)
+    assert [h.revision for h in reader.history(10)] == ["r1"]
+    assert (tmp_path / "s" / "history.sqlite").exists()
