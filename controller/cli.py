@@ -26,6 +26,7 @@ from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
 from controller.core.recording import Recorder
 from controller.core.rendering import render_json, render_markdown, render_text
+from controller.runtime.flags import add_run_arguments
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
 from controller.structs.errors import BackendError, ValidationFailed
@@ -520,12 +521,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The long-lived controller; its flags and loop live in ``controller.runtime.running``."""
-    from controller.runtime.running import add_run_arguments, main_run
+    """The long-lived controller; its loop lives in ``controller.runtime.running`` (imported only here)."""
+    from controller.runtime.running import main_run
 
-    parser = argparse.ArgumentParser(prog="amlops run", description="reconcile a Git repo continuously")
-    add_run_arguments(parser)
-    return main_run(parser.parse_args(args.rest))
+    return main_run(args)
 
 
 # --- the parser ---------------------------------------------------------------------------------
@@ -611,14 +610,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(delete)
     delete.set_defaults(handler=cmd_delete)
 
-    run = sub.add_parser("run", help="the long-lived controller (see amlops run --help)", add_help=False)
-    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run = sub.add_parser("run", help="the long-lived controller: watch a repo and keep its state applied")
+    add_run_arguments(run)
     run.set_defaults(handler=cmd_run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``amlops`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # Every flag after `serve` belongs to the scoring host, as with `azmlinfsrv`.
+        return cmd_serve(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["emulator"]:
+        # The Azure ML emulator parses its own flags; it is imported only when asked for.
+        from controller.emulator.__main__ import main as emulator_main
+
+        return emulator_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
 from controller.backends.base import ApplyContext, Backend, ProgressFn, no_progress
 from controller.core.executing import ProgressCallback, RetryPolicy, execute
+from controller.core.recording import ResourceStatus
 from controller.core.planning import plan as make_plan
 from controller.sources.loading import load_desired_state
 from controller.sources.validating import workspace_of
 from controller.structs.errors import BackendError, ValidationFailed
 from controller.structs.manifests import Kind, WorkspaceManifest
-from controller.structs.plans import Plan
+from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
 
@@ -37,6 +38,10 @@ class RecorderLike(Protocol):
 
     def record(self, outcome: ReconcileOutcome) -> int:
         """Store one outcome; return its history id."""
+        ...
+
+    def resource_status(self) -> Mapping[ResourceId, ResourceStatus]:
+        """Recorded status of every resource."""
         ...
 
 
@@ -127,6 +132,25 @@ def plan_step(desired: DesiredState, actual: ActualState, targets: _Targets, opt
     )
 
 
+def stall_step(plan: Plan, desired: DesiredState, recorder: RecorderLike) -> Plan:
+    """Hold back changes that already failed permanently on the same input: retrying cannot help.
+
+    Flux's split: a permanent error (invalid spec, quota, Unschedulable) stalls the resource until
+    its manifest or the files it deploys change (its digest), instead of failing every pass.
+    """
+    statuses = recorder.resource_status()
+    changes = []
+    for change in plan.changes:
+        resource = desired.resources.get(change.id)
+        status = statuses.get(change.id)
+        stalled = status.stalled_on(resource.digest) if resource is not None and status is not None else None
+        if stalled is not None and change.action is not Action.DELETE and change.action is not Action.NOOP:
+            change = Change(change.id, Action.NOOP, (), f"stalled: {stalled.reason}: {stalled.message} "
+                            "(not retried until the manifest or its files change)", change.manifest_file)
+        changes.append(change)
+    return replace(plan, changes=tuple(changes))
+
+
 def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
     """Apply the plan in dependency order, retrying what may pass and isolating what will not."""
     ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress)
@@ -174,10 +198,11 @@ def reconcile(
     options = options or ReconcileOptions()
     started = _now()
     durations: dict[str, float] = {}
+    digests: dict[ResourceId, str] = {}
 
     def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
                errors: tuple[str, ...] = ()) -> ReconcileOutcome:
-        outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations))
+        outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests)
         return record_step(recorder, outcome)
 
     mark = time.monotonic()
@@ -199,7 +224,8 @@ def reconcile(
     durations["read"] = time.monotonic() - mark
 
     mark = time.monotonic()
-    plan = plan_step(desired, actual, targets, options)
+    digests.update({r.id: r.digest for r in desired})
+    plan = stall_step(plan_step(desired, actual, targets, options), desired, recorder)
     durations["plan"] = time.monotonic() - mark
     log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
 

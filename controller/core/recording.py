@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS resource_status (
     kind TEXT NOT NULL, name TEXT NOT NULL,
     conditions TEXT NOT NULL,
     last_applied_revision TEXT, last_attempted_revision TEXT,
+    attempted_digest TEXT,
     updated TEXT NOT NULL,
     PRIMARY KEY (kind, name)
 );
@@ -84,6 +85,12 @@ class ResourceStatus:
     last_applied_revision: str | None
     last_attempted_revision: str | None
     updated: str
+    attempted_digest: str | None = None
+
+    def stalled_on(self, digest: str) -> Condition | None:
+        """The Stalled condition if this resource failed permanently on exactly ``digest``."""
+        stalled = self.condition("Stalled")
+        return stalled if stalled is not None and stalled.status and self.attempted_digest == digest else None
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of ``type_``, if recorded."""
@@ -193,6 +200,8 @@ class Recorder:
             ).fetchone()
             last_applied = previous[0] if previous else None
             conditions: tuple[Condition, ...]
+            if change.action is Action.NOOP and change.reason.startswith("stalled"):
+                continue  # still stalled on the same input: keep the recorded failure as it is
             if change.action is Action.NOOP:
                 if change.reason == "suspended":
                     conditions = (Condition("Ready", False, "Suspended", "reconciliation suspended by annotation"),)
@@ -223,12 +232,13 @@ class Recorder:
                     Condition("Stalled", True, result.reason or "Failed", result.error or ""),
                 )
             conn.execute(
-                "INSERT INTO resource_status (kind, name, conditions, last_applied_revision, last_attempted_revision, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET conditions = excluded.conditions,"
-                " last_applied_revision = excluded.last_applied_revision,"
-                " last_attempted_revision = excluded.last_attempted_revision, updated = excluded.updated",
+                "INSERT INTO resource_status (kind, name, conditions, last_applied_revision, last_attempted_revision,"
+                " attempted_digest, updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET"
+                " conditions = excluded.conditions, last_applied_revision = excluded.last_applied_revision,"
+                " last_attempted_revision = excluded.last_attempted_revision,"
+                " attempted_digest = excluded.attempted_digest, updated = excluded.updated",
                 (change.id.kind.value, change.id.name, json.dumps([_condition_json(c) for c in conditions]),
-                 last_applied, revision, now),
+                 last_applied, revision, outcome.digests.get(change.id), now),
             )
 
     def forget(self, id: ResourceId) -> None:
@@ -273,14 +283,15 @@ class Recorder:
         """Recorded status of every resource, keyed by id."""
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT kind, name, conditions, last_applied_revision, last_attempted_revision, updated FROM resource_status"
+                "SELECT kind, name, conditions, last_applied_revision, last_attempted_revision, updated, attempted_digest"
+                " FROM resource_status"
             ).fetchall()
         result: dict[ResourceId, ResourceStatus] = {}
-        for kind, name, conditions, applied, attempted, updated in rows:
+        for kind, name, conditions, applied, attempted, updated, digest in rows:
             try:
                 rid = ResourceId(Kind(kind), name)
             except ValueError:
                 continue
-            result[rid] = ResourceStatus(rid, _conditions_from(conditions), applied, attempted, updated)
+            result[rid] = ResourceStatus(rid, _conditions_from(conditions), applied, attempted, updated, digest)
         return result
 

@@ -130,7 +130,12 @@ class GitSource:
         self._token = token
 
     def _environment(self) -> dict[str, str]:
-        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true", "GIT_CONFIG_NOSYSTEM": "1"}
+        env = {
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "true",
+            "SSH_ASKPASS": "true",
+            "GIT_CONFIG_NOSYSTEM": "1",
+        }
         if self._token and self.url.startswith(("https://", "http://")):
             basic = base64.b64encode(f"{self._username}:{self._token}".encode()).decode()
             env.update(
@@ -187,14 +192,24 @@ class GitSource:
             self._branch = self._default_branch(repo)
         branch = self._branch
         started = time.monotonic()
-        self._git(repo, "fetch", "--prune", "--no-tags", "origin", f"+refs/heads/{branch}:refs/remotes/origin/{branch}")
+        self._git(
+            repo,
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "origin",
+            f"+refs/heads/{branch}:refs/remotes/origin/{branch}",
+        )
         try:
             sha = repo.git.rev_parse("--verify", f"refs/remotes/origin/{branch}^{{commit}}")
         except git.GitCommandError:
             raise SourceUnavailable(f"branch {branch!r} not found in {self.display_url}") from None
         message = repo.commit(sha).summary
         root = self._export(repo, sha)
-        log.debug("source.fetched", extra={"fields": {"revision": sha, "seconds": round(time.monotonic() - started, 3)}})
+        log.debug(
+            "source.fetched",
+            extra={"fields": {"revision": sha, "seconds": round(time.monotonic() - started, 3)}},
+        )
         return Snapshot(revision=sha, root=root, path=self.path, message=str(message))
 
     def _export(self, repo: git.Repo, sha: str) -> Path:
@@ -220,7 +235,9 @@ class GitSource:
         return target
 
     def _prune_snapshots(self, keep: Path) -> None:
-        entries = [p for p in self._snapshots.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep]
+        entries = [
+            p for p in self._snapshots.iterdir() if p.is_dir() and not p.name.startswith(".") and p != keep
+        ]
         entries.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[SNAPSHOTS_KEPT - 1 :]:
             shutil.rmtree(old, ignore_errors=True)

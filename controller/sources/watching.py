@@ -52,6 +52,8 @@ class _Debouncer(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return
+        if event.is_directory and event.event_type == "modified":
+            return  # a folder's mtime moves with every file event below it, hidden ones included
         paths = [str(event.src_path), str(getattr(event, "dest_path", "") or "")]
         if all(_ignored(self._base, p) for p in paths if p):
             return
@@ -119,7 +121,8 @@ class FolderSource:
             raise SourceUnavailable(f"no such file or folder: {target}")
         try:
             digest = HASHER.tree(target)
-        except OSError as exc:  # a file vanished while hashing: an edit is under way, the watcher will call again
+        except OSError as exc:
+            # A file vanished while hashing: an edit is under way and the watcher will call again.
             raise SourceUnavailable(f"folder changed while reading it: {exc}") from None
         revision = "dirty-" + digest.removeprefix("sha256:")[:12]
         return Snapshot(revision=revision, root=self.root, path=self.path, message="working tree")

@@ -91,6 +91,8 @@ class ReconcileOutcome:
 
     ``errors`` are user-facing strings; validation errors keep their ``file:line`` prefix.
     ``durations`` holds seconds per pipeline phase (``load``, ``read``, ``plan``, ``apply``).
+    ``digests`` holds the desired digest of each planned resource, so a permanent failure can be
+    tied to the exact input that caused it (and not retried until that input changes).
     """
 
     revision: str
@@ -101,6 +103,7 @@ class ReconcileOutcome:
     changes: tuple[ChangeOutcome, ...] = ()
     errors: tuple[str, ...] = ()
     durations: dict[str, float] = field(default_factory=dict)
+    digests: dict[ResourceId, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -94,9 +94,20 @@ def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, back
     assert status.condition("Stalled").reason == "Unschedulable"  # type: ignore[union-attr]
     assert status.last_applied_revision is None and status.last_attempted_revision == "r1"
     assert recorder.history(5)[0].changes[-1]["reason"] == "Unschedulable"
-    # The next pass retries it (the input is unchanged, but a permanent error may be capacity).
+
+    # Permanent means "will not pass until the input changes": the same input is not retried.
+    writes = len(backend.writes)
     again = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
-    assert again.status is ReconcileStatus.APPLIED
+    assert again.status is ReconcileStatus.NO_CHANGES and len(backend.writes) == writes
+    held_back = next(c for c in again.plan.changes if c.id.name == "svc-a")  # type: ignore[union-attr]
+    assert held_back.reason.startswith("stalled: Unschedulable: 0/3 nodes have a free GPU")
+    assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is not None
+
+    # Changing the manifest changes its digest: the resource is tried again.
+    repo.standard(replicas=1)
+    retried = reconcile(repo.root, "manifests", "r2", _backend_for(backend), recorder)
+    assert retried.status is ReconcileStatus.APPLIED
+    assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is None
 
 
 def test_two_recorders_on_one_file_see_each_others_writes(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:

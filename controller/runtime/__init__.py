@@ -1,0 +1,1 @@
+"""The long-lived controller process: the loop, the leader lock, signals, and the HTTP endpoints."""

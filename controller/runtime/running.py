@@ -1,0 +1,530 @@
+"""``amlops run``: the long-lived controller process.
+
+One loop, level-triggered like controller-runtime: whatever woke it (the interval, a webhook, a
+folder edit, ``POST /api/sync``), it fetches the source and runs the whole reconcile pipeline,
+which reads desired and actual state afresh. Requeue: after success, the next interval; after a
+failure, exponential backoff with jitter, capped at the interval. Events are never trusted for
+content; they only shorten the wait.
+
+Process lifetime: the HTTP endpoints come up first (so a standby can say so), then the leader
+lock is taken (or waited for), then the loop runs until SIGTERM/SIGINT, which let the reconcile in
+flight finish and be recorded before exiting 0. SIGHUP re-reads the config file and secret files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, Protocol
+
+import yaml
+
+from controller.core.connecting import BackendPool
+from controller.core.reconciling import ReconcileOptions, reconcile
+from controller.core.recording import Recorder
+from controller.runtime.flags import add_run_arguments
+from controller.runtime.locking import LeaderLock
+from controller.runtime.logs import RedactingFilter, configure_logging
+from controller.runtime.metrics import ControllerMetrics, ResourceCondition
+from controller.runtime.serving import Endpoints, HttpServer
+from controller.runtime.statuses import StatusBoard
+from controller.settings import Settings, resolve_settings
+from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo
+from controller.sources.watching import FolderSource
+from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
+
+log = logging.getLogger("amlops.run")
+
+DEFAULT_INTERVAL_S: Final = 60.0
+LOCK_POLL_S: Final = 1.0
+HISTORY_KEPT: Final = 20
+BACKOFF_BASE_S: Final = 1.0
+DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
+"""When set to a path, the process writes its sorted ``sys.modules`` there at exit (tests use it)."""
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_HELD: Final = 3
+
+
+class Source(Protocol):
+    """What the loop needs of a source: a snapshot per call, a name to show, secrets to redact."""
+
+    @property
+    def display_url(self) -> str: ...
+
+    @property
+    def branch(self) -> str | None: ...
+
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
+
+    def fetch(self) -> Snapshot: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reloadable:
+    """Settings SIGHUP re-reads. Precedence: flag, then config file, then environment, then default."""
+
+    interval: float
+    webhook_secret: str | None
+    api_token: str | None
+    git_token: str | None
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
+
+
+def _read_secret(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_text().strip() or None
+    except OSError as exc:
+        raise SystemExit(f"amlops run: cannot read secret file {path}: {exc.strerror}") from None
+
+
+def load_reloadable(args: argparse.Namespace) -> Reloadable:
+    """Resolve the reloadable settings from flags, ``--config`` and the environment."""
+    config: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise SystemExit(f"amlops run: cannot read --config {args.config}: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SystemExit(f"amlops run: --config {args.config} must be a mapping")
+        config = loaded or {}
+
+    def secret(flag: str | None, key: str, env: str) -> str | None:
+        file = flag or config.get(key)
+        return _read_secret(str(file)) if file else (os.environ.get(env) or None)
+
+    interval = float(
+        args.interval if args.interval is not None else config.get("interval", DEFAULT_INTERVAL_S)
+    )
+    if interval <= 0:
+        raise SystemExit("amlops run: --interval must be positive")
+    return Reloadable(
+        interval=interval,
+        webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
+        api_token=secret(args.api_token_file, "apiTokenFile", "AMLOPS_API_TOKEN"),
+        git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
+    )
+
+
+def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable) -> GitSource | FolderSource:
+    """A folder source for ``--watch`` or a plain folder, else a Git source (URL or local repo's committed history)."""
+    local = Path(args.repo).expanduser()
+    if args.watch or ("://" not in args.repo and local.is_dir() and not looks_like_git_repo(local)):
+        if not local.is_dir():
+            raise SystemExit(f"amlops run: --watch needs a local folder, got {args.repo!r}")
+        return FolderSource(local, path=args.path)
+    return GitSource(
+        args.repo,
+        cache_dir=state_dir / "cache",
+        path=args.path,
+        branch=args.branch,
+        token=settings.git_token,
+        ssh_key_file=args.ssh_key_file,
+    )
+
+
+def backoff_delay(failures: int, interval: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after ``failures`` consecutive failures: doubling from 1 s, jittered, capped at ``interval``."""
+    if failures <= 0:
+        return interval
+    ceiling: float = min(interval, BACKOFF_BASE_S * 2.0 ** min(failures - 1, 30))
+    return max(0.05, ceiling * (0.5 + rng() / 2))
+
+
+class _Wakeup:
+    """Why the loop should run now; many wake-ups before it looks collapse into one."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._reasons: list[str] = []
+
+    def wake(self, reason: str) -> None:
+        with self._lock:
+            self._reasons.append(reason)
+        self._event.set()
+
+    def take(self) -> list[str]:
+        with self._lock:
+            reasons, self._reasons = self._reasons, []
+        self._event.clear()
+        return reasons
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
+def _change_entries(outcome: ReconcileOutcome) -> list[dict[str, Any]]:
+    results = {c.id: c for c in outcome.changes}
+    entries = []
+    for change in outcome.plan.effective if outcome.plan is not None else ():
+        result = results.get(change.id)
+        entries.append(
+            {
+                "id": str(change.id),
+                "action": change.action.value,
+                "symbol": change.action.symbol,
+                "reason": change.reason,
+                "file": change.manifest_file,
+                "outcome": result.status.value
+                if result
+                else ("planned" if outcome.status is ReconcileStatus.DETECTED else "not applied"),
+                "message": (result.error if result else None),
+            }
+        )
+    return entries
+
+
+def _summary(outcome: ReconcileOutcome) -> str:
+    if outcome.errors:
+        first = outcome.errors[0]
+        return first if len(outcome.errors) == 1 else f"{first} (+{len(outcome.errors) - 1} more)"
+    if outcome.plan is not None and outcome.plan.held:
+        return f"held: {outcome.plan.held}"
+    if outcome.plan is not None and outcome.plan.has_changes:
+        counts: dict[str, int] = {}
+        for c in outcome.plan.effective:
+            counts[c.action.symbol] = counts.get(c.action.symbol, 0) + 1
+        return " ".join(f"{sym}{n}" for sym, n in counts.items())
+    return "in sync"
+
+
+class Controller:
+    """The controller process: HTTP endpoints, leader lock, source and the reconcile loop."""
+
+    def __init__(self, args: argparse.Namespace, settings: Settings, redactor: RedactingFilter) -> None:
+        self.args = args
+        self.redactor = redactor
+        self.name = settings.controller_name
+        self.state_dir = settings.state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.settings = load_reloadable(args)
+        self.metrics = ControllerMetrics()
+        self.wakeup = _Wakeup()
+        self.lock = LeaderLock(self.state_dir)
+        self.source: GitSource | FolderSource = open_source(args, self.state_dir, self.settings)
+        self.redactor.set_secrets(self.settings.secrets + list(self.source.secrets))
+        self.status = StatusBoard(
+            self.name,
+            {
+                "url": self.source.display_url,
+                "branch": args.branch,
+                "path": args.path,
+                "kind": "folder" if isinstance(self.source, FolderSource) else "git",
+            },
+            detect_only=args.detect_only,
+        )
+        self.recorder = Recorder(self.state_dir)
+        self.backends = BackendPool(self.state_dir, self.name)
+        self.options = ReconcileOptions(
+            controller_name=self.name,
+            detect_only=args.detect_only,
+            allow_mass_delete=args.allow_mass_delete,
+            parallelism=max(1, args.parallelism),
+        )
+        self.stop_requested = threading.Event()
+        self._reload_requested = False
+        self._failures = 0
+        self._history: list[dict[str, Any]] = []
+        self.server = HttpServer(
+            args.listen,
+            Endpoints(
+                status=self.status,
+                metrics=self.metrics,
+                wake=self.wake,
+                webhook_secret=lambda: self.settings.webhook_secret,
+                api_token=lambda: self.settings.api_token,
+                branch=lambda: self.source.branch,
+            ),
+        )
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        # Only set flags here: the loop notices within a fraction of a second (no locks in handlers).
+        self.stop_requested.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: finish the change in flight and exit; SIGHUP: reload settings."""
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def reload(self) -> None:
+        """Re-read the config file and secret files; keep the old settings if they are unreadable."""
+        self._reload_requested = False
+        try:
+            fresh = load_reloadable(self.args)
+        except SystemExit as exc:
+            log.error("settings.reload.failed", extra={"fields": {"error": str(exc)}})
+            return
+        self.settings = fresh
+        if isinstance(self.source, GitSource):
+            self.source.set_token(fresh.git_token)
+        self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
+        log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
+        self.wake("reload")
+
+    def wake(self, reason: str) -> None:
+        """Run a reconcile as soon as the one in flight (if any) is done."""
+        self.wakeup.wake(reason)
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve, lead (or stand by), loop until told to stop; the exit status of the process."""
+        self.server.start()
+        log.info("http.listening", extra={"fields": {"address": self.server.address}})
+        try:
+            if not self.lock.try_acquire():
+                self.status.update(role="standby")
+                log.info(
+                    "leader.standby",
+                    extra={"fields": {"lock": str(self.lock.path), "holder": self.lock.holder()}},
+                )
+                if not self._wait_for_lock():
+                    return EXIT_OK
+            self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
+            self._publish_resources()
+            self.metrics.leader.set(1)
+            log.info(
+                "leader.elected", extra={"fields": {"pid": os.getpid(), "state_dir": str(self.state_dir)}}
+            )
+            if isinstance(self.source, FolderSource):
+                self.source.start(lambda: self.wake("watch"))
+            return self._loop()
+        finally:
+            self.status.update(role="stopping")
+            self.source.close()
+            self.backends.close()
+            self.server.close()
+            self.lock.release()
+            log.info("controller.stopped", extra={"fields": {"pid": os.getpid()}})
+
+    def _wait_for_lock(self) -> bool:
+        while not self.stop_requested.is_set():
+            if self.lock.try_acquire():
+                return True
+            if self._reload_requested:
+                self.reload()
+            self.stop_requested.wait(LOCK_POLL_S)
+        return False
+
+    def _loop(self) -> int:
+        reasons = ["start"]
+        while True:
+            outcome = self.reconcile_once(reasons)
+            if self.args.once:
+                return self._exit_status(outcome)
+            if self.stop_requested.is_set():
+                return EXIT_OK
+            ok = outcome is not None and outcome.status is not ReconcileStatus.FAILED
+            self._failures = 0 if ok else self._failures + 1
+            delay = backoff_delay(self._failures, self.settings.interval)
+            self.status.update(nextReconcileAt=time.time() + delay)
+            reasons = self._sleep(delay)
+            if self.stop_requested.is_set():
+                return EXIT_OK
+
+    def _sleep(self, delay: float) -> list[str]:
+        """Wait ``delay`` seconds or until woken; poll the stop flag so signals are seen promptly."""
+        deadline = time.monotonic() + delay
+        while not self.stop_requested.is_set():
+            if self._reload_requested:
+                self.reload()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return ["interval"]
+            if self.wakeup.wait(min(remaining, 0.25)):
+                return self.wakeup.take()
+        return ["stop"]
+
+    @staticmethod
+    def _exit_status(outcome: ReconcileOutcome | None) -> int:
+        if outcome is None:
+            return EXIT_FAILED
+        if outcome.status is ReconcileStatus.HELD:
+            return EXIT_HELD
+        return EXIT_OK if outcome.ok else EXIT_FAILED
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def reconcile_once(self, reasons: list[str]) -> ReconcileOutcome | None:
+        """Fetch the source and run the reconcile pipeline once; record everything in the status."""
+        started = time.time()
+        log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # Fetch: a snapshot of one revision, never a tree that is still moving.
+        try:
+            snapshot = self.source.fetch()
+        except SourceUnavailable as exc:
+            self._fetch_failed(str(exc), started)
+            return None
+        self.status.update_source(
+            reachable=True,
+            lastFetchError=None,
+            lastFetchedRevision=snapshot.revision,
+            branch=self.source.branch,
+        )
+        self.status.update(lastAttemptedRevision=snapshot.revision)
+        # Reconcile: load+validate, read actual, plan, apply, prune, health, record (core's pipeline).
+        began = datetime.now(UTC)
+        try:
+            outcome = reconcile(
+                snapshot.root,
+                snapshot.path,
+                snapshot.revision,
+                self.backends.backend_for,
+                self.recorder,
+                self.options,
+            )
+        except Exception as exc:
+            # reconcile() turns every expected failure into an outcome; this is a bug, and the loop
+            # must outlive it (retry with backoff) rather than leave the services unwatched.
+            log.exception("sync.crashed", extra={"fields": {"revision": snapshot.revision}})
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            outcome = ReconcileOutcome(
+                snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
+            )
+        self._record(outcome, started)
+        return outcome
+
+    def _fetch_failed(self, message: str, started: float) -> None:
+        self.metrics.fetch_errors.inc()
+        self.metrics.reconciles.labels(status="failed").inc()
+        log.warning("source.fetch.failed", extra={"fields": {"error": message}})
+        now = time.time()
+        self.status.update_source(reachable=False, lastFetchError=message)
+        last = {
+            "revision": None,
+            "status": "failed",
+            "startedAt": started,
+            "finishedAt": now,
+            "durationSeconds": round(now - started, 3),
+            "errors": [message],
+            "changes": [],
+        }
+        self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
+        self._push_history({"revision": None, "status": "failed", "finishedAt": now, "summary": message})
+
+    def _push_history(self, entry: dict[str, Any]) -> None:
+        self._history.insert(0, entry)
+        del self._history[HISTORY_KEPT:]
+        self.status.update(history=list(self._history))
+
+    def _record(self, outcome: ReconcileOutcome, started: float) -> None:
+        now = time.time()
+        duration = now - started
+        status = outcome.status.value
+        self.metrics.reconcile_seconds.labels(status=status).observe(duration)
+        self.metrics.reconciles.labels(status=status).inc()
+        for change in outcome.changes:
+            self.metrics.changes.labels(action=change.action.value, outcome=change.status.value).inc()
+        if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
+            self.metrics.applied(outcome.revision, now)
+            self.status.update(lastAppliedRevision=outcome.revision)
+        last = {
+            "revision": outcome.revision,
+            "status": status,
+            "startedAt": started,
+            "finishedAt": now,
+            "durationSeconds": round(duration, 3),
+            "phases": {k: round(v, 3) for k, v in outcome.durations.items()},
+            "errors": list(outcome.errors),
+            "changes": _change_entries(outcome),
+            "held": outcome.plan.held if outcome.plan is not None else None,
+            "warnings": list(outcome.plan.warnings) if outcome.plan is not None else [],
+        }
+        self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
+        self._push_history(
+            {"revision": outcome.revision, "status": status, "finishedAt": now, "summary": _summary(outcome)}
+        )
+        fields: dict[str, Any] = {
+            "revision": outcome.revision,
+            "status": status,
+            "seconds": round(duration, 3),
+        }
+        failed = [c for c in outcome.changes if c.status is ChangeStatus.FAILED]
+        if failed:
+            fields["failed"] = ",".join(str(c.id) for c in failed)
+        if outcome.errors:
+            fields["error"] = outcome.errors[0]
+            fields["errors"] = len(outcome.errors)
+        level = logging.INFO if outcome.ok else logging.WARNING
+        log.log(level, "sync.finished", extra={"fields": fields})
+        self._publish_resources()
+
+    def _publish_resources(self) -> None:
+        """Per-resource conditions, as the recorder folded them, into the status and the gauges."""
+        try:
+            statuses = self.recorder.resource_status()
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("status.resources.unreadable", extra={"fields": {"error": str(exc)}})
+            return
+        resources = [s.to_json() for s in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name))]
+        self.status.update(resources=resources)
+        self.metrics.set_resources(
+            ResourceCondition(r["kind"], c["type"], bool(c["status"]))
+            for r in resources
+            for c in r["conditions"]
+        )
+
+
+def _dump_modules_at_exit() -> None:
+    target = os.environ.get(DUMP_MODULES_ENV)
+    if not target:
+        return
+
+    def dump() -> None:
+        Path(target).write_text("\n".join(sorted(sys.modules)) + "\n")
+
+    atexit.register(dump)
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """Entry point of ``amlops run`` (see ``add_run_arguments`` for the flags read from ``args``)."""
+    try:
+        settings = resolve_settings(args.state_dir, args.controller_name, args.log_format)
+    except ValueError as exc:
+        print(f"amlops run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    redactor = configure_logging(settings.log_format, getattr(logging, str(args.log_level).upper()))
+    _dump_modules_at_exit()
+    try:
+        controller = Controller(args, settings, redactor)
+    except SystemExit as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:
+        log.error("controller.start.failed", extra={"fields": {"error": str(exc)}})
+        return EXIT_USAGE
+    controller.install_signal_handlers()
+    return controller.run()
+
+
+__all__ = ["add_run_arguments", "backoff_delay", "load_reloadable", "main_run", "open_source"]
