@@ -418,7 +418,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     finally:
         backend.close()
-    if args.output == "json":
+    if args.primary:
+        print(primary)
+    elif args.output == "json":
         print(json.dumps({"primaryKey": primary, "secondaryKey": secondary}))
     else:
         print(f"primary:   {primary}\nsecondary: {secondary}")
@@ -592,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("service")
     keys.add_argument("--regenerate", choices=("primary", "secondary"), default=None)
     keys.add_argument("--output", choices=("text", "json"), default="text")
+    keys.add_argument("--primary", action="store_true", help="print only the primary key (for $(...) in scripts)")
     _common(keys)
     keys.set_defaults(handler=cmd_keys)
 

@@ -90,6 +90,11 @@ class BackendPool:
                 self._open[key] = backend
             return backend
 
+    def backends(self) -> list[Backend]:
+        """The backends opened so far."""
+        with self._lock:
+            return list(self._open.values())
+
     def close(self) -> None:
         """Close every opened backend (services they manage keep running)."""
         with self._lock:

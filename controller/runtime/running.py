@@ -18,6 +18,7 @@ import atexit
 import logging
 import os
 import random
+import shlex
 import signal
 import sys
 import threading
@@ -43,7 +44,11 @@ from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo
 from controller.sources.watching import FolderSource
+from controller.structs.errors import BackendError
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
+from controller.structs.states import ActualResource
 
 log = logging.getLogger("amlops.run")
 
@@ -478,6 +483,29 @@ class Controller:
         level = logging.INFO if outcome.ok else logging.WARNING
         log.log(level, "sync.finished", extra={"fields": fields})
         self._publish_resources()
+        self._announce_services(outcome)
+
+    def _announce_services(self, outcome: ReconcileOutcome) -> None:
+        """After a service was (re)deployed, print how to call it: people want a command to paste.
+
+        The key itself is never printed; the command fetches it with ``amlops keys``.
+        """
+        deployed = {
+            c.id for c in outcome.changes
+            if c.id.kind is Kind.WEBSERVICE and c.status is ChangeStatus.SUCCEEDED and c.action is not Action.DELETE
+        }
+        if not deployed:
+            return
+        for backend in self.backends.backends():
+            try:
+                actual = backend.read()
+            except BackendError:
+                continue
+            for resource in actual:
+                if resource.id in deployed and resource.details.get("scoringUri"):
+                    sample = Path(SAMPLE_REQUEST)
+                    print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
+                          flush=True)
 
     def _publish_resources(self) -> None:
         """Per-resource conditions, as the recorder folded them, into the status and the gauges."""
@@ -493,6 +521,31 @@ class Controller:
             for r in resources
             for c in r["conditions"]
         )
+
+
+# The example's one held-out digit, used in the printed curl when run from this repository.
+SAMPLE_REQUEST: Final = "manifests/src/sample-request.json"
+
+
+def _amlops_command() -> str:
+    """How this process was started, so a printed command works without an activated venv."""
+    if Path(sys.argv[0]).name == "amlops":
+        return shlex.quote(str(Path(sys.argv[0]).absolute()))
+    return f"{shlex.quote(sys.executable)} -m controller"
+
+
+def service_banner(resource: ActualResource, state_dir: Path, controller_name: str, sample: Path | None = None) -> str:
+    """A ready-to-paste ``curl`` for a service, with the key fetched by ``amlops keys`` at paste time."""
+    uri = resource.details["scoringUri"]
+    flags = f"--state-dir {shlex.quote(str(state_dir))}"
+    if controller_name != "amlops":
+        flags += f" --controller-name {shlex.quote(controller_name)}"
+    header = ""
+    if resource.spec.get("auth", "key") == "key":
+        header = f'-H "Authorization: Bearer $({_amlops_command()} keys {resource.id.name} {flags} --primary)" '
+    body = f"@{shlex.quote(str(sample))}" if sample is not None else "'{\"data\": [[...784 floats]]}'"
+    return (f"\nService {resource.id.name} is ready: {uri}\n"
+            f"  curl -s {uri} {header}-H 'Content-Type: application/json' -d {body}\n")
 
 
 def _dump_modules_at_exit() -> None:

@@ -82,7 +82,7 @@ def test_yaml_files_that_are_not_manifests_are_skipped(tmp_path: Path) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
-    documents, errors = parse_documents("fuzz.yaml", raw)
+    _, errors = parse_documents("fuzz.yaml", raw)
     assert all(e.file == "fuzz.yaml" for e in errors)
 
 
@@ -104,6 +104,6 @@ def test_any_document_shape_validates_to_errors_or_resources(value: object) -> N
     assert not errors
     from controller.sources.validating import build_desired_state
 
-    state, problems = build_desired_state(Path("/nonexistent"), documents, "r")
+    _, problems = build_desired_state(Path("/nonexistent"), documents, "r")
     assert problems  # a Webservice needs a cluster that is not declared here
     assert all(p.file == "f.yaml" and p.line >= 1 for p in problems)
