@@ -72,7 +72,7 @@ _REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
 _TRANSIENT_STATUS = re.compile(r"(?:Response Code|status(?:_code)?|Code)[:=]?\s*(429|500|502|503|504)\b", re.IGNORECASE)
 _RETRY_AFTER = re.compile(r"'Retry-After':\s*'([0-9.]+)'", re.IGNORECASE)
 _warned = threading.Event()
-_cwd_lock = threading.Lock()
+_cwd_lock = threading.RLock()
 T = TypeVar("T")
 
 
@@ -110,7 +110,7 @@ def _classify(what: str, exc: BaseException) -> Exception:
         code = status.group(1) if status else type(exc).__name__
         return TransientError(f"{what}: Azure answered {code}; will retry ({first[:200]})",
                               retry_after=float(after.group(1)) if after else None)
-    if "AADSTS" in text or type(exc).__name__ == "AuthenticationException":
+    if "AADSTS" in text or type(exc).__name__ in ("AuthenticationException", "AuthenticationError"):
         code = re.search(r"AADSTS\d+", text)
         return PermanentError(f"{what}: login failed ({code.group(0) if code else 'authentication error'})",
                               reason="AuthenticationFailed")
@@ -466,6 +466,12 @@ class AzureMLBackend:
             log.info("model_unchanged name=%s version=%s", m.name, existing[0].version)
             return existing[0]
         source = (Path(ctx.root) / resource.files.get("path", m.spec.path)).resolve()
+        # Azure keeps the registered folder's name under AZUREML_MODEL_DIR; amlops (like the local
+        # backend) puts a folder's contents there. A folder holding one folder registers that one,
+        # so ``tf-dnn-mnist/model/...`` is ``$AZUREML_MODEL_DIR/model/...`` on both backends.
+        children = [c for c in source.iterdir() if not c.name.startswith(".")] if source.is_dir() else []
+        if len(children) == 1 and children[0].is_dir():
+            source = children[0]
         tags = {**m.spec.tags, **self._tags(resource, ctx), CONTENT_TAG: content}
         ctx.progress(f"uploading model {m.name}", None)
         with _under_cwd(source) as relative, _quiet():

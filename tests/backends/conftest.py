@@ -61,6 +61,8 @@ class Repo:
         spec: dict[str, object] = {
             "cluster": "aks-gpu", "models": ["scaler"], "sourceDirectory": "../src", "entryScript": "score.py",
             "replicas": replicas, "resources": {"cpu": 0.1, "memoryGb": 0.5, "gpu": gpu}, "auth": "key",
+            # Azure's 500 ms default is tight on a loaded 2-core CI machine; queueing is not under test here.
+            "maxQueueWaitMs": 10000,
         }
         spec.update(extra)
         self.write(f"services/{name}.yaml", _doc("Webservice", name, spec))

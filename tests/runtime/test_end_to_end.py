@@ -48,6 +48,7 @@ def service_spec(replicas: int) -> dict[str, object]:
         "replicas": replicas,
         "resources": {"cpu": 0.1, "memoryGb": 0.5, "gpu": 0},
         "auth": "key",
+        "maxQueueWaitMs": 10000,  # Azure's 500 ms default is tight on a loaded 2-core machine
     }
 
 
