@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tarfile
@@ -27,6 +28,7 @@ from controller.core.reconciling import ReconcileOptions, plan_step, read_step, 
 from controller.core.recording import Recorder
 from controller.core.rendering import render_json, render_markdown, render_text
 from controller.runtime.flags import add_run_arguments
+from controller.runtime.logs import configure_logging
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
 from controller.structs.errors import BackendError, ValidationFailed
@@ -632,5 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":  # run configures its own logging from --log-format / --log-level
+        configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
     handler: Handler = args.handler
     return handler(args)
