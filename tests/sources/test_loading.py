@@ -107,3 +107,19 @@ def test_any_document_shape_validates_to_errors_or_resources(value: object) -> N
     _, problems = build_desired_state(Path("/nonexistent"), documents, "r")
     assert problems  # a Webservice needs a cluster that is not declared here
     assert all(p.file == "f.yaml" and p.line >= 1 for p in problems)
+
+
+def test_an_unchanged_tree_is_read_from_disk_once(tmp_path: Path) -> None:
+    from controller.sources.loading import DocumentCache, read_documents
+
+    for i in range(5):
+        (tmp_path / f"m{i}.yaml").write_text(f"apiVersion: amlops.dev/v1\nkind: Model\nmetadata: {{name: m{i}}}\nspec: {{path: .}}\n")
+    cache = DocumentCache()
+    first, _ = read_documents(tmp_path, tmp_path, cache)
+    assert cache.reads == 5
+    second, _ = read_documents(tmp_path, tmp_path, cache)
+    assert cache.reads == 5 and [d.data for d in second] == [d.data for d in first]
+    (tmp_path / "m3.yaml").write_text("apiVersion: amlops.dev/v1\nkind: Model\nmetadata: {name: changed}\nspec: {path: .}\n")
+    third, _ = read_documents(tmp_path, tmp_path, cache)
+    assert cache.reads == 6
+    assert {d.data["metadata"]["name"] for d in third} == {"m0", "m1", "m2", "changed", "m4"}
