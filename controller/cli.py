@@ -487,6 +487,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
                 return _print_validation(exc)
             # Workspaces are never deleted (as in pruning): they hold what other repos deploy.
             owners = {rid: b for rid, b in target_step(desired, pool.backend_for).owner.items() if rid.kind is not Kind.WORKSPACE}
+            # deletionPolicy: Retain protects a resource from a folder-wide delete too; naming it
+            # (KIND/NAME) or --include-retained deletes it.
+            for rid in sorted(owners, key=lambda r: (r.order(), r.name)):
+                resource = desired.resources[rid]
+                if getattr(resource.manifest.spec, "deletionPolicy", "Delete") == "Retain" and not args.include_retained:
+                    print(f"{rid}: kept (deletionPolicy: Retain; --include-retained deletes it too)", file=sys.stderr)
+                    del owners[rid]
         ids = sorted(owners, key=lambda r: (r.order(), r.name))
         seen: dict[int, frozenset[ResourceId]] = {}
         for backend in owners.values():
@@ -611,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete KIND/NAME or everything a manifests folder declares")
     delete.add_argument("target", metavar="PATH|KIND/NAME")
     delete.add_argument("--yes", "-y", action="store_true")
+    delete.add_argument("--include-retained", action="store_true",
+                        help="also delete resources whose deletionPolicy is Retain (clusters, by default)")
     delete.add_argument("--no-color", action="store_true")
     _common(delete)
     delete.set_defaults(handler=cmd_delete)

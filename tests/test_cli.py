@@ -161,3 +161,13 @@ def test_apply_then_status_then_delete_with_the_local_backend(
     assert "- destroy Webservice/svc-e2e" in capsys.readouterr().out
     assert main(["status", "--state-dir", state, "--output", "json"]) == 0
     assert all(r["name"] != "svc-e2e" for r in json.loads(capsys.readouterr().out)["resources"])
+
+    # A folder-wide delete keeps what deletionPolicy: Retain protects, unless told otherwise.
+    assert main(["delete", "manifests", "--state-dir", state, "--yes"]) == 0
+    captured = capsys.readouterr()
+    assert "AksCluster/aks-cpu: kept (deletionPolicy: Retain; --include-retained deletes it too)" in captured.err
+    assert main(["status", "--state-dir", state, "--output", "json"]) == 0
+    names = {r["name"] for r in json.loads(capsys.readouterr().out)["resources"]}
+    assert "aks-cpu" in names and "linear" not in names
+    assert main(["delete", "manifests", "--state-dir", state, "--yes", "--include-retained"]) == 0
+    assert "- destroy AksCluster/aks-cpu" in capsys.readouterr().out

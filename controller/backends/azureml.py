@@ -319,6 +319,10 @@ class AzureMLBackend:
         conds = [Condition(ConditionType.READY, state == "Healthy", state,
                            json.dumps(s.error)[:800] if s.error else "")]
         if state in ("Unschedulable", "Failed"):
+            # Azure keeps a failed service's record, tags and all. Reported with its digest it would
+            # plan as in sync (and be recorded Ready); without it, it plans as an update, which the
+            # core holds back while the same input is stalled, and retries once the input changes.
+            own.pop(DIGEST_TAG, None)
             conds.append(Condition(ConditionType.STALLED, True, state, json.dumps(s.error)[:800] if s.error else state))
         elif state == "Transitioning":
             conds.append(Condition(ConditionType.PROGRESSING, True, "Transitioning"))
@@ -633,13 +637,49 @@ def _error_message(service: Any, exc: BaseException) -> str:
     return _scrub(str(exc)).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
 
 
+class _QuietStdout:
+    """``sys.stdout`` while any thread is in ``_quiet``: drops the writes of those threads only.
+
+    ``contextlib.redirect_stdout`` swaps a process-wide object: two executor threads in it at once
+    restore each other's replacement, and the controller's stdout stays swallowed for good.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def write(self, text: str) -> int:
+        if getattr(_quiet_threads, "depth", 0):
+            return len(text)
+        return int(self.target.write(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+
+_quiet_threads = threading.local()
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The SDK prints progress to stdout; keep it out of the controller's output."""
-    import io
+    """The SDK prints progress to stdout; keep it out of the controller's output (this thread's only)."""
+    import sys
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    global _quiet_users
+    with _quiet_lock:
+        if _quiet_users == 0 and not isinstance(sys.stdout, _QuietStdout):
+            sys.stdout = _QuietStdout(sys.stdout)
+        _quiet_users += 1
+    _quiet_threads.depth = getattr(_quiet_threads, "depth", 0) + 1
+    try:
         yield
+    finally:
+        _quiet_threads.depth -= 1
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0 and isinstance(sys.stdout, _QuietStdout):
+                sys.stdout = sys.stdout.target
 
 
 @contextlib.contextmanager

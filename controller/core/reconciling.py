@@ -9,6 +9,7 @@ reads, so running it twice in a row writes nothing the second time.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,11 +19,11 @@ from typing import Protocol
 
 from controller.backends.base import ApplyContext, Backend, ProgressFn, no_progress
 from controller.core.executing import ProgressCallback, RetryPolicy, execute
-from controller.core.recording import ResourceStatus
 from controller.core.planning import plan as make_plan
+from controller.core.recording import ResourceStatus
 from controller.sources.loading import load_desired_state
 from controller.sources.validating import workspace_of
-from controller.structs.errors import BackendError, ValidationFailed
+from controller.structs.errors import BackendError, TransientError, ValidationFailed
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
@@ -101,11 +102,27 @@ def target_step(desired: DesiredState, backend_for: BackendFor) -> _Targets:
     return targets
 
 
-def read_step(targets: _Targets) -> ActualState:
+def _read_with_retries(backend: Backend, retry: RetryPolicy) -> ActualState:
+    """One backend's actual state; throttling and 5xx on a list call are retried like changes are."""
+    started = time.monotonic()
+    attempt = 1
+    while True:
+        try:
+            return backend.read()
+        except TransientError as exc:
+            delay = retry.delay(attempt, exc.retry_after, random.random)
+            if attempt >= retry.max_attempts or time.monotonic() - started + delay > retry.max_total_s:
+                raise
+            log.warning("read.retrying", extra={"backend": backend.name, "attempt": attempt, "delay_s": round(delay, 2)})
+            time.sleep(delay)
+            attempt += 1
+
+
+def read_step(targets: _Targets, retry: RetryPolicy | None = None) -> ActualState:
     """Read actual state from every backend in use: the plan is made from what is, not from events."""
     merged: dict[ResourceId, ActualResource] = {}
     for backend in targets.backends:
-        for resource in backend.read():
+        for resource in _read_with_retries(backend, retry or RetryPolicy()):
             if resource.id not in merged:
                 merged[resource.id] = resource
                 targets.owner.setdefault(resource.id, backend)
@@ -217,7 +234,7 @@ def reconcile(
     mark = time.monotonic()
     try:
         targets = target_step(desired, backend_for)
-        actual = read_step(targets)
+        actual = read_step(targets, options.retry)
     except BackendError as exc:
         durations["read"] = time.monotonic() - mark
         return finish(ReconcileStatus.FAILED, errors=(f"reading actual state: {exc}",))

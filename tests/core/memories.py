@@ -34,6 +34,7 @@ class MemoryBackend:
         self.resources: dict[ResourceId, ActualResource] = {}
         self.writes: list[tuple[str, str]] = []
         self.failures: dict[ResourceId, list[Exception]] = {}
+        self.read_failures: list[Exception] = []
         self.replace = replace or {Kind.WEBSERVICE: frozenset({"cluster"})}
         self.closed = False
         self._lock = threading.Lock()
@@ -49,6 +50,8 @@ class MemoryBackend:
 
     def read(self) -> ActualState:
         with self._lock:
+            if self.read_failures:
+                raise self.read_failures.pop(0)
             return ActualState(dict(self.resources))
 
     def _put(self, resource: DesiredResource, ctx: ApplyContext) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from controller.core.executing import RetryPolicy
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
-from controller.structs.errors import PermanentError
+from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.results import ReconcileStatus
 from controller.structs.states import ResourceId
@@ -116,3 +117,16 @@ def test_two_recorders_on_one_file_see_each_others_writes(repo: Repo, backend: M
     reconcile(repo.root, "manifests", "r1", _backend_for(backend), writer)
     assert [h.revision for h in reader.history(10)] == ["r1"]
     assert (tmp_path / "s" / "history.sqlite").exists()
+
+
+def test_throttled_reads_are_retried_before_the_pass_gives_up(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    backend.read_failures = [TransientError("429 Too Many Requests", retry_after=0.01), TransientError("503")]
+    fast = ReconcileOptions(retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02))
+    outcome = reconcile(repo.root, "manifests", "r1", _backend_for(backend), Recorder(tmp_path / "s"), fast)
+    assert outcome.status is ReconcileStatus.APPLIED and not backend.read_failures
+
+    backend.read_failures = [TransientError("503")] * 3
+    failed = reconcile(repo.root, "manifests", "r1", _backend_for(backend), Recorder(tmp_path / "s"), fast)
+    assert failed.status is ReconcileStatus.FAILED
+    assert failed.errors == ("reading actual state: 503",)

@@ -1,0 +1,326 @@
+"""The azureml backend driven through the reconcile engine, against a real emulator subprocess.
+
+Each pass is ``controller.core.reconciling.reconcile`` with a real ``BackendPool`` and ``Recorder``
+(what ``amlops apply`` wires up) in its own process, with the emulator's env.sh (HTTPS_PROXY and
+REQUESTS_CA_BUNDLE act process-wide). The Workspace manifest names ``backend: azureml`` and takes
+its credentials by reference (``fromEnv``). The tests read the emulator's request counters between
+passes. Reconciling is level-triggered, so each test first converges on the state it starts from
+and does not depend on the order the tests run in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.azureml
+
+_spec = importlib.util.spec_from_file_location("emulators", Path(__file__).parents[1] / "emulator" / "emulators.py")
+assert _spec is not None and _spec.loader is not None
+emulators = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("emulators", emulators)
+_spec.loader.exec_module(emulators)
+
+DRIVER = Path(__file__).parents[1] / "emulator" / "reconcile_driver.py"
+WS = "/modelmanagement/v1.0{WS}"
+
+SCORE = textwrap.dedent('''
+    import json, os
+    import numpy as np
+
+    def init():
+        global W
+        W = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "w.npy"))
+
+    def run(raw_data):
+        return (np.array(json.loads(raw_data)["data"]) @ W).tolist()
+''')
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "amlops.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+class Repo:
+    """A manifests folder shaped like ``manifests/``, with a numpy model so replicas start fast."""
+
+    def __init__(self, root: Path, config: dict[str, str]) -> None:
+        self.root = root
+        self.write("workspace.yaml", _doc("Workspace", config["workspace_name"], {
+            "backend": "azureml", "subscriptionId": config["subscription_id"],
+            "resourceGroup": config["resource_group"], "workspaceName": config["workspace_name"],
+            "credentials": {"type": "servicePrincipal", "tenantId": {"fromEnv": "AZURE_TENANT_ID"},
+                            "clientId": {"fromEnv": "AZURE_CLIENT_ID"},
+                            "clientSecret": {"fromEnv": "AZURE_CLIENT_SECRET"}}}))
+        self.write("clusters/aks-gpu.yaml", _doc("AksCluster", "aks-gpu", {
+            "vmSize": "Standard_NC6", "agentCount": 3, "clusterPurpose": "FastProd", "deletionPolicy": "Retain"}))
+        self.write("environments/myenv.yaml", _doc("Environment", "myenv", {
+            "baseImage": "DEFAULT_GPU_IMAGE",
+            "conda": {"dependencies": ["python=3.6.2", {"pip": ["azureml-defaults>=1.0.45", "numpy"]}]}}))
+        self.write("models/tiny.yaml", _doc("Model", "tiny", {"path": "tiny", "tags": {"dataset": "ones"}}))
+        self.weights([[1.0], [2.0]])
+        self.write("src/score.py", SCORE)
+        self.service()
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def weights(self, w: list[list[float]]) -> None:
+        import numpy as np
+
+        (self.root / "models" / "tiny" / "model").mkdir(parents=True, exist_ok=True)
+        np.save(self.root / "models" / "tiny" / "model" / "w.npy", np.array(w))
+
+    def service(self, name: str = "svc-tiny", replicas: int = 1, gpu: int = 1) -> None:
+        self.write(f"services/{name}.yaml", _doc("Webservice", name, {
+            "cluster": "aks-gpu", "models": ["tiny"], "environment": "myenv", "sourceDirectory": "../src",
+            "entryScript": "score.py", "replicas": replicas, "resources": {"cpu": 0.5, "memoryGb": 1, "gpu": gpu},
+            "maxQueueWaitMs": 10000}))
+
+    def remove(self, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    running = emulators.start_emulator(tmp_path_factory.mktemp("azureml-reconcile") / "state")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("azureml-reconcile-work")
+
+
+@pytest.fixture
+def repo(emulator: Any, workdir: Path) -> Repo:
+    """The repo in its starting shape (one service, one replica, the first weights), rewritten per test."""
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    root = workdir / "repo"
+    for extra in ("services/svc-big.yaml", "services/svc-fail.yaml"):
+        (root / extra).unlink(missing_ok=True)
+    return Repo(root, config)
+
+
+class Reconciler:
+    """Runs reconcile passes in subprocesses; the recorder's state folder persists across passes."""
+
+    def __init__(self, emulator: Any, workdir: Path) -> None:
+        self.emulator = emulator
+        self.workdir = workdir
+        self.passes = 0
+
+    def __call__(self, repo: Repo, *, read_back: bool = False, predict: list[list[float]] | None = None,
+                 service: str = "svc-tiny") -> dict[str, Any]:
+        self.passes += 1
+        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / "amlops-state"),
+                                "revision": f"r{self.passes}", "readBack": read_back}
+        if predict is not None:
+            args["predict"] = {"service": service, "rows": predict}
+        script = f"import runpy, sys; sys.argv = ['driver', {json.dumps(args)!r}]; runpy.run_path({str(DRIVER)!r}, run_name='__main__')"
+        done = self.emulator.sdk(script, self.workdir, timeout=240, extra_env={
+            # The executor is under test, not the SDK's own retry loop.
+            "AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(emulators.REPO)})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        assert lines, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
+        return dict(json.loads(lines[-1].removeprefix("RESULT ")))
+
+
+@pytest.fixture(scope="module")
+def reconcile(emulator: Any, workdir: Path) -> Reconciler:
+    return Reconciler(emulator, workdir)
+
+
+def _converged(reconcile: Reconciler, repo: Repo) -> dict[str, Any]:
+    out = reconcile(repo)
+    assert out["status"] in ("applied", "no-changes"), out
+    return out
+
+
+# Writes are what changes state. Login, the SDK's pre-flight validation (a dry run it skips when
+# it fails) and the POSTs that only read (listkeys, token) are not writes.
+_READ_POSTS = ("/services/validate", "/listkeys", "/token")
+
+
+def writes(counts: dict[str, int]) -> dict[str, int]:
+    out = {}
+    for route, n in counts.items():
+        method, host, path = route.split(" ", 2)
+        if method in ("GET", "HEAD") or host == "login" or path.endswith(_READ_POSTS) or "/services/validate" in path:
+            continue
+        out[route] = n
+    return out
+
+
+def _change(out: dict[str, Any], rid: str) -> dict[str, Any]:
+    found = [c for c in out["changes"] if c["id"] == rid]
+    assert found, out
+    return dict(found[0])
+
+
+def test_applying_the_manifests_creates_the_cluster_environment_model_and_service(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    out = reconcile(repo, read_back=True)
+    assert out["status"] in ("applied", "no-changes"), out
+    actual = out["actual"]
+    assert actual["AksCluster/aks-gpu"]["spec"]["vmSize"] == "Standard_NC6"
+    assert actual["AksCluster/aks-gpu"]["details"]["provisioningState"] == "Succeeded"
+    assert "Environment/myenv" in actual
+    assert actual["Model/tiny"]["details"]["version"] >= 1
+    svc = actual["Webservice/svc-tiny"]
+    assert svc["details"]["state"] == "Healthy" and svc["spec"]["replicas"] == 1
+    assert svc["tags"]["amlops.dev/managed-by"] == "amlops"
+    for rid in ("AksCluster/aks-gpu", "Environment/myenv", "Model/tiny", "Webservice/svc-tiny"):
+        assert out["resources"][rid][0][:3] == ["Ready", True, "ReconciliationSucceeded"], (rid, out["resources"])
+
+
+def test_the_walk_through_client_gets_predictions_with_the_primary_key(repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    out = reconcile(repo, predict=[[1, 1], [2, 0]])
+    assert out["status"] == "no-changes", out
+    assert out["predict"]["status"] == 200 and out["predict"]["state"] == "Healthy"
+    assert out["predict"]["body"] == [[3.0], [2.0]]
+
+
+def test_a_second_reconcile_with_no_changes_makes_zero_write_requests(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    emulator.reset_counts()
+    out = reconcile(repo)
+    assert out["status"] == "no-changes" and out["changes"] == [], out
+    counts = emulator.counts()
+    assert writes(counts) == {}, counts
+    # Stricter still: the only non-GET requests of a no-op pass are the service principal's login.
+    assert {r for r in counts if not r.startswith(("GET ", "HEAD "))} <= {"POST login /{tenant}/oauth2/v2.0/token"}, counts
+    assert any(r.startswith("GET api") and r.endswith("/services") for r in counts), counts  # it did read
+
+
+def test_changing_replicas_issues_one_patch_and_nothing_else(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    emulator.reset_counts()
+    out = reconcile(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert [c[:3] for c in out["plan"] if c[2] != "no-op"] == [["Webservice", "svc-tiny", "update"]]
+    assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 1}
+    assert out["actual"]["Webservice/svc-tiny"]["spec"]["replicas"] == 2
+
+
+def test_changing_the_model_file_registers_one_new_version_and_rolls_the_service(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    before = _converged(reconcile, repo)
+    before = reconcile(repo, read_back=True)
+    version = before["actual"]["Model/tiny"]["details"]["version"]
+    repo.weights([[1.0], [3.0]])
+    emulator.reset_counts()
+    out = reconcile(repo, read_back=True, predict=[[1, 1], [2, 0]])
+    assert out["status"] == "applied", out
+    assert sorted(c[:3] for c in out["plan"] if c[2] != "no-op") == [
+        ["Model", "tiny", "update"], ["Webservice", "svc-tiny", "update"]]
+    counts = writes(emulator.counts())
+    assert counts.get(f"POST api {WS}/models") == 1, counts  # one new version
+    assert counts.get(f"PATCH api {WS}/services/{{name}}") == 1, counts  # rolled in place
+    assert not any(r.startswith("DELETE") for r in counts) and f"POST api {WS}/services" not in counts, counts
+    assert out["actual"]["Model/tiny"]["details"]["version"] == version + 1
+    assert out["predict"]["models"] == [f"tiny:{version + 1}"]
+    assert out["predict"]["body"] == [[4.0], [2.0]]
+
+
+def test_throttling_and_server_errors_are_retried_by_the_executor_until_converged(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    _converged(reconcile, repo)
+    repo.service(replicas=1)
+    emulator.reset_counts()
+    # Attempt 1: reading the service answers 500. Attempt 2: the PATCH answers 429. Attempt 3 passes.
+    emulator.set_faults([{"route": f"GET api {WS}/services/{{name}}", "status": 500, "count": 1},
+                         {"route": "PATCH *", "status": 429, "count": 1, "retryAfter": 0.2}])
+    try:
+        out = reconcile(repo, read_back=True)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "applied", out
+    change = _change(out, "Webservice/svc-tiny")
+    assert change["status"] == "succeeded" and change["attempts"] == 3, change
+    assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 2}  # the 429 and the one that passed
+    assert out["actual"]["Webservice/svc-tiny"]["spec"]["replicas"] == 1
+    assert out["resources"]["Webservice/svc-tiny"][0][:3] == ["Ready", True, "ReconciliationSucceeded"]
+
+
+def test_a_gpu_request_no_node_can_hold_ends_unschedulable_and_is_not_retried_on_the_same_input(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    # 2 GPUs per replica passes validation (1 + 2 <= 3 GPUs in the cluster), but no Standard_NC6 node has 2.
+    repo.service("svc-big", replicas=1, gpu=2)
+    first = reconcile(repo)
+    assert first["status"] == "failed", first
+    change = _change(first, "Webservice/svc-big")
+    assert (change["status"], change["reason"], change["attempts"]) == ("failed", "Unschedulable", 1), change
+    assert "Insufficient nvidia.com/gpu" in change["error"]
+    stalled = first["resources"]["Webservice/svc-big"]
+    assert ["Stalled", True, "Unschedulable"] in [c[:3] for c in stalled], stalled
+
+    emulator.reset_counts()
+    second = reconcile(repo)
+    assert writes(emulator.counts()) == {}, emulator.counts()
+    assert next(c[3] for c in second["plan"] if c[1] == "svc-big").startswith("stalled: Unschedulable")
+    assert ["Stalled", True, "Unschedulable"] in [c[:3] for c in second["resources"]["Webservice/svc-big"]]
+
+    # A changed input is tried again: one GPU per replica fits.
+    repo.service("svc-big", replicas=1, gpu=1)
+    emulator.reset_counts()
+    fixed = reconcile(repo, read_back=True)
+    assert fixed["status"] == "applied", fixed
+    assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 1}
+    assert fixed["actual"]["Webservice/svc-big"]["details"]["state"] == "Healthy"
+    assert fixed["resources"]["Webservice/svc-big"][0][:3] == ["Ready", True, "ReconciliationSucceeded"]
+
+    # Removing the manifest prunes the service, like any other.
+    repo.remove("services/svc-big.yaml")
+    emulator.reset_counts()
+    gone = reconcile(repo, read_back=True)
+    assert gone["status"] == "applied", gone
+    assert "Webservice/svc-big" not in gone["actual"]
+    assert writes(emulator.counts()) == {f"DELETE api {WS}/services/{{name}}": 1}
+
+
+def test_a_deployment_whose_operation_fails_is_reported_as_a_permanent_deployment_failure(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.service("svc-fail", replicas=1, gpu=0)
+    emulator.set_faults([{"route": f"POST api {WS}/services", "failOperation": "image build failed: no space left"}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    change = _change(out, "Webservice/svc-fail")
+    assert (change["status"], change["reason"], change["attempts"]) == ("failed", "DeploymentFailed", 1), change
+    assert "no space left" in change["error"]
+    assert ["Stalled", True, "DeploymentFailed"] in [c[:3] for c in out["resources"]["Webservice/svc-fail"]]
+    repo.remove("services/svc-fail.yaml")
+    _converged(reconcile, repo)
+
+
+def test_removing_the_service_manifest_deletes_the_service_and_retains_the_cluster(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.remove("services/svc-tiny.yaml")
+    repo.remove("clusters/aks-gpu.yaml")  # deletionPolicy: Retain keeps it in Azure all the same
+    emulator.reset_counts()
+    out = reconcile(repo, read_back=True)
+    assert out["status"] == "applied", out
+    counts = writes(emulator.counts())
+    assert counts == {f"DELETE api {WS}/services/{{name}}": 1}, counts
+    assert "Webservice/svc-tiny" not in out["actual"] and "AksCluster/aks-gpu" in out["actual"]
+    assert [c[2:] for c in out["plan"] if c[1] == "aks-gpu"] == [["no-op", "retained (deletionPolicy: Retain)"]]
