@@ -28,6 +28,7 @@ from controller.core.reconciling import ReconcileOptions, plan_step, read_step, 
 from controller.core.recording import Recorder
 from controller.core.rendering import render_json, render_markdown, render_text
 from controller.runtime.flags import add_run_arguments
+from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import configure_logging
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
@@ -36,7 +37,7 @@ from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import DesiredState, ResourceId
+from controller.structs.states import ActualState, DesiredState, ResourceId
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -276,38 +277,54 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Plan, show, confirm and apply once; exit 0 (nothing to do), 2 (applied) or 1 (failed)."""
+    """Plan, show, confirm and apply once; exit 0 (nothing to do), 2 (applied) or 1 (failed).
+
+    The plan shown is the plan applied: confirmation happens inside the reconcile pass, after its
+    own read and plan, so nothing that changed while the prompt waited slips in unseen.
+    """
     settings = _settings(args)
-    the_plan, _, code = _plan_against_backend(args, settings)
-    if the_plan is None:
-        return code
-    color = _use_color(args, sys.stdout)
-    sys.stdout.write(render_text(the_plan, color=color))
-    if not the_plan.has_changes:
-        return EXIT_OK
-    if the_plan.held:
-        print("amlops apply: plan held; nothing applied", file=sys.stderr)
-        return EXIT_ERROR
-    if not _confirm("Apply these changes?", args.yes):
-        return EXIT_ERROR
     root, path = _root_and_path(args.path_arg)
+    color = _use_color(args, sys.stdout)
+    lock = LeaderLock(settings.state_dir)
+    if not lock.try_acquire():
+        print(f"amlops apply: a controller (pid {lock.holder() or '?'}) is reconciling {settings.state_dir}; "
+              "change the repository it follows instead", file=sys.stderr)
+        return EXIT_ERROR
+    shown: list[Plan] = []
+
+    def confirm(the_plan: Plan) -> bool:
+        shown.append(the_plan)
+        sys.stdout.write(render_text(the_plan, color=color))
+        sys.stdout.flush()
+        return _confirm("Apply these changes?", args.yes)
+
     progress = _LiveProgress(sys.stderr)
     pool = BackendPool(settings.state_dir, settings.controller_name)
     try:
         outcome = reconcile(
-            root, path, the_plan.revision, pool.backend_for, Recorder(settings.state_dir),
+            root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
             ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
-                             parallelism=args.parallelism, progress=progress, backend_progress=progress.backend),
+                             parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
+                             confirm=confirm),
         )
     finally:
         pool.close()
+        lock.release()
+    if not shown and outcome.plan is not None:
+        sys.stdout.write(render_text(outcome.plan, color=color))
     for error in outcome.errors:
         print(error, file=sys.stderr)
+    if outcome.status is ReconcileStatus.INVALID:
+        print(f"{len(outcome.errors)} error(s); nothing applied", file=sys.stderr)
+        return EXIT_ERROR
+    if outcome.status is ReconcileStatus.NO_CHANGES:
+        return EXIT_OK
+    if outcome.status is ReconcileStatus.HELD:
+        print("amlops apply: nothing applied", file=sys.stderr)
+        return EXIT_ERROR
     done = sum(1 for c in outcome.changes if c.status is ChangeStatus.SUCCEEDED)
     print(f"Apply {outcome.status.value}: {done} of {len(outcome.changes)} change(s) succeeded at {outcome.revision}.")
-    if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
-        return EXIT_CHANGES if outcome.status is ReconcileStatus.APPLIED else EXIT_OK
-    return EXIT_ERROR
+    return EXIT_CHANGES if outcome.status is ReconcileStatus.APPLIED else EXIT_ERROR
 
 
 # --- status / history -----------------------------------------------------------------------------
@@ -474,6 +491,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
     """Delete one resource (``KIND/NAME``) or everything a folder of manifests declares, services first."""
     settings = _settings(args)
     target = _parse_resource(args.target) if not Path(args.target).exists() else None
+    lock = LeaderLock(settings.state_dir)
+    if not lock.try_acquire():
+        print(f"amlops delete: a controller (pid {lock.holder() or '?'}) is reconciling {settings.state_dir}; "
+              "remove the manifests from the repository it follows instead", file=sys.stderr)
+        return EXIT_ERROR
     pool = BackendPool(settings.state_dir, settings.controller_name)
     try:
         if target is not None:
@@ -495,14 +517,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
                     print(f"{rid}: kept (deletionPolicy: Retain; --include-retained deletes it too)", file=sys.stderr)
                     del owners[rid]
         ids = sorted(owners, key=lambda r: (r.order(), r.name))
-        seen: dict[int, frozenset[ResourceId]] = {}
+        seen: dict[int, ActualState] = {}
         for backend in owners.values():
             if id(backend) not in seen:
-                seen[id(backend)] = frozenset(backend.read().resources)
-        existing = {rid for rid in ids if rid in seen[id(owners[rid])]}
-        missing = [rid for rid in ids if rid not in existing]
-        for rid in missing:
-            print(f"{rid}: not found", file=sys.stderr)
+                seen[id(backend)] = backend.read()
+        existing: set[ResourceId] = set()
+        for rid in ids:
+            found = seen[id(owners[rid])].resources.get(rid)
+            if found is None:
+                print(f"{rid}: not found", file=sys.stderr)
+            elif not found.owned_by(settings.controller_name) and not args.force:
+                # Same rule as pruning: what amlops did not create is not amlops' to delete.
+                print(f"{rid}: not created by controller {settings.controller_name!r}; skipped (--force deletes it anyway)",
+                      file=sys.stderr)
+            else:
+                existing.add(rid)
         if not existing:
             return EXIT_OK if target is None else EXIT_ERROR
         changes = tuple(Change(rid, Action.DELETE, reason="amlops delete") for rid in
@@ -517,6 +546,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         outcomes = execute(the_plan, desired, owners.__getitem__, ctx, progress=_LiveProgress(sys.stderr))
     finally:
         pool.close()
+        lock.release()
     recorder = Recorder(settings.state_dir)
     failed = 0
     for outcome in outcomes:
@@ -618,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = sub.add_parser("delete", help="delete KIND/NAME or everything a manifests folder declares")
     delete.add_argument("target", metavar="PATH|KIND/NAME")
     delete.add_argument("--yes", "-y", action="store_true")
+    delete.add_argument("--force", action="store_true", help="also delete resources amlops did not create")
     delete.add_argument("--include-retained", action="store_true",
                         help="also delete resources whose deletionPolicy is Retain (clusters, by default)")
     delete.add_argument("--no-color", action="store_true")

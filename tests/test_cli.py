@@ -10,6 +10,8 @@ import pytest
 from core.repos import Repo  # tests/ is on sys.path (pytest's rootdir insertion)
 
 from controller.cli import main
+from controller.structs.manifests import Kind
+from controller.structs.states import ResourceId
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -171,3 +173,49 @@ def test_apply_then_status_then_delete_with_the_local_backend(
     assert "aks-cpu" in names and "linear" not in names
     assert main(["delete", "manifests", "--state-dir", state, "--yes", "--include-retained"]) == 0
     assert "- destroy AksCluster/aks-cpu" in capsys.readouterr().out
+
+
+def test_delete_skips_what_another_controller_created_unless_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.backends.base import ApplyContext
+    from controller.backends.local import LocalBackend
+    from controller.sources.loading import load_desired_state
+
+    repo = Repo(tmp_path / "repo")
+    repo.standard(services=())
+    state = tmp_path / "state"
+    desired = load_desired_state(repo.root, "manifests", "r1")
+    theirs = LocalBackend(state, "someone-else")
+    theirs.create(desired.resources[ResourceId(Kind.AKS_CLUSTER, "aks-cpu")], ApplyContext("someone-else", "r1", str(repo.root), desired))
+    theirs.close()
+    monkeypatch.chdir(repo.root)
+
+    assert main(["delete", "AksCluster/aks-cpu", "--state-dir", str(state), "--yes"]) == 1
+    assert "AksCluster/aks-cpu: not created by controller 'amlops'; skipped (--force deletes it anyway)" in capsys.readouterr().err
+    assert LocalBackend(state).read().get(Kind.AKS_CLUSTER, "aks-cpu") is not None
+
+    assert main(["delete", "AksCluster/aks-cpu", "--state-dir", str(state), "--yes", "--force"]) == 0
+    assert LocalBackend(state).read().get(Kind.AKS_CLUSTER, "aks-cpu") is None
+
+
+def test_apply_and_delete_refuse_while_a_controller_holds_the_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.runtime.locking import LeaderLock
+
+    repo = Repo(tmp_path / "repo")
+    repo.standard(services=())
+    state = tmp_path / "state"
+    state.mkdir()
+    running = LeaderLock(state)
+    assert running.try_acquire()
+    monkeypatch.chdir(repo.root)
+    try:
+        assert main(["apply", "manifests", "--state-dir", str(state), "--yes"]) == 1
+        assert "is reconciling" in capsys.readouterr().err
+        assert main(["delete", "manifests", "--state-dir", str(state), "--yes"]) == 1
+        assert "is reconciling" in capsys.readouterr().err
+    finally:
+        running.release()
+    assert main(["apply", "manifests", "--state-dir", str(state), "--yes"]) == 2

@@ -36,6 +36,7 @@ from controller.backends.keys import KeyName, ensure_keys, read_keys, regenerate
 from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.registries import content_hash, delete_model, register_model, resolve_model
 from controller.backends.supervising import (
+    FAILURE_LIMIT,
     bind_listener,
     database_path,
     process_alive,
@@ -70,10 +71,9 @@ from controller.structs.states import (
 
 log = logging.getLogger(__name__)
 
-FAILURE_LIMIT = 3
-"""Consecutive failed starts of a replica of the current generation before the service is Stalled."""
-
-STOP_GRACE_S = 15.0
+STOP_GRACE_S = 20.0
+"""How long a stopped service's processes get to drain: longer than a replica's own limit for its
+``--workers`` (``controller.scoring.forking.STOP_LIMIT_S``, 15 s), so it can reap them first."""
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 _REPLACE_FIELDS: Mapping[Kind, frozenset[str]] = {
@@ -242,6 +242,8 @@ class LocalBackend:
         """
         deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
         last = ""
+        self._reap_supervisors()
+        supervisor = self._supervisors.get(service)  # one we started (by this apply) and still running
         while True:
             view = self._service_view(service)
             if view is None:
@@ -253,7 +255,13 @@ class LocalBackend:
             if view.stalled:
                 raise PermanentError(self._failure_message(view), reason="ReplicaFailed")
             if not view.supervisor_alive:
-                self._ensure_supervisor(service, None)
+                if supervisor is None:
+                    supervisor = self._ensure_supervisor(service, None)  # at most one start per call
+                elif supervisor.poll() is not None:
+                    tail = self._tail(service_dir(self.state_dir, service) / "supervisor.log", 10)
+                    raise PermanentError(
+                        f"the supervisor of service '{service}' exited at start (code {supervisor.returncode})"
+                        + (f"\nlast log lines:\n{tail}" if tail else ""), reason="SupervisorFailed")
             message = f"{service}: {view.ready_current}/{view.row.replicas} replicas ready"
             if ctx is not None and message != last:
                 ctx.progress(message, view.ready_current / max(view.row.replicas, 1))
@@ -273,7 +281,10 @@ class LocalBackend:
 
     def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
         """The last ``lines`` lines of a replica's log ('' when it has not logged yet)."""
-        path = self.log_path(service, replica)
+        return self._tail(self.log_path(service, replica), lines)
+
+    @staticmethod
+    def _tail(path: Path, lines: int) -> str:
         try:
             with path.open("rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -460,11 +471,11 @@ class LocalBackend:
 
     # -- processes -------------------------------------------------------------------------------
 
-    def _ensure_supervisor(self, name: str, listener: Any) -> None:
-        """Start the service's supervisor unless a live one is recorded."""
+    def _ensure_supervisor(self, name: str, listener: Any) -> subprocess.Popen[bytes] | None:
+        """Start the service's supervisor unless a live one is recorded; the new process, if any."""
         row = self._row(name)
         if process_alive(row.supervisor_pid, row.supervisor_started):
-            return
+            return None
         argv = [sys.executable, "-m", "controller.backends.supervising", "--state-dir", str(self.state_dir), "--service", name]
         pass_fds: tuple[int, ...] = ()
         if listener is not None:
@@ -483,6 +494,7 @@ class LocalBackend:
         with self.store.transaction() as conn:
             self.store.set_supervisor(conn, name, popen.pid, started)
         log.info("supervisor_spawned service=%s pid=%d", name, popen.pid)
+        return popen
 
     def _stop_service(self, name: str) -> None:
         """Stop the supervisor first (so nothing restarts), then every replica; forget the service."""
@@ -502,9 +514,12 @@ class LocalBackend:
                 with contextlib.suppress(psutil.TimeoutExpired):
                     sup.wait(5)
         for rep in recorded:
-            if process_alive(rep.pid, rep.started) and rep.pid not in {v.pid for v in victims}:
+            # An adopted replica is no child of the supervisor: collect it and its --workers here.
+            if process_alive(rep.pid, rep.started):
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    victims.append(psutil.Process(rep.pid))
+                    proc = psutil.Process(rep.pid)
+                    known = {v.pid for v in victims}
+                    victims.extend(p for p in [proc, *proc.children(recursive=True)] if p.pid not in known)
         for proc in victims:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import secrets
 import shutil
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -53,6 +54,11 @@ def register_model(
         raise PermanentError(f"model path {str(source)!r} does not exist", reason="ModelNotFound")
     sha = content_hash(source)
     tags = dict(tags or {})
+    # Content some version already holds needs no copy: the usual case, as every apply registers.
+    with store.transaction() as conn:
+        same = _same_content(store, conn, name, sha, tags)
+    if same is not None:
+        return same
     base = models_dir / name
     base.mkdir(parents=True, exist_ok=True)
     staging = base / f".staging-{secrets.token_hex(4)}"
@@ -64,13 +70,10 @@ def register_model(
     staging.mkdir(parents=True, exist_ok=True)
     try:
         with store.transaction() as conn:
-            versions = store.model_versions(conn, name)
-            same = next((v for v in versions if v.sha256 == sha), None)
+            same = _same_content(store, conn, name, sha, tags)  # registered meanwhile by another writer
             if same is not None:
-                if same.tags != tags:
-                    store.update_model_tags(conn, name, same.version, tags)
-                    same = ModelVersion(same.name, same.version, same.sha256, tags, same.created_at, same.path)
                 return same
+            versions = store.model_versions(conn, name)
             version = max((v.version for v in versions), default=0) + 1
             final = base / str(version)
             # A folder without a row is left by a crash between rename and commit.
@@ -82,6 +85,15 @@ def register_model(
             return mv
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _same_content(store: LocalStore, conn: sqlite3.Connection, name: str, sha: str, tags: dict[str, str]) -> ModelVersion | None:
+    """The version of ``name`` holding content ``sha`` (its tags brought to ``tags``), if any."""
+    same = next((v for v in store.model_versions(conn, name) if v.sha256 == sha), None)
+    if same is not None and same.tags != tags:
+        store.update_model_tags(conn, name, same.version, tags)
+        same = ModelVersion(same.name, same.version, same.sha256, tags, same.created_at, same.path)
+    return same
 
 
 def resolve_model(store: LocalStore, name: str, version: int | None) -> ModelVersion:

@@ -7,10 +7,13 @@ Each tick it reads the service row the backend wrote (replicas, generation, laun
 pool) and converges the processes to it, like a tiny ReplicaSet controller:
 
 * dead replicas are restarted with exponential backoff (0.5 s doubling to 30 s);
+* each replica runs in its own process group, so a SIGKILL reaches its ``--workers`` children too;
 * extra replicas (scale in) get SIGTERM and drain;
 * replicas of an older generation are rolled one at a time: a new replica starts, and only when
   its status file says ``ready`` does the old one get SIGTERM. When the GPU pool has no spare
-  replica's worth, the old replica is stopped first (the others keep serving).
+  replica's worth, the old replica is stopped first (the others keep serving). A new version
+  that fails to start is retried with the same backoff, never rolling further; after
+  ``FAILURE_LIMIT`` failures the roll stops and the old replicas keep serving.
 
 The supervisor holds the service's listening socket and passes it to every replica, so they all
 share one accept queue: a connection never lands on a replica that is not accepting. A restarted
@@ -50,6 +53,8 @@ TICK_S = 0.2
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 DRAIN_GRACE_S = 30.0
+FAILURE_LIMIT = 3
+"""Consecutive failed starts of a replica of the current generation before the service is Stalled."""
 
 
 def database_path(state_dir: Path) -> Path:
@@ -85,6 +90,15 @@ def process_alive(pid: int | None, started: float | None) -> bool:
         return abs(proc.create_time() - started) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (a replica and its workers), or ``pid`` alone if it leads none."""
+    try:
+        os.killpg(pid, signal.SIGKILL)  # the group outlives its leader while a worker is left in it
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # a replica started before replicas had their own group
 
 
 def start_time(pid: int) -> float:
@@ -147,6 +161,7 @@ class Supervisor:
     replicas: dict[int, _Replica] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
     next_start: dict[int, float] = field(default_factory=dict)
+    generation: int | None = None
     last_error: str | None = None
     stopping: bool = False
 
@@ -174,6 +189,11 @@ class Supervisor:
     def tick(self, row: ServiceRow) -> None:
         """One convergence step."""
         now = time.monotonic()
+        if row.generation != self.generation:
+            # A new generation is new input: its replicas start with a clean failure count, no backoff.
+            self.failures.clear()
+            self.next_start.clear()
+            self.generation = row.generation
         self._reap(row, now)
         for rep in self.replicas.values():
             status = read_status(rep.row.status_file)
@@ -196,8 +216,7 @@ class Supervisor:
         self._roll(row, by_slot, now)
         for rep in self.replicas.values():
             if rep.terminating_since is not None and now - rep.terminating_since > DRAIN_GRACE_S:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(rep.row.pid, signal.SIGKILL)
+                kill_group(rep.row.pid)
         self._record_failures(row)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
@@ -217,8 +236,12 @@ class Supervisor:
         for slot in sorted(by_slot):
             reps = [r for r in by_slot[slot] if r.terminating_since is None]
             if reps and all(r.row.generation != row.generation for r in reps):
+                if self.failures.get(slot, 0) >= FAILURE_LIMIT or now < self.next_start.get(slot, 0.0):
+                    return  # the new version keeps failing here: back off, the old replica keeps serving
                 if self._free_gpus(row) is not None:
                     self._spawn(row, slot)  # surge: the old replica stops once this one is ready
+                elif any(n for s, n in self.failures.items() if s < row.replicas):
+                    return  # a new replica is failing elsewhere: take no more old ones down
                 else:
                     for rep in reps:
                         self._terminate(rep, now)  # no spare GPU: stop first, the slot refills after
@@ -251,7 +274,7 @@ class Supervisor:
         with open(logfile, "ab") as out:
             popen = subprocess.Popen(
                 argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(self.listen_fd,),
+                pass_fds=(self.listen_fd,), start_new_session=True,
             )
         try:
             started = start_time(popen.pid)

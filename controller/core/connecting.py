@@ -12,6 +12,7 @@ import importlib
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,11 @@ def _open_azureml(workspace: WorkspaceManifest, state_dir: Path, controller_name
 class BackendPool:
     """Backends opened on first use, one per target, closed together. Safe to share between threads."""
 
-    def __init__(self, state_dir: str | Path, controller_name: str) -> None:
+    def __init__(self, state_dir: str | Path, controller_name: str,
+                 on_secrets: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.controller_name = controller_name
+        self._on_secrets = on_secrets
         self._open: dict[tuple[str, ...], Backend] = {}
         self._lock = threading.Lock()
 
@@ -86,6 +89,9 @@ class BackendPool:
             backend = self._open.get(key)
             if backend is None:
                 backend = open_backend(workspace, self.state_dir, self.controller_name)
+                secrets = tuple(getattr(backend, "secrets", ()))
+                if secrets and self._on_secrets is not None:
+                    self._on_secrets(secrets)
                 log.info("backend.opened", extra={"backend": key[0], "workspace": workspace.metadata.name if workspace else None})
                 self._open[key] = backend
             return backend

@@ -355,6 +355,16 @@ def plan_resource(
     forced = [d for d in diffs if d.forces_replace]
     if forced:
         names = ", ".join(d.path for d in forced)
+        # A replace deletes first: never for something amlops did not create, nor for what the
+        # user asked to keep. The change is refused and shown, and a human decides.
+        if not actual.owned_by(controller_name):
+            return Change(desired.id, Action.NOOP, diffs, manifest_file=desired.origin.file,
+                          reason=f"refused: {names} cannot change in place, and replacing would delete a resource "
+                                 "amlops did not create; change it by hand or rename the manifest")
+        if getattr(manifest.spec, "deletionPolicy", None) == "Retain":
+            return Change(desired.id, Action.NOOP, diffs, manifest_file=desired.origin.file,
+                          reason=f"refused: {names} cannot change in place, and deletionPolicy is Retain; set "
+                                 "deletionPolicy: Delete to allow the replacement, or delete it with amlops delete")
         return Change(desired.id, Action.REPLACE, diffs, reason=f"{names} cannot change in place (forces replacement)",
                       manifest_file=desired.origin.file)
     if diffs:

@@ -62,6 +62,8 @@ class ReconcileOptions:
     progress: ProgressCallback | None = None
     backend_progress: ProgressFn = no_progress
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Shown the plan before anything is applied; False stops the pass (``amlops apply`` asks a human).
+    confirm: Callable[[Plan], bool] | None = None
 
 
 @dataclass
@@ -252,6 +254,8 @@ def reconcile(
         return finish(ReconcileStatus.HELD, plan, errors=(plan.held,))
     if not plan.has_changes:
         return finish(ReconcileStatus.NO_CHANGES, plan)
+    if options.confirm is not None and not options.confirm(plan):
+        return finish(ReconcileStatus.HELD, plan, errors=("not confirmed: nothing applied",))
 
     mark = time.monotonic()
     changes = apply_step(plan, desired, targets, options)

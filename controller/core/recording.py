@@ -24,6 +24,7 @@ from controller.structs.results import ChangeStatus, ReconcileOutcome, Reconcile
 from controller.structs.states import Condition, ResourceId
 
 HISTORY_FILE: Final = "history.sqlite"
+HISTORY_KEPT: Final = 1000
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS reconciles (
@@ -133,8 +134,9 @@ def _now() -> str:
 class Recorder:
     """Reconcile history and per-resource status, in ``<state_dir>/history.sqlite``."""
 
-    def __init__(self, state_dir: str | Path, filename: str = HISTORY_FILE) -> None:
+    def __init__(self, state_dir: str | Path, filename: str = HISTORY_FILE, keep: int = HISTORY_KEPT) -> None:
         self.path = Path(state_dir) / filename
+        self.keep = keep
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -180,7 +182,10 @@ class Recorder:
                 ),
             )
             self._fold_status(conn, outcome)
-            return int(cursor.lastrowid or 0)
+            row_id = int(cursor.lastrowid or 0)
+            # A pass a minute for a year would be half a million plans: keep the recent ones.
+            conn.execute("DELETE FROM reconciles WHERE id <= ?", (row_id - self.keep,))
+            return row_id
 
     def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
         """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""
@@ -203,7 +208,10 @@ class Recorder:
             if change.action is Action.NOOP and change.reason.startswith("stalled"):
                 continue  # still stalled on the same input: keep the recorded failure as it is
             if change.action is Action.NOOP:
-                if change.reason == "suspended":
+                if change.reason.startswith("refused"):
+                    conditions = (Condition("Ready", False, "ReplaceRefused", change.reason),
+                                  Condition("Stalled", True, "ReplaceRefused", change.reason))
+                elif change.reason == "suspended":
                     conditions = (Condition("Ready", False, "Suspended", "reconciliation suspended by annotation"),)
                 elif change.reason.startswith("retained"):
                     conditions = (Condition("Ready", True, "Retained", change.reason),)

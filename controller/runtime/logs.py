@@ -24,12 +24,25 @@ class RedactingFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self._settings: set[str] = set()
+        self._backends: set[str] = set()
         self._secrets: tuple[str, ...] = ()
 
+    def _publish(self) -> None:
+        merged = {s for s in self._settings | self._backends if s and len(s) >= 4}
+        self._secrets = tuple(sorted(merged, key=len, reverse=True))
+
     def set_secrets(self, secrets: list[str] | tuple[str, ...]) -> None:
-        """Replace the set of values to redact (called again on SIGHUP)."""
+        """Replace the settings' secrets (called again on SIGHUP); backends' secrets are kept."""
         with self._lock:
-            self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True))
+            self._settings = set(secrets)
+            self._publish()
+
+    def add_secrets(self, secrets: list[str] | tuple[str, ...]) -> None:
+        """Add values to redact (a backend's credentials, once it has resolved them)."""
+        with self._lock:
+            self._backends |= set(secrets)
+            self._publish()
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._secrets

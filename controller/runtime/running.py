@@ -42,9 +42,8 @@ from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.serving import Endpoints, HttpServer
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo
+from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
 from controller.sources.watching import FolderSource
-from controller.structs.errors import BackendError
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
@@ -243,7 +242,8 @@ class Controller:
             detect_only=args.detect_only,
         )
         self.recorder = Recorder(self.state_dir)
-        self.backends = BackendPool(self.state_dir, self.name)
+        # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
+        self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
         self.options = ReconcileOptions(
             controller_name=self.name,
             detect_only=args.detect_only,
@@ -390,6 +390,10 @@ class Controller:
         except SourceUnavailable as exc:
             self._fetch_failed(str(exc), started)
             return None
+        except Exception as exc:  # a full disk or a git failure while exporting: retry, never exit
+            log.exception("source.fetch.crashed")
+            self._fetch_failed(redact(f"{type(exc).__name__}: {exc}", self._secrets()), started)
+            return None
         self.status.update_source(
             reachable=True,
             lastFetchError=None,
@@ -418,6 +422,9 @@ class Controller:
             )
         self._record(outcome, started)
         return outcome
+
+    def _secrets(self) -> tuple[str, ...]:
+        return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
@@ -499,7 +506,8 @@ class Controller:
         for backend in self.backends.backends():
             try:
                 actual = backend.read()
-            except BackendError:
+            except Exception as exc:  # announcing is a courtesy: never let it stop the loop
+                log.warning("announce.skipped", extra={"fields": {"error": type(exc).__name__}})
                 continue
             for resource in actual:
                 if resource.id in deployed and resource.details.get("scoringUri"):

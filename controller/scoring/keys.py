@@ -2,19 +2,22 @@
 
 The keys file is JSON: ``{"primaryKey": "...", "secondaryKey": "..."}`` for ``--auth key`` and
 ``{"token": "..."}`` for ``--auth token`` (a static bearer token: the supervisor rotates it by
-rewriting the file). Key values are never logged.
+rewriting the file). Key values are never logged. The file is looked at no more often than every
+``CHECK_INTERVAL_S``, not on every request; a missing file accepts no key at all.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import time
 
 import orjson
 
 from controller.scoring.reporting import log_event
 
 FIELDS_BY_MODE = {"key": ("primaryKey", "secondaryKey"), "token": ("token",)}
+CHECK_INTERVAL_S = 0.5
 
 
 class KeyRing:
@@ -25,15 +28,23 @@ class KeyRing:
         self._fields = FIELDS_BY_MODE[mode]
         self._stamp: tuple[int, int, int] | None = None
         self._secrets: tuple[bytes, ...] = ()
+        self._checked: float | None = None
+        self._unreadable = False
 
     def _refresh(self) -> None:
+        now = time.monotonic()
+        if self._checked is not None and now - self._checked < CHECK_INTERVAL_S:
+            return
+        self._checked = now
         try:
             stat = os.stat(self._path)
         except OSError as exc:
-            if self._stamp is not None or not self._secrets:
+            if not self._unreadable:
                 log_event("keys_unreadable", path=self._path, error=type(exc).__name__)
-            self._stamp = None
+            # A deleted keys file revokes every key: old secrets must not outlive it.
+            self._stamp, self._secrets, self._unreadable = None, (), True
             return
+        self._unreadable = False
         stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if stamp == self._stamp:
             return

@@ -213,14 +213,16 @@ class Connection(asyncio.Protocol):
             self.app.handle(self, *self.waiting.popleft())
 
     def idle(self, fresh_grace: bool) -> bool:
-        """No request under way; with ``fresh_grace``, a connection that never sent one is not idle.
+        """No request under way; with ``fresh_grace`` (the drain's first moments) no connection is idle.
 
-        A just-accepted connection usually has its first request on the wire already: closing it
-        would fail a request that this replica took off the shared accept queue.
+        A just-accepted connection usually has its first request on the wire already, and a busy
+        keep-alive client may be sending its next one right now: closing either resets a request
+        the client cannot safely retry. During the grace every answer says ``connection: close``,
+        so connections in use end cleanly; only the ones still quiet after it are closed.
         """
         if self.busy or self.in_message:
             return False
-        return not (fresh_grace and self.answered == 0)
+        return not fresh_grace
 
     def close(self) -> None:
         """Close now (used when draining)."""

@@ -54,3 +54,18 @@ def test_unknown_models_and_versions_are_permanent_errors(tmp_path: Path, store:
     register_model(store, tmp_path / "models", "m", f)
     with pytest.raises(PermanentError, match="no version 7"):
         resolve_model(store, "m", 7)
+
+
+def test_registering_content_already_registered_copies_nothing(tmp_path: Path, store: LocalStore) -> None:
+    src = tmp_path / "scaler"
+    src.mkdir()
+    (src / "scale.txt").write_text("2")
+    v1 = register_model(store, tmp_path / "state" / "models", "scaler", src, {"a": "1"})
+    # A models folder that cannot be written proves the second registration never copies.
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+
+    again = register_model(store, blocked, "scaler", src, {"a": "2"})
+
+    assert (again.version, again.path, again.tags) == (v1.version, v1.path, {"a": "2"})
+    assert resolve_model(store, "scaler", 1).tags == {"a": "2"}

@@ -73,6 +73,30 @@ def test_a_replace_field_forces_a_replace_and_says_which(repo: Repo) -> None:
     assert any(d.forces_replace and d.path == "spec.cluster" for d in replace.diffs)
 
 
+def test_a_replace_never_deletes_a_resource_amlops_did_not_create(repo: Repo) -> None:
+    desired = repo.standard().load()
+    applied = _applied(desired)
+    theirs = applied.resources[SVC]
+    # Same name, created by hand (no ownership tags), on another cluster: replacing would delete it.
+    unowned = ActualResource(SVC, {**theirs.spec, "cluster": "their-cluster"}, tags={})
+    result = _plan(desired, _with(applied, unowned))
+    change = next(c for c in result.changes if c.id == SVC)
+    assert change.action is Action.NOOP
+    assert change.reason.startswith("refused: spec.cluster cannot change in place")
+    assert "did not create" in change.reason and not result.has_changes
+
+
+def test_a_replace_is_refused_for_a_retained_resource(repo: Repo) -> None:
+    desired = repo.standard().load()
+    applied = _applied(desired)
+    cluster_id = ResourceId(Kind.AKS_CLUSTER, "aks-cpu")
+    cluster = applied.resources[cluster_id]
+    moved = ActualResource(cluster_id, {**cluster.spec, "vmSize": "Standard_NC12"}, tags=dict(cluster.tags))
+    result = _plan(desired, _with(applied, moved))
+    change = next(c for c in result.changes if c.id == cluster_id)
+    assert change.action is Action.NOOP and "deletionPolicy is Retain" in change.reason
+
+
 def test_fields_the_user_left_out_are_never_diffed_against_backend_defaults(repo: Repo) -> None:
     desired = repo.standard().load()
     actual = _applied(desired)

@@ -130,3 +130,11 @@ def test_throttled_reads_are_retried_before_the_pass_gives_up(repo: Repo, backen
     failed = reconcile(repo.root, "manifests", "r1", _backend_for(backend), Recorder(tmp_path / "s"), fast)
     assert failed.status is ReconcileStatus.FAILED
     assert failed.errors == ("reading actual state: 503",)
+
+
+def test_history_keeps_only_the_most_recent_reconciles(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
+    repo.standard()
+    recorder = Recorder(tmp_path / "s", keep=3)
+    for i in range(5):
+        reconcile(repo.root, "manifests", f"r{i}", _backend_for(backend), recorder)
+    assert [h.revision for h in recorder.history(10)] == ["r4", "r3", "r2"]

@@ -12,10 +12,9 @@ def test_removing_a_manifest_prunes_only_owned_services_and_keeps_retained_clust
     spare = {"vmSize": "Standard_D2_v2", "agentCount": 1, "gpusPerNode": 0, "deletionPolicy": "Retain"}
     world.repo.write("manifests/clusters/spare.yaml", manifest("AksCluster", "spare", spare))
     revision = world.repo.commit("deploy")
-    c = world.controller()
-    world.wait_applied(c, revision, "first deploy")
 
-    # A service someone else deployed into the same state dir, with another controller name.
+    # A service someone else deployed into the same state dir, with another controller name
+    # (before the controller starts: apply refuses to run beside a controller on its state dir).
     other = GitRepo(world.tmp / "other")
     other.write("manifests/workspace.yaml", manifest("Workspace", "other-ws", {"backend": "local"}))
     other.write("manifests/clusters/cpu.yaml", manifest("AksCluster", "other-cpu", {"vmSize": "Standard_D2_v2",
@@ -31,6 +30,9 @@ def test_removing_a_manifest_prunes_only_owned_services_and_keeps_retained_clust
     assert world.score([1], foreign_key, "foreign-svc") == (200, [7.0])
     foreign_pids = world.ready_pids("foreign-svc")
 
+    c = world.controller()
+    world.wait_applied(c, revision, "first deploy")
+    assert world.ready_pids("foreign-svc") == foreign_pids
     details = world.service_details()
     assert details is not None
     port, pids = details["port"], world.ready_pids()
