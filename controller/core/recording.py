@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from controller.backends.databases import Database
 from controller.core.rendering import plan_to_json
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
@@ -137,30 +136,9 @@ class Recorder:
     def __init__(self, state_dir: str | Path, filename: str = HISTORY_FILE, keep: int = HISTORY_KEPT) -> None:
         self.path = Path(state_dir) / filename
         self.keep = keep
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA busy_timeout=30000")
-            yield conn
-        finally:
-            conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        self._db = Database(self.path, _SCHEMA)
+        self._connect = self._db.connect
+        self._transaction = self._db.transaction
 
     # --- writing ------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -138,13 +137,12 @@ def test_sigterm_exits_zero_after_answering_the_request_in_flight(echo_host: Hos
     thread = threading.Thread(target=lambda: outcome.update(response=echo_host.score({"sleep": 0.5})))
     thread.start()
     wait_until(lambda: len(calls(echo_dir)) == 1)
-    started = time.monotonic()
     assert echo_host.stop() == 0
-    thread.join(timeout=5)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
     status, headers, _body = outcome["response"]  # type: ignore[misc]
     assert status == 200
     assert headers["connection"] == "close"
-    assert time.monotonic() - started < 5
 
 
 def test_an_unchanged_script_reloads_nothing_between_requests(start_host: StartHost, tmp_path: Path) -> None:
