@@ -64,6 +64,8 @@ class ReconcileOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # Shown the plan before anything is applied; False stops the pass (``amlops apply`` asks a human).
     confirm: Callable[[Plan], bool] | None = None
+    # The source's revisions name content (Git commits, folder hashes): reuse an unchanged load.
+    reuse_desired: bool = False
 
 
 @dataclass
@@ -86,9 +88,9 @@ def _now() -> datetime:
 # --- the steps ----------------------------------------------------------------------------------
 
 
-def load_step(root: str | Path, path: str, revision: str) -> DesiredState:
+def load_step(root: str | Path, path: str, revision: str, reuse: bool = False) -> DesiredState:
     """Load and validate everything at once, so a broken commit is refused before anything is touched."""
-    return load_desired_state(root, path, revision=revision)
+    return load_desired_state(root, path, revision=revision, reuse=reuse)
 
 
 def target_step(desired: DesiredState, backend_for: BackendFor) -> _Targets:
@@ -226,7 +228,7 @@ def reconcile(
 
     mark = time.monotonic()
     try:
-        desired = load_step(root, path, revision)
+        desired = load_step(root, path, revision, options.reuse_desired)
     except ValidationFailed as exc:
         durations["load"] = time.monotonic() - mark
         log.warning("reconcile.invalid", extra={"revision": revision, "errors": len(exc.errors)})

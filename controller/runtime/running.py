@@ -249,6 +249,8 @@ class Controller:
             detect_only=args.detect_only,
             allow_mass_delete=args.allow_mass_delete,
             parallelism=max(1, args.parallelism),
+            # Git commits and folder content hashes name their content: unchanged passes skip validation.
+            reuse_desired=True,
         )
         self.stop_requested = threading.Event()
         self._reload_requested = False

@@ -250,21 +250,53 @@ def read_documents(root: Path, start: Path, cache: DocumentCache = DOCUMENTS) ->
     return documents, errors
 
 
-def load_desired_state(root: str | Path, path: str = ".", revision: str = "working-tree") -> DesiredState:
+def load_desired_state(root: str | Path, path: str = ".", revision: str = "working-tree", *, reuse: bool = False) -> DesiredState:
     """Load, validate and digest every manifest under ``root/path``; raise ``ValidationFailed`` with all errors.
 
     Relative paths inside manifests (model files, entry scripts, conda files) resolve against the
     folder of the manifest that names them and must stay inside ``root``.
+
+    ``reuse``: the caller vouches that ``revision`` names the content of ``root/path`` (a Git
+    commit, a folder's content hash), so a state loaded before for the same revision is returned
+    as long as the files its manifests point at are unchanged (checked by stat-cached hashes).
+    A controller polling an unchanged repo then validates nothing again.
     """
     from controller.sources.validating import build_desired_state
 
     root_path = Path(root).absolute()
+    key = (str(root_path), path, revision)
+    if reuse:
+        known = _STATES.get(key)
+        if known is not None and _contents_unchanged(known):
+            return known
     documents, errors = read_documents(root_path, root_path / path)
     state, semantic_errors = build_desired_state(root_path, documents, revision)
     errors.extend(semantic_errors)
     if errors:
         raise ValidationFailed(errors)
+    if reuse:
+        if len(_STATES) >= 4:
+            _STATES.pop(next(iter(_STATES)))
+        _STATES[key] = state
     return state
+
+
+_STATES: dict[tuple[str, str, str], DesiredState] = {}
+
+
+def _contents_unchanged(state: DesiredState) -> bool:
+    root = Path(state.root)
+    digests: dict[str, str] = {}  # many services share one source folder: walk each once
+    try:
+        for resource in state.resources.values():
+            for field, relative in resource.files.items():
+                if relative not in digests:
+                    digests[relative] = HASHER.tree(root / relative)
+                if digests[relative] != resource.content_digests.get(field):
+                    return False
+    except OSError:
+        return False
+    return True
 
 
 class ContentHasher:

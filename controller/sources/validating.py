@@ -177,6 +177,7 @@ class _Builder:
         self.root = root
         self.errors: list[ManifestError] = []
         self.resources: dict[ResourceId, tuple[AnyManifest, Origin, dict[str, str]]] = {}
+        self._by_kind: dict[Kind, tuple[list[str], frozenset[str]]] | None = None
 
     def error(self, origin: Origin, manifest: AnyManifest, field: FieldPath, message: str) -> None:
         self.errors.append(ManifestError(origin.file, origin.line_of(field), message, manifest.kind, manifest.metadata.name, format_field(field)))
@@ -232,7 +233,7 @@ class _Builder:
         return resolved
 
     def check_references(self) -> None:
-        workspaces = [rid.name for rid in self.resources if rid.kind is Kind.WORKSPACE]
+        workspaces = self._names(Kind.WORKSPACE)
         for rid, (manifest, origin, _) in self.resources.items():
             if rid.kind is not Kind.WORKSPACE:
                 wanted = getattr(manifest.spec, "workspace", None)
@@ -244,7 +245,18 @@ class _Builder:
                 self._check_service(manifest, origin)
 
     def _names(self, kind: Kind) -> list[str]:
-        return [rid.name for rid in self.resources if rid.kind is kind]
+        # Indexed once per kind: a repo of thousands of services checks each reference in O(1).
+        if self._by_kind is None:
+            by_kind: dict[Kind, list[str]] = {k: [] for k in Kind}
+            for rid in self.resources:
+                by_kind[rid.kind].append(rid.name)
+            self._by_kind = {k: (names, frozenset(names)) for k, names in by_kind.items()}
+        return self._by_kind[kind][0]
+
+    def _declared(self, kind: Kind, name: str) -> bool:
+        self._names(kind)
+        assert self._by_kind is not None
+        return name in self._by_kind[kind][1]
 
     def _missing(self, kind: str, wanted: str, known: list[str]) -> str:
         close = difflib.get_close_matches(wanted, known, n=1, cutoff=0.6)
@@ -253,15 +265,13 @@ class _Builder:
 
     def _check_service(self, manifest: WebserviceManifest, origin: Origin) -> None:
         spec = manifest.spec
-        clusters = self._names(Kind.AKS_CLUSTER)
-        if spec.cluster not in clusters:
-            self.error(origin, manifest, ("spec", "cluster"), self._missing("AksCluster", spec.cluster, clusters))
-        if spec.environment is not None and spec.environment not in self._names(Kind.ENVIRONMENT):
+        if not self._declared(Kind.AKS_CLUSTER, spec.cluster):
+            self.error(origin, manifest, ("spec", "cluster"), self._missing("AksCluster", spec.cluster, self._names(Kind.AKS_CLUSTER)))
+        if spec.environment is not None and not self._declared(Kind.ENVIRONMENT, spec.environment):
             self.error(origin, manifest, ("spec", "environment"), self._missing("Environment", spec.environment, self._names(Kind.ENVIRONMENT)))
-        models = self._names(Kind.MODEL)
         for index, ref in enumerate(spec.models):
-            if ref.name not in models:
-                self.error(origin, manifest, ("spec", "models", index), self._missing("Model", ref.name, models))
+            if not self._declared(Kind.MODEL, ref.name):
+                self.error(origin, manifest, ("spec", "models", index), self._missing("Model", ref.name, self._names(Kind.MODEL)))
 
     def check_gpu_capacity(self) -> None:
         """AKS pods cannot share GPUs: max replicas × GPUs per replica, summed per cluster, must fit."""
@@ -353,8 +363,7 @@ def workspace_of(state: DesiredState, resource: DesiredResource) -> WorkspaceMan
     if isinstance(resource.manifest, WorkspaceManifest):
         return resource.manifest
     wanted = getattr(resource.manifest.spec, "workspace", None)
-    workspaces = [r.manifest for r in state if isinstance(r.manifest, WorkspaceManifest)]
+    workspaces = state.workspaces()
     if wanted is None:
-        return workspaces[0] if len(workspaces) == 1 else None
-    return next((w for w in workspaces if w.metadata.name == wanted), None)
-
+        return next(iter(workspaces.values())) if len(workspaces) == 1 else None
+    return workspaces.get(wanted)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Final, NamedTuple
 
-from controller.structs.manifests import KIND_ORDER, AnyManifest, Kind
+from controller.structs.manifests import KIND_ORDER, AnyManifest, Kind, WorkspaceManifest
 
 # Keys of the ownership tags every backend records on what amlops creates.
 MANAGED_BY_TAG: Final = "amlops.dev/managed-by"
@@ -87,6 +88,14 @@ class DesiredState:
     def get(self, kind: Kind, name: str) -> DesiredResource | None:
         """The resource of ``kind`` named ``name``, if declared."""
         return self.resources.get(ResourceId(kind, name))
+
+    @cached_property
+    def _workspaces(self) -> dict[str, WorkspaceManifest]:
+        return {rid.name: r.manifest for rid, r in self.resources.items() if isinstance(r.manifest, WorkspaceManifest)}
+
+    def workspaces(self) -> Mapping[str, WorkspaceManifest]:
+        """Declared workspaces by name (computed once: called for every resource)."""
+        return self._workspaces
 
 
 class ConditionType(StrEnum):

@@ -123,3 +123,15 @@ def test_an_unchanged_tree_is_read_from_disk_once(tmp_path: Path) -> None:
     third, _ = read_documents(tmp_path, tmp_path, cache)
     assert cache.reads == 6
     assert {d.data["metadata"]["name"] for d in third} == {"m0", "m1", "m2", "changed", "m4"}
+
+
+def test_a_reused_state_is_reloaded_when_a_referenced_file_changes(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.npy").write_bytes(b"one")
+    (tmp_path / "m.yaml").write_text("apiVersion: amlops.dev/v1\nkind: Model\nmetadata: {name: m}\nspec: {path: model}\n")
+    first = load_desired_state(tmp_path, revision="rev-a", reuse=True)
+    assert load_desired_state(tmp_path, revision="rev-a", reuse=True) is first
+    (tmp_path / "model" / "w.npy").write_bytes(b"two, longer")
+    second = load_desired_state(tmp_path, revision="rev-a", reuse=True)
+    assert second is not first and second.resources != first.resources
+    assert load_desired_state(tmp_path, revision="rev-a") is not second  # no reuse unless asked
