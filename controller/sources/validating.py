@@ -178,6 +178,7 @@ class _Builder:
         self.errors: list[ManifestError] = []
         self.resources: dict[ResourceId, tuple[AnyManifest, Origin, dict[str, str]]] = {}
         self._by_kind: dict[Kind, tuple[list[str], frozenset[str]]] | None = None
+        self._locations: dict[str, tuple[bool, bool]] = {}
 
     def error(self, origin: Origin, manifest: AnyManifest, field: FieldPath, message: str) -> None:
         self.errors.append(ManifestError(origin.file, origin.line_of(field), message, manifest.kind, manifest.metadata.name, format_field(field)))
@@ -222,15 +223,24 @@ class _Builder:
             if normal is None:
                 self.error(origin, manifest, where, f"leaves the repository (got {value!r})")
                 continue
-            target = self.root / normal
-            if not target.exists():
+            exists, inside = self._locate(normal)
+            if not exists:
                 self.error(origin, manifest, where, f"{normal} does not exist")
                 continue
-            if not _inside_root(self.root, target):
+            if not inside:
                 self.error(origin, manifest, where, f"{normal} resolves outside the repository (symbolic link?)")
                 continue
             resolved[field] = normal
         return resolved
+
+    def _locate(self, normal: str) -> tuple[bool, bool]:
+        """Whether a repo path exists and stays inside the repo; memoised (services share folders)."""
+        found = self._locations.get(normal)
+        if found is None:
+            target = self.root / normal
+            exists = target.exists()
+            found = self._locations[normal] = (exists, exists and _inside_root(self.root, target))
+        return found
 
     def check_references(self) -> None:
         workspaces = self._names(Kind.WORKSPACE)
@@ -305,10 +315,12 @@ class _Builder:
 
     def build(self, revision: str) -> DesiredState:
         digests: dict[ResourceId, tuple[str, dict[str, str]]] = {}
+        trees: dict[str, str] = {}  # one walk per folder, however many services share it
         order = sorted(self.resources, key=lambda rid: rid.order())
         for rid in order:
             manifest, _, paths = self.resources[rid]
-            contents = {field: HASHER.tree(self.root / rel) for field, rel in paths.items()}
+            contents = {field: trees[rel] if rel in trees else trees.setdefault(rel, HASHER.tree(self.root / rel))
+                        for field, rel in paths.items()}
             if isinstance(manifest, WebserviceManifest):
                 for ref in manifest.spec.models:
                     if (Kind.MODEL, ref.name) in digests:
