@@ -72,7 +72,7 @@ _REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
 _TRANSIENT_STATUS = re.compile(r"(?:Response Code|status(?:_code)?|Code)[:=]?\s*(429|500|502|503|504)\b", re.IGNORECASE)
 _RETRY_AFTER = re.compile(r"'Retry-After':\s*'([0-9.]+)'", re.IGNORECASE)
 _warned = threading.Event()
-_cwd_lock = threading.RLock()
+_sdk_temp_lock = threading.Lock()
 T = TypeVar("T")
 
 
@@ -147,6 +147,21 @@ class AzureMLBackend:
         self._ws: Any = None
         self._lock = threading.Lock()
         _warn_end_of_support()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Credential values to keep out of logs: the service principal's secret, when one is used."""
+        creds = self.manifest.spec.credentials
+        try:
+            if creds is None:
+                value = self._environ.get("AZURE_CLIENT_SECRET")
+            elif creds.clientSecret is not None:
+                value = _resolve(creds.clientSecret, self._environ, "credentials.clientSecret")
+            else:
+                value = None
+        except PermanentError:
+            value = None
+        return (value,) if value else ()
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -386,7 +401,10 @@ class AzureMLBackend:
                 self._call(f"delete compute {id.name}", compute.delete)
                 self._call(f"wait for compute {id.name} deletion", lambda: compute.wait_for_completion(is_delete_operation=True))
         elif id.kind is Kind.MODEL:
-            for model in self._call(f"list model {id.name}", lambda: Model.list(ws, name=id.name)):
+            # Only the versions this controller registered: a version registered by hand stays.
+            owned = self._call(f"list model {id.name}",
+                               lambda: Model.list(ws, name=id.name, tags=[[MANAGED_BY_TAG, self.controller_name]]))
+            for model in owned:
                 self._call(f"delete model {model.id}", model.delete)
         elif id.kind is Kind.ENVIRONMENT:
             log.info("environment_delete_skipped name=%s reason='SDK v1 environments cannot be deleted'", id.name)
@@ -478,9 +496,9 @@ class AzureMLBackend:
             source = children[0]
         tags = {**m.spec.tags, **self._tags(resource, ctx), CONTENT_TAG: content}
         ctx.progress(f"uploading model {m.name}", None)
-        with _under_cwd(source) as relative, _quiet():
-            model = self._call(f"register model {m.name}", lambda: Model.register(
-                ws, model_path=relative, model_name=m.name, tags=tags, description=m.spec.description,
+        with _quiet():
+            model = self._call(f"register model {m.name}", lambda: _register(
+                ws, source, m.name, tags=tags, description=m.spec.description,
                 model_framework=m.spec.framework, model_framework_version=m.spec.frameworkVersion))
         log.info("model_registered name=%s version=%s", m.name, model.version)
         return model
@@ -549,10 +567,10 @@ class AzureMLBackend:
         target = self._call(f"get compute {m.spec.cluster}", lambda: ComputeTarget(ws, m.spec.cluster))
         deploy_config = self._deploy_config(resource, m, ctx)
         ctx.progress(f"deploying service {m.name}", None)
-        with _quiet(), _tempdir_cleanup():
+        with _quiet(), _sdk_tempfiles_removed():
             service = self._call(f"deploy service {m.name}", lambda: Model.deploy(
                 ws, m.name, models, config, deploy_config, target))
-            self._wait(service, m.name)
+        self._wait(service, m.name)  # minutes: outside the lock, so other deploys go on meanwhile
 
     def _wait(self, service: Any, name: str) -> None:
         try:
@@ -622,10 +640,10 @@ class AzureMLBackend:
         kwargs["tags"] = {k: v for k, v in {**spec.tags, **tags}.items() if k != SPEC_TAG}
         kwargs["properties"] = {SPEC_TAG: tags[SPEC_TAG]}
         ctx.progress(f"updating service {m.name}", None)
-        with _quiet(), _tempdir_cleanup():
+        with _quiet(), _sdk_tempfiles_removed():
             self._call(f"update service {m.name}", lambda: svc.update(**kwargs))
-            if svc._operation_endpoint:
-                self._wait(svc, m.name)
+        if svc._operation_endpoint:
+            self._wait(svc, m.name)
 
 
 def _error_message(service: Any, exc: BaseException) -> str:
@@ -682,30 +700,64 @@ def _quiet() -> Iterator[None]:
                 sys.stdout = sys.stdout.target
 
 
-@contextlib.contextmanager
-def _under_cwd(source: Path) -> Iterator[str]:
-    """``Model.register`` wants its path under the working directory: chdir (serialised) to the parent."""
-    with _cwd_lock:
-        before = os.getcwd()
-        os.chdir(source.parent)
-        try:
-            yield source.name
-        finally:
-            os.chdir(before)
+def _register(ws: Any, source: Path, name: str, **kwargs: Any) -> Any:
+    """``Model.register`` of the absolute path ``source``, without its check against the working directory.
+
+    ``Model.register`` refuses a path outside ``os.getcwd()`` but otherwise reads absolute paths;
+    changing the process-wide working directory would break relative paths in every other thread,
+    so its two steps (upload the files as an asset, register the asset) are called directly.
+    """
+    from azureml._model_management._util import model_name_validation
+    from azureml.core import Model
+
+    model_name_validation(name)
+    asset = Model._create_asset(ws.service_context, str(source), name)
+    return Model._register_with_asset(ws, name, asset.id, unpack=False, **kwargs)
+
+
+_SDK_REQUIREMENTS: Final = "azureml-model-management-sdk=="
+_SDK_TARBALL = re.compile(r"[0-9a-f]{8}\.tar\.gz")
 
 
 @contextlib.contextmanager
-def _tempdir_cleanup() -> Iterator[None]:
-    """``Model.deploy`` leaves its wrapped entry script and source tarball in $TMPDIR: give it a private one."""
-    with _cwd_lock:
-        private = tempfile.mkdtemp(prefix="amlops-azureml-")
-        before = tempfile.tempdir
-        tempfile.tempdir = private
+def _sdk_tempfiles_removed() -> Iterator[None]:
+    """Remove what ``Model.deploy`` / ``Webservice.update`` leave in $TMPDIR, and nothing else.
+
+    The SDK writes a wrapped entry script (``tmp*.py``), a requirements file and a tarball of the
+    source folder (``tmp*/xxxxxxxx.tar.gz``) and never deletes them. ``tempfile.tempdir`` is
+    process-wide, so the call is not pointed at a private folder: the entries new after the call
+    that have those shapes are removed instead. Calls are serialised so that one never removes
+    another's files before it uploaded them; waiting for the deployment happens after this.
+    """
+    with _sdk_temp_lock:
+        root = Path(tempfile.gettempdir())
+        before = set(os.listdir(root))
         try:
             yield
         finally:
-            tempfile.tempdir = before
-            shutil.rmtree(private, ignore_errors=True)
+            for entry in set(os.listdir(root)) - before:
+                path = root / entry
+                if not _made_by_sdk(path):
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+
+
+def _made_by_sdk(path: Path) -> bool:
+    try:
+        if path.is_dir():
+            inside = os.listdir(path)
+            return path.name.startswith("tmp") and len(inside) == 1 and bool(_SDK_TARBALL.fullmatch(inside[0]))
+        if path.name.startswith("requirements") and path.suffix == ".txt":
+            return path.read_text(errors="replace").startswith(_SDK_REQUIREMENTS)
+        if path.name.startswith("tmp") and path.suffix == ".py":
+            return "driver_module_spec" in path.read_text(errors="replace")  # the SDK's main_template.txt
+    except OSError:
+        return False
+    return False
 
 
 def open_backend(workspace: WorkspaceManifest, controller_name: str = "amlops", state_dir: Any = None) -> AzureMLBackend:
