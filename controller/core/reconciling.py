@@ -46,6 +46,20 @@ class RecorderLike(Protocol):
         ...
 
 
+@dataclass
+class PlanMemo:
+    """The last plan with the inputs it was made from.
+
+    Planning is a pure function of desired and actual state: a pass that loads the same desired
+    state (reused for an unchanged revision) and reads an equal actual state gets the same plan,
+    so an idle controller does not re-plan thousands of resources every interval.
+    """
+
+    desired: DesiredState | None = None
+    actual: ActualState | None = None
+    plan: Plan | None = None
+
+
 @dataclass(frozen=True)
 class ReconcileOptions:
     """Knobs of one reconcile.
@@ -66,6 +80,8 @@ class ReconcileOptions:
     confirm: Callable[[Plan], bool] | None = None
     # The source's revisions name content (Git commits, folder hashes): reuse an unchanged load.
     reuse_desired: bool = False
+    # Kept across passes by a long-lived controller (see PlanMemo).
+    plan_memo: PlanMemo | None = None
 
 
 @dataclass
@@ -161,6 +177,7 @@ def stall_step(plan: Plan, desired: DesiredState, recorder: RecorderLike) -> Pla
     """
     statuses = recorder.resource_status()
     changes = []
+    held_back = False
     for change in plan.changes:
         resource = desired.resources.get(change.id)
         status = statuses.get(change.id)
@@ -168,8 +185,9 @@ def stall_step(plan: Plan, desired: DesiredState, recorder: RecorderLike) -> Pla
         if stalled is not None and change.action is not Action.DELETE and change.action is not Action.NOOP:
             change = Change(change.id, Action.NOOP, (), f"stalled: {stalled.reason}: {stalled.message} "
                             "(not retried until the manifest or its files change)", change.manifest_file)
+            held_back = True
         changes.append(change)
-    return replace(plan, changes=tuple(changes))
+    return replace(plan, changes=tuple(changes)) if held_back else plan
 
 
 def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
@@ -246,7 +264,14 @@ def reconcile(
 
     mark = time.monotonic()
     digests.update({r.id: r.digest for r in desired})
-    plan = stall_step(plan_step(desired, actual, targets, options), desired, recorder)
+    memo = options.plan_memo
+    if memo is not None and memo.plan is not None and memo.desired is desired and memo.actual == actual:
+        planned = memo.plan
+    else:
+        planned = plan_step(desired, actual, targets, options)
+        if memo is not None:
+            memo.desired, memo.actual, memo.plan = desired, actual, planned
+    plan = stall_step(planned, desired, recorder)
     durations["plan"] = time.monotonic() - mark
     log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
 

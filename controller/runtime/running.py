@@ -33,7 +33,7 @@ from typing import Any, Final, Protocol
 import yaml
 
 from controller.core.connecting import BackendPool
-from controller.core.reconciling import ReconcileOptions, reconcile
+from controller.core.reconciling import PlanMemo, ReconcileOptions, reconcile
 from controller.core.recording import Recorder
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
@@ -251,6 +251,7 @@ class Controller:
             parallelism=max(1, args.parallelism),
             # Git commits and folder content hashes name their content: unchanged passes skip validation.
             reuse_desired=True,
+            plan_memo=PlanMemo(),
         )
         self.stop_requested = threading.Event()
         self._reload_requested = False

@@ -138,3 +138,25 @@ def test_history_keeps_only_the_most_recent_reconciles(repo: Repo, backend: Memo
     for i in range(5):
         reconcile(repo.root, "manifests", f"r{i}", _backend_for(backend), recorder)
     assert [h.revision for h in recorder.history(10)] == ["r4", "r3", "r2"]
+
+
+def test_an_unchanged_pass_reuses_its_plan_and_a_changed_actual_state_replans(
+    repo: Repo, backend: MemoryBackend, tmp_path: Path
+) -> None:
+    from controller.core.reconciling import PlanMemo
+
+    repo.standard()
+    recorder = Recorder(tmp_path / "s")
+    options = ReconcileOptions(reuse_desired=True, plan_memo=PlanMemo())
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder, options)
+    quiet = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder, options)
+    assert quiet.status is ReconcileStatus.NO_CHANGES
+    memo = options.plan_memo
+    assert memo is not None and memo.plan is quiet.plan  # made on this pass, from the applied state
+    again = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder, options)
+    assert again.plan is quiet.plan  # same desired object, equal actual state: not planned anew
+
+    # Drift behind amlops' back changes actual state: the next pass plans and heals it.
+    del backend.resources[ResourceId(Kind.WEBSERVICE, "svc-a")]
+    healed = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder, options)
+    assert healed.status is ReconcileStatus.APPLIED and healed.plan is not quiet.plan
