@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.backends.base import ApplyContext, Backend
 from controller.structs.errors import PermanentError, TransientError
@@ -60,6 +61,7 @@ class _Runner:
     progress: ProgressCallback
     sleep: Callable[[float], None]
     rng: Callable[[], float]
+    stop: threading.Event = field(default_factory=threading.Event)
 
     def apply_once(self, change: Change) -> None:
         backend = self.backend_of(change.id)
@@ -92,6 +94,8 @@ class _Runner:
                 if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_s:
                     log.warning("change.failed", extra={"resource": str(change.id), "attempts": attempt, "reason": "RetriesExhausted"})
                     return self._failed(change, attempt, started, f"gave up after {attempt} attempts: {exc}", "RetriesExhausted")
+                if self.stop.is_set():  # shutting down: report the failure now rather than retry later
+                    return self._failed(change, attempt, started, f"interrupted while retrying: {exc}", "Interrupted")
                 log.info("change.retrying", extra={"resource": str(change.id), "attempt": attempt, "delay_s": round(delay, 3)})
                 self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.RETRYING, attempt, f"{exc} (retrying in {delay:.1f}s)"))
                 self.sleep(delay)
@@ -123,6 +127,12 @@ def _run_phase(
     running: dict[Future[ChangeOutcome], Change] = {}
     while pending or running:
         for change in list(pending.values()):
+            if runner.stop.is_set():
+                # Shutting down: changes in flight finish; nothing new starts.
+                del pending[change.id]
+                done[change.id] = ChangeOutcome(change.id, change.action, ChangeStatus.SKIPPED, 0, 0.0,
+                                                "skipped: the controller is shutting down", "Interrupted")
+                continue
             deps = [d for d in change.depends_on if d in done or d in pending or any(c.id == d for c in running.values())]
             broken = [d for d in deps if d in done and done[d].status is not ChangeStatus.SUCCEEDED]
             if broken:
@@ -159,14 +169,17 @@ def execute(
     progress: ProgressCallback | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
+    stop: threading.Event | None = None,
 ) -> tuple[ChangeOutcome, ...]:
     """Apply every effective change of ``plan``; return one outcome per change, in plan order.
 
     ``backend_of`` names the backend that owns each resource (workspaces may live on different
     backends). ``sleep`` and ``rng`` are the clock and dice of the backoff, injectable so tests
-    need not wait.
+    need not wait. Once ``stop`` is set, changes in flight finish and no new change starts (the
+    rest are skipped with reason ``Interrupted``), so a shutdown records a consistent outcome.
     """
-    runner = _Runner(desired, backend_of, ctx, retry or RetryPolicy(), progress or _no_progress, sleep, rng)
+    runner = _Runner(desired, backend_of, ctx, retry or RetryPolicy(), progress or _no_progress, sleep, rng,
+                     stop or threading.Event())
     effective = plan.effective
     deletes = [c for c in effective if c.action is Action.DELETE]
     others = [c for c in effective if c.action is not Action.DELETE]

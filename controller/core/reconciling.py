@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -82,6 +83,8 @@ class ReconcileOptions:
     reuse_desired: bool = False
     # Kept across passes by a long-lived controller (see PlanMemo).
     plan_memo: PlanMemo | None = None
+    # Set on shutdown: changes in flight finish, nothing new starts (see executing.execute).
+    stop: threading.Event | None = None
 
 
 @dataclass
@@ -202,6 +205,7 @@ def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: Re
         parallelism=options.parallelism,
         retry=options.retry,
         progress=options.progress,
+        stop=options.stop,
     )
 
 

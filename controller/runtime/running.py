@@ -244,6 +244,7 @@ class Controller:
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
+        self.stop_requested = threading.Event()
         self.options = ReconcileOptions(
             controller_name=self.name,
             detect_only=args.detect_only,
@@ -252,8 +253,8 @@ class Controller:
             # Git commits and folder content hashes name their content: unchanged passes skip validation.
             reuse_desired=True,
             plan_memo=PlanMemo(),
+            stop=self.stop_requested,
         )
-        self.stop_requested = threading.Event()
         self._reload_requested = False
         self._failures = 0
         self._history: list[dict[str, Any]] = []

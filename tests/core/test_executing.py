@@ -79,3 +79,20 @@ def test_dependencies_finish_before_their_dependents_start(repo: Repo, backend: 
     for service in ("svc-a", "svc-b", "svc-c"):
         for dependency in ("AksCluster/aks-cpu", "Model/linear", "Environment/numpy-env"):
             assert position[dependency] < position[f"Webservice/{service}"]
+
+
+def test_a_stop_lets_the_change_in_flight_finish_and_starts_nothing_new(repo: Repo, backend: MemoryBackend) -> None:
+    import threading
+
+    desired = repo.standard().load()
+    stop = threading.Event()
+
+    def progress(event: ExecutionEvent) -> None:
+        if event.phase is ExecutionPhase.STARTED:
+            stop.set()  # SIGTERM arrives while the first change is being applied
+
+    outcomes = _run(desired, backend, parallelism=1, progress=progress, stop=stop)
+    assert outcomes[0].status is ChangeStatus.SUCCEEDED
+    assert {o.status for o in outcomes[1:]} == {ChangeStatus.SKIPPED}
+    assert {o.reason for o in outcomes[1:]} == {"Interrupted"}
+    assert len(backend.writes) == 1
