@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from benchmarks.reports import print_machine
 from benchmarks.workfolders import REPO
 
-NAMES = ("scorer", "reconcile", "calls", "idle")
+NAMES = ("scorer", "reconcile", "calls", "idle", "commit_to_serving")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (scorer 3 s per level, idle 15 s)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (scorer 3 s per level, idle 15 s, 3 commits per mode)")
     parser.add_argument("--only", choices=NAMES, action="append", help="run only this benchmark (repeatable)")
     args = parser.parse_args(argv)
     print_machine()

@@ -1,28 +1,42 @@
-"""Backend calls per no-op reconcile, against the local backend (and the Azure ML emulator when it can count).
+"""Backend calls per no-op reconcile: the local backend (counting proxy) and the Azure ML emulator (HTTP requests).
 
-A repo is applied once; then reconciles of the unchanged repo are run with the backend wrapped in a
-counting proxy (and its store too, whose list queries are the local backend's "API calls"). Two
-repo sizes show whether calls grow with resources (they should not: one list per kind) and that a
-no-op reconcile writes nothing (no create/update/delete, no store writes).
+Local backend: a repo is applied once; then reconciles of the unchanged repo are run with the
+backend wrapped in a counting proxy (and its store too, whose list queries are the local backend's
+"API calls"). Two repo sizes show whether calls grow with resources (they should not: one list per
+kind) and that a no-op reconcile writes nothing (no create/update/delete, no store writes).
+
+Azure ML: the emulator (``python -m controller.emulator``, started as the tests start it, without a
+data plane so services need no replicas) counts every request by route; the azureml backend runs
+one reconcile per subprocess with the emulator's env.sh and a temp HOME (HTTPS_PROXY and
+REQUESTS_CA_BUNDLE act process-wide), so every pass logs in afresh. After one apply, the counters
+are reset (``DELETE /_emulator/requests``) before each no-op reconcile and read after it
+(``GET /_emulator/requests``), at two repo sizes.
 
 Services here use a trivial entry script (no TensorFlow) and no GPU, so applying them is cheap.
 The counting proxy is measurement only: it forwards every call unchanged.
 
-Run alone: ``python -m benchmarks.calls [--quick]``.
+Run alone: ``python -m benchmarks.calls [--quick] [--only local|azureml]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.reports import Skipped, heading, print_machine, table
-from benchmarks.workfolders import work_folder
+from benchmarks.workfolders import REPO, project_python, work_folder
 
 WRITE_METHODS = {"create", "update", "delete"}
 CONTROLLER = "amlops-bench"
@@ -97,7 +111,7 @@ def measure(services: int, no_op_runs: int) -> dict[str, Any]:
         real_store = backend.store
         backend.store = Counting(real_store, counts, "store.")  # type: ignore[assignment]
         proxy = Counting(backend, counts)
-        outcomes = [reconcile(root, ".", "bench-1", lambda ws: proxy, recorder, options)  # type: ignore[arg-type,return-value]
+        outcomes = [reconcile(root, ".", "bench-1", lambda ws: proxy, recorder, options)
                     for _ in range(no_op_runs)]
         backend.store = real_store
         resources = 1 + 1 + 2 + 3 + services
@@ -127,15 +141,25 @@ def _ctx(root: Path) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calls", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer services and no-op runs")
+    parser.add_argument("--only", choices=("local", "azureml"), help="one backend only")
     args = parser.parse_args(argv)
     print_machine()
+    if args.only != "azureml":
+        local_backend(args.quick)
+    if args.only != "local":
+        azureml_backend(args.quick)
+    return 0
+
+
+def local_backend(quick: bool) -> None:
+    """Calls per no-op reconcile on the local backend, at two sizes."""
     try:
         import controller.backends.local
         import controller.core.reconciling  # noqa: F401
     except ImportError as exc:
         raise Skipped(f"the local backend or reconcile pipeline does not exist yet: {exc}") from exc
-    sizes = (2, 8) if args.quick else (4, 16)
-    runs = 3 if args.quick else 5
+    sizes = (2, 8) if quick else (4, 16)
+    runs = 3 if quick else 5
     results = [measure(n, runs) for n in sizes]
     heading(f"Local backend: calls per no-op reconcile (mean of {runs}, after one apply)")
     names = sorted({k for r in results for k in r["per_reconcile"]})
@@ -147,22 +171,214 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        "store.record", "store.write", "store.save", "store.update"))}
         print(f"{r['resources']} resources: first apply {r['first']}; no-op reconciles {r['statuses']}, "
               f"planned changes {r['changes']}; write calls {writes or 'none'}")
-    heading("Azure ML emulator")
-    print(emulator_status())
-    return 0
 
 
-def emulator_status() -> str:
-    """Whether the emulator can count requests (its ``GET /_emulator/requests`` admin endpoint)."""
+# -- Azure ML emulator ----------------------------------------------------------------------------
+
+AZ_SCORE = "import json\n\n\ndef init():\n    pass\n\n\ndef run(raw_data):\n    return json.loads(raw_data)['data']\n"
+
+# One reconcile of the real engine with a real BackendPool and Recorder (what `amlops apply` wires up).
+AZ_DRIVER = """
+import json, logging, sys
+logging.basicConfig(level=logging.WARNING)
+from controller.core.connecting import BackendPool
+from controller.core.executing import RetryPolicy
+from controller.core.reconciling import ReconcileOptions, reconcile
+from controller.core.recording import Recorder
+args = json.loads(sys.argv[1])
+pool = BackendPool(args["stateDir"], "amlops-bench")
+outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, Recorder(args["stateDir"]),
+                    ReconcileOptions(controller_name="amlops-bench", parallelism=2,
+                                     retry=RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2,
+                                                       max_total_s=120.0)))
+changes = [c for c in (outcome.plan.changes if outcome.plan else ()) if c.action.value != "no-op"]
+print("RESULT " + json.dumps({"status": outcome.status.value, "errors": list(outcome.errors),
+                              "changes": [f"{c.id.kind.value}/{c.id.name} {c.action.value}" for c in changes]}))
+pool.close()
+"""
+
+# Not writes, though POSTed: the SDK's pre-flight validation and the POSTs that only read.
+READ_POSTS = ("/services/validate", "/listkeys", "/token")
+
+
+class Emulator:
+    """One ``python -m controller.emulator`` process (started as the tests start it) and what its env.sh says."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log = state_dir.parent / f"{state_dir.name}-emulator.log"
+        with self.log.open("ab") as sink:
+            self.proc = subprocess.Popen(
+                [project_python(), "-m", "controller.emulator", "--listen", "127.0.0.1:0", "--state-dir",
+                 str(state_dir), "--no-data-plane"],
+                cwd=REPO, stdout=subprocess.PIPE, stderr=sink, text=True, start_new_session=True)
+        assert self.proc.stdout is not None
+        line, deadline = "", time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "listening on" in line or self.proc.poll() is not None:
+                break
+        match = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"emulator did not start: {line!r}; see {self.log}")
+        self.port = int(match.group(1))
+        self.env: dict[str, str] = {}
+        for raw in (state_dir / "env.sh").read_text().splitlines():
+            key, _, value = raw.removeprefix("export ").partition("=")
+            self.env[key] = shlex.split(value)[0]
+        self.config = json.loads((state_dir / "config.json").read_text())
+
+    def admin(self, method: str, path: str) -> Any:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # the admin API is plain HTTP
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/_emulator/{path}", method=method)
+        with opener.open(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    def reconcile(self, root: Path, work: Path, revision: str) -> dict[str, Any]:
+        """One reconcile pass in a subprocess with the emulator's env and a temp HOME."""
+        home = work / ".home"
+        home.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(work),
+               "AZUREML_LOG_DEPRECATION_WARNING_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+               "AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(REPO), **self.env}
+        args = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision}
+        done = subprocess.run([project_python(), "-c", AZ_DRIVER, json.dumps(args)], cwd=work, env=env, text=True,
+                              capture_output=True, timeout=600, check=False)
+        lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+        if not lines:
+            raise RuntimeError(f"reconcile failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        return dict(json.loads(lines[-1].removeprefix("RESULT ")))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: int, services: int) -> int:
+    """An azureml workspace (credentials from the environment), one cluster, and the given counts; returns resources."""
+    def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
+        return json.dumps({"apiVersion": "amlops.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+    if root.exists():
+        shutil.rmtree(root)
+    files = {
+        "workspace.yaml": doc("Workspace", config["workspace_name"], {
+            "backend": "azureml", "subscriptionId": config["subscription_id"],
+            "resourceGroup": config["resource_group"], "workspaceName": config["workspace_name"],
+            "credentials": {"type": "servicePrincipal", "tenantId": {"fromEnv": "AZURE_TENANT_ID"},
+                            "clientId": {"fromEnv": "AZURE_CLIENT_ID"},
+                            "clientSecret": {"fromEnv": "AZURE_CLIENT_SECRET"}}}),
+        "clusters/aks.yaml": doc("AksCluster", "aks", {"vmSize": "Standard_D3_v2", "agentCount": 3,
+                                                       "clusterPurpose": "DevTest", "deletionPolicy": "Retain"}),
+        "src/score.py": AZ_SCORE,
+    }
+    for i in range(envs):
+        files[f"environments/env-{i}.yaml"] = doc("Environment", f"env-{i}", {
+            "baseImage": "DEFAULT_CPU_IMAGE", "environmentVariables": {"N": str(i)},
+            "conda": {"dependencies": ["python=3.8", {"pip": ["azureml-defaults"]}]}})
+    for i in range(models):
+        files[f"models/model-{i}.yaml"] = doc("Model", f"model-{i}", {"path": f"model-{i}"})
+        files[f"models/model-{i}/weights.txt"] = f"{i}\n"
+    for i in range(services):
+        files[f"services/svc-{i}.yaml"] = doc("Webservice", f"svc-{i}", {
+            "cluster": "aks", "models": [f"model-{i % models}"], "environment": f"env-{i % envs}",
+            "sourceDirectory": "../src", "entryScript": "score.py", "replicas": 1,
+            "resources": {"cpu": 0.1, "memoryGb": 0.5, "gpu": 0}})
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return 2 + envs + models + services
+
+
+def request_kind(route: str) -> str:
+    """``"METHOD host /path"`` → ``login``, ``read`` or ``write``."""
+    method, host, path = route.split(" ", 2)
+    if host == "login":
+        return "login"
+    if method in ("GET", "HEAD") or path.endswith(READ_POSTS) or "/services/validate" in path:
+        return "read"
+    return "write"
+
+
+def azureml_backend(quick: bool) -> None:
+    """Requests per no-op reconcile against the emulator, at two repo sizes."""
     try:
-        import controller.emulator.routes as routes
-    except ImportError:
-        return "pending: controller/emulator has no routes module yet"
-    source = Path(routes.__file__).read_text()
-    if "/_emulator/requests" not in source:
-        return ("pending: controller/emulator has no GET /_emulator/requests endpoint yet, so requests per no-op "
-                "reconcile against the azureml backend are not counted")
-    return "the emulator has /_emulator/requests, but this benchmark does not drive it yet (pending)"
+        import azureml.core  # noqa: F401
+
+        import controller.emulator  # noqa: F401
+    except ImportError as exc:
+        print(f"SKIPPED azureml part: {exc}")
+        return
+    sizes = ((1, 1, 1), (2, 3, 3)) if quick else ((1, 1, 1), (2, 4, 4))  # (environments, models, services)
+    runs = 2 if quick else 3
+    base = work_folder("calls-azureml")
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    emulator = Emulator(base / "emulator")
+    results = []
+    try:
+        for envs, models, services in sizes:
+            work = base / f"work-{envs}-{models}-{services}"
+            work.mkdir()
+            root = work / "repo"
+            resources = write_azureml_repo(root, emulator.config, envs, models, services)
+            emulator.admin("DELETE", "requests")
+            started = time.monotonic()
+            first = emulator.reconcile(root, work, "r1")
+            apply_s = time.monotonic() - started
+            if first["status"] not in ("applied", "no-changes"):
+                raise RuntimeError(f"first apply of {resources} resources: {first}")
+            apply_counts = emulator.admin("GET", "requests")
+            passes = []
+            for _ in range(runs):
+                emulator.admin("DELETE", "requests")
+                out = emulator.reconcile(root, work, "r1")
+                passes.append((out, emulator.admin("GET", "requests")))
+            results.append({"size": (envs, models, services), "resources": resources, "first": first,
+                            "apply_s": apply_s, "apply_counts": apply_counts, "passes": passes})
+    finally:
+        emulator.stop()
+    print_azureml(results, runs)
+
+
+def print_azureml(results: list[dict[str, Any]], runs: int) -> None:
+    """Per-route counts of each size side by side, then totals split into login / reads / writes."""
+    heading(f"Azure ML emulator: HTTP requests per no-op reconcile ({runs} passes each, after one apply)")
+    labels = [f"{r['resources']} res ({r['size'][0]} env, {r['size'][1]} mod, {r['size'][2]} svc)" for r in results]
+    routes = sorted({route for r in results for _, counts in r["passes"] for route in counts},
+                    key=lambda rt: (request_kind(rt), rt))
+
+    def per_pass(r: dict[str, Any], route: str) -> str:
+        return "/".join(str(v) for v in sorted({counts.get(route, 0) for _, counts in r["passes"]}))
+
+    print(table(["kind", "route", *labels], [(request_kind(rt), rt, *(per_pass(r, rt) for r in results))
+                                             for rt in routes]))
+    rows = []
+    for r in results:
+        totals = [collections.Counter({k: 0 for k in ("login", "read", "write")}) for _ in r["passes"]]
+        for total, (_, counts) in zip(totals, r["passes"], strict=True):
+            for route, n in counts.items():
+                total[request_kind(route)] += n
+        mean = {k: sum(t[k] for t in totals) / len(totals) for k in ("login", "read", "write")}
+        rows.append((r["resources"], mean["login"], mean["read"], mean["write"], sum(mean.values()),
+                     sum(mean.values()) / r["resources"], ",".join(sorted({o["status"] for o, _ in r["passes"]})),
+                     ",".join(str(n) for n in sorted({len(o["changes"]) for o, _ in r["passes"]})),
+                     sum(r["apply_counts"].values()), r["apply_s"]))
+    heading("Azure ML emulator: totals per no-op reconcile (mean of the passes)")
+    print(table(["resources", "login", "reads", "writes", "total", "per resource", "status", "planned changes",
+                 "requests of the first apply", "first apply s"], rows))
+    if len(rows) == 2:
+        print(f"\nresources {rows[1][0] / rows[0][0]:.2f}x ({rows[0][0]} → {rows[1][0]}); requests per no-op "
+              f"reconcile {rows[1][4] / rows[0][4]:.2f}x ({rows[0][4]:g} → {rows[1][4]:g})")
+    for r in results:
+        print(f"{r['resources']} resources: first apply {r['first']['status']}, "
+              f"{len(r['first']['changes'])} changes, errors {r['first']['errors'] or 'none'}")
 
 
 def run_as_script() -> int:

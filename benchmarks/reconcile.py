@@ -63,10 +63,10 @@ def generate_repo(root: Path, size: int) -> dict[str, int]:
             f"  condaFile: env-{i:04d}.yml\n  baseImage: DEFAULT_CPU_IMAGE\n"
             f"  environmentVariables:\n    WORKERS: \"{1 + i % 4}\"\n")
     for i in range(counts["models"]):
-        folder = root / "models" / f"model-{i:04d}"
-        folder.mkdir()
-        (folder / "weights.bin").write_bytes(i.to_bytes(4, "little") * 2048)  # 8 KiB per model
-        (folder / "config.json").write_text(json.dumps({"layers": [784, 300, 100, 10], "seed": i}))
+        model_dir = root / "models" / f"model-{i:04d}"
+        model_dir.mkdir()
+        (model_dir / "weights.bin").write_bytes(i.to_bytes(4, "little") * 2048)  # 8 KiB per model
+        (model_dir / "config.json").write_text(json.dumps({"layers": [784, 300, 100, 10], "seed": i}))
         (root / "models" / f"model-{i:04d}.yaml").write_text(
             f"apiVersion: amlops.dev/v1\nkind: Model\nmetadata:\n  name: model-{i:04d}\nspec:\n"
             f"  path: model-{i:04d}\n  framework: TensorFlow\n  frameworkVersion: \"2.16\"\n"
