@@ -18,7 +18,7 @@ from typing import Any, Final
 from controller.backends.databases import Database
 from controller.core.rendering import plan_to_json
 from controller.structs.manifests import Kind
-from controller.structs.plans import Action
+from controller.structs.plans import Action, Plan
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import Condition, ResourceId
 
@@ -126,6 +126,14 @@ def _conditions_from(data: str) -> tuple[Condition, ...]:
     return tuple(Condition(d["type"], bool(d["status"]), d["reason"], d.get("message", "")) for d in json.loads(data))
 
 
+def _history_plan(plan: Plan) -> dict[str, Any]:
+    """The plan as history keeps it: every change that did something, and how many did not."""
+    data = plan_to_json(plan)
+    data["changes"] = [c for c in data["changes"] if c["action"] != Action.NOOP.value]
+    data["unchanged"] = len(plan.changes) - len(data["changes"])
+    return data
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -153,7 +161,7 @@ class Recorder:
                     outcome.status.value,
                     outcome.started.isoformat(timespec="milliseconds"),
                     outcome.finished.isoformat(timespec="milliseconds"),
-                    json.dumps(plan_to_json(outcome.plan), default=str) if outcome.plan is not None else None,
+                    json.dumps(_history_plan(outcome.plan), default=str) if outcome.plan is not None else None,
                     json.dumps([c.to_json() for c in outcome.changes]),
                     json.dumps(list(outcome.errors)),
                     json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}),
@@ -172,16 +180,22 @@ class Recorder:
         now = _now()
         revision = outcome.revision
         results = {c.id: c for c in outcome.changes}
+        # One read of every row, and writes only for rows that change: an idle controller's
+        # no-op pass over thousands of resources then writes nothing here.
+        existing = {
+            (kind, name): (conditions, applied, attempted, digest)
+            for kind, name, conditions, applied, attempted, digest in conn.execute(
+                "SELECT kind, name, conditions, last_applied_revision, last_attempted_revision, attempted_digest"
+                " FROM resource_status")
+        }
         for change in outcome.plan.changes:
             result = results.get(change.id)
+            key = (change.id.kind.value, change.id.name)
             if change.action is Action.DELETE and result is not None and result.status is ChangeStatus.SUCCEEDED:
-                conn.execute("DELETE FROM resource_status WHERE kind = ? AND name = ?", (change.id.kind.value, change.id.name))
+                conn.execute("DELETE FROM resource_status WHERE kind = ? AND name = ?", key)
                 continue
-            previous = conn.execute(
-                "SELECT last_applied_revision FROM resource_status WHERE kind = ? AND name = ?",
-                (change.id.kind.value, change.id.name),
-            ).fetchone()
-            last_applied = previous[0] if previous else None
+            previous = existing.get(key)
+            last_applied = previous[1] if previous else None
             conditions: tuple[Condition, ...]
             if change.action is Action.NOOP and change.reason.startswith("stalled"):
                 continue  # still stalled on the same input: keep the recorded failure as it is
@@ -217,14 +231,17 @@ class Recorder:
                     Condition("Ready", False, result.reason or "Failed", result.error or ""),
                     Condition("Stalled", True, result.reason or "Failed", result.error or ""),
                 )
+            row = (json.dumps([_condition_json(c) for c in conditions]), last_applied, revision,
+                   outcome.digests.get(change.id))
+            if previous == row:
+                continue
             conn.execute(
                 "INSERT INTO resource_status (kind, name, conditions, last_applied_revision, last_attempted_revision,"
                 " attempted_digest, updated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET"
                 " conditions = excluded.conditions, last_applied_revision = excluded.last_applied_revision,"
                 " last_attempted_revision = excluded.last_attempted_revision,"
                 " attempted_digest = excluded.attempted_digest, updated = excluded.updated",
-                (change.id.kind.value, change.id.name, json.dumps([_condition_json(c) for c in conditions]),
-                 last_applied, revision, outcome.digests.get(change.id), now),
+                (*key, *row, now),
             )
 
     def forget(self, id: ResourceId) -> None:

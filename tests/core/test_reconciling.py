@@ -160,3 +160,18 @@ def test_an_unchanged_pass_reuses_its_plan_and_a_changed_actual_state_replans(
     del backend.resources[ResourceId(Kind.WEBSERVICE, "svc-a")]
     healed = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder, options)
     assert healed.status is ReconcileStatus.APPLIED and healed.plan is not quiet.plan
+
+
+def test_a_no_op_pass_rewrites_no_status_rows_and_history_keeps_only_real_changes(
+    repo: Repo, backend: MemoryBackend, tmp_path: Path
+) -> None:
+    repo.standard()
+    recorder = Recorder(tmp_path / "s")
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    before = {rid: s.updated for rid, s in recorder.resource_status().items()}
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
+    assert {rid: s.updated for rid, s in recorder.resource_status().items()} == before
+    applied, quiet = recorder.history(3)[2], recorder.history(3)[0]
+    assert applied.plan is not None and len(applied.plan["changes"]) == 5 and applied.plan["unchanged"] == 0
+    assert quiet.plan is not None and quiet.plan["changes"] == [] and quiet.plan["unchanged"] == 5
