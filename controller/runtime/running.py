@@ -47,7 +47,7 @@ from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
-from controller.structs.states import ActualResource
+from controller.structs.states import ActualResource, ResourceId
 
 log = logging.getLogger("amlops.run")
 
@@ -493,46 +493,77 @@ class Controller:
             fields["errors"] = len(outcome.errors)
         level = logging.INFO if outcome.ok else logging.WARNING
         log.log(level, "sync.finished", extra={"fields": fields})
-        self._publish_resources()
-        self._announce_services(outcome)
+        observed = self._observe()
+        self._publish_resources(observed)
+        self._announce_services(outcome, observed)
 
-    def _announce_services(self, outcome: ReconcileOutcome) -> None:
+    def _observe(self) -> dict[ResourceId, ActualResource]:
+        """Live state from every backend in use (one list read each), for the status page and banners."""
+        observed: dict[ResourceId, ActualResource] = {}
+        for backend in self.backends.backends():
+            try:
+                observed.update(backend.read().resources)
+            except Exception as exc:  # status is a courtesy: never let it stop the loop
+                log.warning("status.observe.failed", extra={"fields": {"error": type(exc).__name__}})
+        return observed
+
+    def _announce_services(self, outcome: ReconcileOutcome, observed: dict[ResourceId, ActualResource]) -> None:
         """After a service was (re)deployed, print how to call it: people want a command to paste.
 
         The key itself is never printed; the command fetches it with ``amlops keys``.
         """
-        deployed = {
-            c.id for c in outcome.changes
-            if c.id.kind is Kind.WEBSERVICE and c.status is ChangeStatus.SUCCEEDED and c.action is not Action.DELETE
-        }
-        if not deployed:
-            return
-        for backend in self.backends.backends():
-            try:
-                actual = backend.read()
-            except Exception as exc:  # announcing is a courtesy: never let it stop the loop
-                log.warning("announce.skipped", extra={"fields": {"error": type(exc).__name__}})
-                continue
-            for resource in actual:
-                if resource.id in deployed and resource.details.get("scoringUri"):
-                    sample = Path(SAMPLE_REQUEST)
-                    print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
-                          flush=True)
+        sample = Path(SAMPLE_REQUEST)
+        for change in outcome.changes:
+            resource = observed.get(change.id)
+            if (change.id.kind is Kind.WEBSERVICE and change.status is ChangeStatus.SUCCEEDED
+                    and change.action is not Action.DELETE and resource is not None
+                    and resource.details.get("scoringUri")):
+                print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
+                      flush=True)
 
-    def _publish_resources(self) -> None:
-        """Per-resource conditions, as the recorder folded them, into the status and the gauges."""
+    def _publish_resources(self, observed: dict[ResourceId, ActualResource] | None = None) -> None:
+        """Per-resource status for the page, the API and the gauges: the recorder's conditions,
+        overlaid with what the backend sees live (a dead replica, a missing GPU, a substitution)."""
         try:
             statuses = self.recorder.resource_status()
         except Exception as exc:  # the history database is advisory here; never stop the loop for it
             log.warning("status.resources.unreadable", extra={"fields": {"error": str(exc)}})
             return
-        resources = [s.to_json() for s in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name))]
+        observed = observed if observed is not None else self._observe()
+        resources = []
+        for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
+            entry = status.to_json()
+            live = observed.get(status.id)
+            if live is not None:
+                merged = {c["type"]: c for c in entry["conditions"]}
+                merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
+                               for c in live.conditions})
+                entry["conditions"] = list(merged.values())
+                entry["details"] = resource_details(live)
+            ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
+            entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
+            resources.append(entry)
         self.status.update(resources=resources)
         self.metrics.set_resources(
             ResourceCondition(r["kind"], c["type"], bool(c["status"]))
             for r in resources
             for c in r["conditions"]
         )
+
+
+def resource_details(resource: ActualResource) -> dict[str, Any]:
+    """The few live details worth showing per resource: endpoint, replicas, model versions."""
+    details = resource.details
+    shown: dict[str, Any] = {}
+    if details.get("scoringUri"):
+        shown["scoringUri"] = details["scoringUri"]
+    replicas = details.get("replicas")
+    if isinstance(replicas, dict) and "ready" in replicas:
+        shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
+    for key in ("modelVersions", "models", "version", "gpus"):
+        if details.get(key):
+            shown[key] = details[key]
+    return shown
 
 
 # The example's one held-out digit, used in the printed curl when run from this repository.

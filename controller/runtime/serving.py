@@ -153,6 +153,16 @@ def _when(ts: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def _tone(condition: dict[str, Any]) -> str:
+    """Green for good news, red for bad, amber for what deserves a look (Ready is the only positive type)."""
+    active = bool(condition.get("status"))
+    if condition.get("type") == "Ready":
+        return "ok" if active else "bad"
+    if condition.get("type") in ("Substituted", "Progressing", "GpuUnavailable"):
+        return "warn" if active else "ok"
+    return "bad" if active else "ok"
+
+
 def render_page(doc: dict[str, Any]) -> str:
     """A small self-refreshing HTML status page: last reconcile, errors, and a table of resources."""
     esc = html.escape
@@ -161,12 +171,20 @@ def render_page(doc: dict[str, Any]) -> str:
     rows = []
     for r in doc.get("resources") or []:
         conds = " ".join(
-            f'<span class="c {"ok" if c.get("status") else "bad"}" title="{esc(str(c.get("message", "")))}">'
+            f'<span class="c {_tone(c)}" title="{esc(str(c.get("message", "")))}">'
             f"{esc(str(c.get('type')))}: {esc(str(c.get('reason')))}</span>"
             for c in r.get("conditions") or []
         )
         detail = r.get("details") or {}
-        extra = esc(str(detail.get("scoringUri") or detail.get("scoring_uri") or ""))
+        parts = []
+        if detail.get("scoringUri"):
+            parts.append(f"<code>{esc(str(detail['scoringUri']))}</code>")
+        if detail.get("replicas"):
+            parts.append(f"replicas {esc(str(detail['replicas']))}")
+        versions = detail.get("modelVersions") or ([f"v{detail['version']}"] if detail.get("version") else [])
+        if versions:
+            parts.append(esc(", ".join(str(v) for v in versions)))
+        extra = "<br>".join(parts)
         rows.append(
             f"<tr><td>{esc(str(r.get('kind')))}</td><td>{esc(str(r.get('name')))}</td>"
             f"<td>{esc(str(r.get('status') or ''))}</td><td>{conds}</td><td>{extra}</td></tr>"
@@ -190,11 +208,11 @@ def render_page(doc: dict[str, Any]) -> str:
 body{{font:14px system-ui,sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}} code{{font-size:13px}}
 .c{{display:inline-block;padding:1px 6px;margin:1px;border-radius:8px;font-size:12px}}
-.ok{{background:#d4f4dd}} .bad{{background:#fbd5d5}}
+.ok{{background:#d4f4dd}} .bad{{background:#fbd5d5}} .warn{{background:#fdecc8}}
 .s-applied,.s-no-changes{{color:#17702e}} .s-invalid,.s-failed{{color:#b01c1c}} .s-held,.s-detected{{color:#8a5a00}}
 </style></head><body>
 <h1>amlops <small>{esc(str(doc.get("controller")))} ({esc(str(doc.get("role")))})</small></h1>
-<p>Source <code>{esc(str(source.get("url")))}</code> branch <code>{esc(str(source.get("branch")))}</code>
+<p>Source <code>{esc(str(source.get("url")))}</code>{f' branch <code>{esc(str(source.get("branch")))}</code>' if source.get("branch") else ""}
 path <code>{esc(str(source.get("path")))}</code>{" — <b>detect only</b>" if doc.get("detectOnly") else ""}</p>
 <p>Last reconcile: <b class="s-{esc(status)}">{esc(status)}</b> at {_when(last.get("finishedAt"))}
 of <code>{esc(str(last.get("revision", "—")))}</code>;
@@ -204,7 +222,7 @@ next at {_when(doc.get("nextReconcileAt"))}.</p>
 {f"<h2>Errors</h2><ul>{errors}</ul>" if errors else ""}
 {f"<h2>Changes</h2><ul>{changes}</ul>" if changes else ""}
 <h2>Resources</h2>
-<table><tr><th>Kind</th><th>Name</th><th>Status</th><th>Conditions</th><th>Endpoint</th></tr>{"".join(rows)}</table>
+<table><tr><th>Kind</th><th>Name</th><th>Status</th><th>Conditions</th><th>Live</th></tr>{"".join(rows)}</table>
 <h2>History</h2>
 <table><tr><th>Finished</th><th>Revision</th><th>Status</th><th>Summary</th></tr>{history}</table>
 </body></html>

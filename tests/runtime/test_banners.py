@@ -29,3 +29,26 @@ def test_banner_without_auth_has_no_header(tmp_path: Path) -> None:
     banner = service_banner(_service("none"), tmp_path, "prod")
     assert "Authorization" not in banner
     assert "[...784 floats]" in banner
+
+
+def test_the_status_page_shows_live_details_and_colours_conditions_by_meaning() -> None:
+    from controller.runtime.serving import render_page
+
+    page = render_page({
+        "controller": "amlops", "role": "leader", "source": {"url": "/repo", "branch": None, "path": "manifests"},
+        "lastReconcile": {"status": "applied", "revision": "abc"},
+        "resources": [{
+            "kind": "Webservice", "name": "aks-dnn-mnist", "status": "Ready",
+            "conditions": [
+                {"type": "Ready", "status": True, "reason": "Running", "message": ""},
+                {"type": "GpuUnavailable", "status": True, "reason": "NoPhysicalGpu", "message": "runs on CPU"},
+                {"type": "Stalled", "status": True, "reason": "Unschedulable", "message": "0/3 nodes"},
+            ],
+            "details": {"scoringUri": "http://127.0.0.1:1/score", "replicas": "3/3", "modelVersions": ["m:1"]},
+        }],
+    })
+    assert '<span class="c ok" title="">Ready: Running</span>' in page
+    assert '<span class="c warn" title="runs on CPU">GpuUnavailable: NoPhysicalGpu</span>' in page
+    assert '<span class="c bad" title="0/3 nodes">Stalled: Unschedulable</span>' in page
+    assert "<code>http://127.0.0.1:1/score</code><br>replicas 3/3<br>m:1" in page
+    assert "branch" not in page  # a watched folder has no branch
