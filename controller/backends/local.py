@@ -8,6 +8,11 @@ per-service supervisor (``supervising.py``) that outlives the controller.
 State lives in SQLite under ``state_dir`` (``localstores.py``). ``create`` and ``update`` of a
 service return only once every replica of the new generation is ready (``wait_ready``), reporting
 progress through ``ctx.progress``; ``read`` is a handful of SQL queries plus local pid checks.
+
+A service with ``autoscale`` (or with neither ``replicas`` nor ``autoscale``: Azure's default
+autoscaler) gets its policy written into its row; its supervisor then moves the row's replica
+count between min and max on the load its replicas report, and ``read`` shows the count and the
+utilization under ``details["autoscale"]``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,11 +49,14 @@ from controller.backends.supervising import (
     service_dir,
     socket_dir,
     start_time,
+    status_count,
+    utilization,
 )
 from controller.backends.supervising import log_path as replica_log_path
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import (
     AksClusterManifest,
+    Autoscale,
     EnvironmentManifest,
     Kind,
     ModelManifest,
@@ -92,6 +100,8 @@ class ReplicaView:
     row: ReplicaRow
     state: str
     error: str | None
+    in_flight: int | None = None
+    capacity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,18 @@ class ServiceView:
         return self.row.failures >= FAILURE_LIMIT and self.row.failure_generation == self.row.generation
 
     @property
+    def autoscale(self) -> dict[str, Any] | None:
+        """The autoscale policy the supervisor follows (``min``, ``max``, ``target``, ``refreshSeconds``)."""
+        policy = self.row.launch.get("autoscale")
+        return policy if isinstance(policy, dict) else None
+
+    @property
+    def utilization(self) -> float | None:
+        """In-flight requests over capacity of the ready replicas, as their status files say."""
+        return utilization([(r.in_flight, r.capacity) for r in self.replicas
+                            if r.state == "ready" and r.in_flight is not None and r.capacity])
+
+    @property
     def converged(self) -> bool:
         """Every desired replica is ready at the current generation and nothing old is left."""
         return self.supervisor_alive and self.ready_current == self.row.replicas and self.stale == 0
@@ -140,6 +162,35 @@ def _tags(resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
 
 def _condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
     return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def _place_autoscaled(place: Callable[[int], tuple[str, ...]], spec: WebserviceSpec) -> tuple[tuple[str, ...], int]:
+    """A GPU pool for as many replicas as the service may scale to, and that count.
+
+    The validator sums ``maxReplicas × gpu`` against the cluster's declared capacity; fewer
+    physical GPUs (or other services' holdings) can still leave less, so the pool is for the
+    largest count from max down to min that fits, and placement fails only when min does not.
+    """
+    low, high = spec.min_replicas(), spec.max_replicas()
+    if spec.resources.gpu == 0:
+        return (), high
+    for count in range(high, low, -1):
+        with contextlib.suppress(PermanentError):
+            return place(count), count
+    return place(low), low
+
+
+def _autoscale_policy(spec: WebserviceSpec, held: int) -> dict[str, int] | None:
+    """What the supervisor autoscales by, or None for a fixed ``replicas`` count.
+
+    No ``autoscale`` block and no ``replicas`` means Azure's default autoscaler (1–10 replicas,
+    70 % target, 1 s refresh). ``max`` is capped to ``held``, the replicas whose GPUs the pool holds.
+    """
+    if spec.replicas is not None:
+        return None
+    auto = spec.autoscale or Autoscale()
+    return {"min": auto.minReplicas, "max": max(auto.minReplicas, min(auto.maxReplicas, held)),
+            "target": auto.targetUtilization, "refreshSeconds": auto.refreshSeconds}
 
 
 def _manifest_dir(resource: DesiredResource, ctx: ApplyContext) -> Path:
@@ -382,19 +433,30 @@ class LocalBackend:
                 existing = self.store.get_service(conn, name)
                 others = {s.name: Allocation(s.cluster, s.gpu_pool) for s in self.store.all_services(conn) if s.name != name}
                 cspec = cluster["spec"]
-                pool = allocate_pool(
-                    service=name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
-                    replicas=spec.min_replicas(), gpus_per_replica=spec.resources.gpu, physical=self.gpus,
-                    others=others, current=existing.gpu_pool if existing else (),
-                    gpus_per_node=cspec.get("gpusPerNode"),
-                )
+
+                def place(replicas: int) -> tuple[str, ...]:
+                    return allocate_pool(
+                        service=name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
+                        replicas=replicas, gpus_per_replica=spec.resources.gpu, physical=self.gpus,
+                        others=others, current=existing.gpu_pool if existing else (),
+                        gpus_per_node=cspec.get("gpusPerNode"),
+                    )
+
+                pool, held = _place_autoscaled(place, spec)
+                policy = _autoscale_policy(spec, held)
+                replicas = spec.min_replicas()
+                if policy is not None and existing is not None:
+                    # An apply keeps the count the autoscaler chose (within the new bounds): a roll
+                    # under load must not first shrink the service to its minimum.
+                    replicas = max(policy["min"], min(policy["max"], existing.replicas))
                 port = existing.port if existing else listener.getsockname()[1]  # type: ignore[union-attr]
                 generation = 1
                 if existing is not None:
                     generation = existing.generation + (existing.launch_hash != launch_hash)
                 row = ServiceRow(
                     name=name, cluster=spec.cluster, port=port, generation=generation, launch_hash=launch_hash,
-                    launch=launch, replicas=spec.min_replicas(), gpus_per_replica=spec.resources.gpu, gpu_pool=pool,
+                    launch={**launch, "autoscale": policy} if policy else launch, replicas=replicas,
+                    gpus_per_replica=spec.resources.gpu, gpu_pool=pool,
                     supervisor_pid=existing.supervisor_pid if existing else None,
                     supervisor_started=existing.supervisor_started if existing else None,
                     failures=existing.failures if existing else 0,
@@ -570,7 +632,8 @@ class LocalBackend:
         for rep in replicas:
             if process_alive(rep.pid, rep.started):
                 status = read_status(rep.status_file)
-                live.append(ReplicaView(rep, str(status.get("state", "initializing")), status.get("error")))
+                live.append(ReplicaView(rep, str(status.get("state", "initializing")), status.get("error"),
+                                        status_count(status, "inFlight"), status_count(status, "capacity")))
         return ServiceView(row, process_alive(row.supervisor_pid, row.supervisor_started), tuple(live))
 
     def _failure_message(self, view: ServiceView) -> str:
@@ -585,11 +648,21 @@ class LocalBackend:
         row = view.row
         # Replicas nobody supervises will not be restarted: they do not count, so the planner heals.
         observed = view.live_slots if view.supervisor_alive else 0
-        if spec.get("replicas") is not None or observed < row.replicas:
+        policy = view.autoscale
+        # An autoscaled service reports a count only below its minimum, the one thing the planner
+        # calls drift (``_replica_drift``): what the autoscaler adds above it is not the user's to undo.
+        if spec.get("replicas") is not None or observed < (policy["min"] if policy else row.replicas):
             spec["replicas"] = observed
+        # Adding or draining replicas on load keeps a service Ready while its minimum serves the new version.
+        scaling = (policy is not None and view.supervisor_alive and not view.converged and not view.stalled
+                   and view.ready_current >= policy["min"]
+                   and all(r.row.generation == row.generation for r in view.replicas))
         conditions = []
         if view.converged:
             conditions.append(Condition(ConditionType.READY, True, "Running", f"{row.replicas}/{row.replicas} replicas ready"))
+        elif scaling:
+            conditions.append(Condition(ConditionType.READY, True, "Scaling",
+                                        f"{view.ready_current}/{row.replicas} replicas ready (autoscaling)"))
         elif not view.supervisor_alive:
             conditions.append(Condition(ConditionType.READY, False, "SupervisorLost",
                                         "the supervisor is not running; replicas are not restarted until the next apply"))
@@ -597,7 +670,8 @@ class LocalBackend:
             conditions.append(Condition(ConditionType.READY, False, "Progressing",
                                         f"{view.ready_current}/{row.replicas} replicas ready"))
         if view.supervisor_alive and not view.converged and not view.stalled:
-            conditions.append(Condition(ConditionType.PROGRESSING, True, "RollingUpdate" if view.stale else "Starting",
+            reason = "Scaling" if scaling else "RollingUpdate" if view.stale else "Starting"
+            conditions.append(Condition(ConditionType.PROGRESSING, True, reason,
                                         f"{view.ready_current}/{row.replicas} replicas ready"))
         if view.stalled:
             conditions.append(Condition(ConditionType.STALLED, True, "ReplicaFailed", self._failure_message(view)))
@@ -614,4 +688,11 @@ class LocalBackend:
             "supervisor": {"pid": row.supervisor_pid, "alive": view.supervisor_alive},
             "lastError": row.last_error,
         }
+        if policy is not None:
+            used = view.utilization
+            details["autoscale"] = {
+                "current": row.replicas, "min": policy["min"], "max": policy["max"], "target": policy["target"],
+                "refreshSeconds": policy["refreshSeconds"],
+                "utilization": None if used is None else round(used * 100, 1),  # percent, like the target
+            }
         return spec, conditions, details

@@ -170,6 +170,15 @@ class LocalStore(Database):
         conn.execute("UPDATE services SET supervisor_pid = ?, supervisor_started = ? WHERE name = ?", (pid, started, name))
 
     @staticmethod
+    def set_replicas(conn: sqlite3.Connection, name: str, count: int, expected: int, generation: int) -> bool:
+        """Compare-and-set a service's replica count (the autoscaler's write); False if the row moved on."""
+        changed = conn.execute(
+            "UPDATE services SET replicas = ? WHERE name = ? AND replicas = ? AND generation = ?",
+            (count, name, expected, generation),
+        ).rowcount
+        return bool(changed)
+
+    @staticmethod
     def set_failures(conn: sqlite3.Connection, name: str, generation: int, failures: int, error: str | None) -> None:
         """Record how many times in a row a replica of ``generation`` failed to start, and why."""
         conn.execute(

@@ -19,6 +19,17 @@ The supervisor holds the service's listening socket and passes it to every repli
 share one accept queue: a connection never lands on a replica that is not accepting. A restarted
 supervisor gets the socket back from any live replica's fd socket, and adopts the live replicas
 it finds recorded (pid + process start time), so its own death never restarts a healthy service.
+
+Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``local.py``
+writes for services with ``autoscale`` or with neither ``replicas`` nor ``autoscale``): every
+``refreshSeconds`` the supervisor sums ``inFlight`` and ``capacity`` over the ready replicas'
+status files and, like Azure's autoscaler, wants ``ceil(current × utilization / target)``
+replicas, clamped to the policy's ``[min, max]`` (``max`` already capped by ``local.py`` to the
+replicas whose GPUs the service holds). ``current`` is the number of replicas measured. More
+replicas are taken at once; fewer only after ``SCALE_DOWN_REFRESHES`` refreshes in a row asked for
+fewer (and every desired slot was ready to be measured), and then down to the largest count those
+refreshes asked for. The chosen count is written to the row's ``replicas`` column, the count every
+tick converges to, so ``read()`` reports it and a restarted supervisor keeps it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -37,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -55,6 +67,10 @@ BACKOFF_MAX_S = 30.0
 DRAIN_GRACE_S = 30.0
 FAILURE_LIMIT = 3
 """Consecutive failed starts of a replica of the current generation before the service is Stalled."""
+SCALE_DOWN_REFRESHES = 3
+"""Autoscale refreshes in a row that must ask for fewer replicas before any is removed: one quiet
+sample between two bursts must not drain a replica the next burst needs (Azure also scales in
+more slowly than out)."""
 
 
 def database_path(state_dir: Path) -> Path:
@@ -115,6 +131,26 @@ def read_status(path: str) -> dict[str, Any]:
         return {"state": "initializing"}
 
 
+def status_count(status: dict[str, Any], key: str) -> int | None:
+    """A non-negative integer field of a status file (``inFlight``, ``capacity``), else None."""
+    value = status.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def utilization(loads: Sequence[tuple[int, int]]) -> float | None:
+    """Sum of in-flight requests over sum of capacity, for ``(inFlight, capacity)`` pairs; None without capacity."""
+    capacity = sum(c for _n, c in loads)
+    return sum(n for n, _c in loads) / capacity if capacity > 0 else None
+
+
+def desired_replicas(current: int, used: float, target_percent: int, low: int, high: int) -> int:
+    """Azure's autoscaler rule: ``ceil(current × utilization / target)``, clamped to ``[low, high]``."""
+    wanted = math.ceil(round(current * used * 100 / target_percent, 9))  # round: 0.5 × 2 / 0.5 is 2, not 2.0000001
+    return max(low, min(high, wanted))
+
+
 def receive_listener(path: str, timeout_s: float = 5.0) -> int:
     """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
@@ -142,6 +178,8 @@ class _Replica:
     terminating_since: float | None = None
     state: str = "initializing"
     error: str | None = None
+    in_flight: int | None = None
+    capacity: int | None = None
 
     def exit_code(self) -> int | bool | None:
         """Exit code if a child of ours exited, True if an adopted process is gone, else None."""
@@ -164,6 +202,9 @@ class Supervisor:
     generation: int | None = None
     last_error: str | None = None
     stopping: bool = False
+    next_refresh: float = 0.0
+    low_refreshes: int = 0
+    low_peak: int = 0
 
     def adopt(self) -> None:
         """Track the live replicas recorded for this service; forget the dead ones."""
@@ -198,8 +239,10 @@ class Supervisor:
         for rep in self.replicas.values():
             status = read_status(rep.row.status_file)
             rep.state, rep.error = str(status.get("state", "initializing")), status.get("error")
+            rep.in_flight, rep.capacity = status_count(status, "inFlight"), status_count(status, "capacity")
             if rep.state == "ready" and rep.row.generation == row.generation:
                 self.failures.pop(rep.row.slot, None)
+        row = self._autoscale(row, now)
         active = [r for r in self.replicas.values() if r.terminating_since is None]
         # Scale in: replicas in slots beyond the desired count drain and exit.
         for rep in active:
@@ -218,6 +261,42 @@ class Supervisor:
             if rep.terminating_since is not None and now - rep.terminating_since > DRAIN_GRACE_S:
                 kill_group(rep.row.pid)
         self._record_failures(row)
+
+    def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
+        """The row with the replica count the autoscale policy wants now (recorded), or unchanged."""
+        policy = row.launch.get("autoscale")
+        if not isinstance(policy, dict) or now < self.next_refresh:
+            return row
+        self.next_refresh = now + max(1, int(policy.get("refreshSeconds", 1)))
+        low = max(1, int(policy.get("min", 1)))
+        high = max(low, int(policy.get("max", low)))
+        target = max(1, int(policy.get("target", 70)))
+        loads = [(r.in_flight, r.capacity) for r in self.replicas.values()
+                 if r.terminating_since is None and r.state == "ready" and r.in_flight is not None and r.capacity]
+        used = utilization(loads)
+        count = max(low, min(high, row.replicas))  # a changed policy clamps at once
+        if used is not None:
+            wanted = desired_replicas(len(loads), used, target, low, high)
+            if wanted > count:
+                count, self.low_refreshes = wanted, 0
+            elif wanted < count and len(loads) >= count:
+                # Only a fully measured service may shrink: a starting replica has no load yet.
+                self.low_refreshes += 1
+                self.low_peak = wanted if self.low_refreshes == 1 else max(self.low_peak, wanted)
+                if self.low_refreshes >= SCALE_DOWN_REFRESHES:
+                    count, self.low_refreshes = self.low_peak, 0
+            else:
+                self.low_refreshes = 0
+        if count == row.replicas:
+            return row
+        with self.store.transaction() as conn:
+            # Compare-and-set: an apply that rewrote the row in between wins; the next refresh re-decides.
+            changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
+        if not changed:
+            return row
+        log.info("replicas_autoscaled service=%s from=%d to=%d utilization=%s target=%d",
+                 self.service, row.replicas, count, "-" if used is None else f"{used:.2f}", target)
+        return replace(row, replicas=count)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
         # A slot holding an old replica and a ready new one: the old one may go now.

@@ -1,14 +1,19 @@
 """What the scoring host tells the outside world: structured log lines and the status file.
 
+The status file also carries the replica's load (``inFlight``, ``capacity``) while it serves,
+which the local backend's supervisor reads to autoscale.
+
 Log lines go to stderr, one per event: ``event=<name> key=value ...`` (text) or one JSON object
 (json). Callers pass fields, never pre-formatted prose, and never keys or Authorization headers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -59,3 +64,29 @@ def write_status(path: str | None, state: str, **fields: Any) -> None:
     with open(tmp, "wb") as handle:
         handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
     os.replace(tmp, path)
+
+
+LOAD_REPORT_INTERVAL_S = 1.0
+"""How often a serving replica looks at its load for the status file (the autoscaler's input)."""
+
+
+def report_load(
+    loop: asyncio.AbstractEventLoop,
+    report: Callable[..., None],
+    in_flight: Callable[[], float | None],
+    capacity: int,
+    last: int | None = None,
+) -> None:
+    """Write ``inFlight`` and ``capacity`` through ``report`` now and about every second after.
+
+    ``in_flight`` returns the requests being run plus those queued for a slot, or None once the
+    replica stops serving (draining), which ends the reports. The file is rewritten only when
+    the count changed: an idle replica costs one comparison a second, not a write.
+    """
+    value = in_flight()
+    if value is None:
+        return
+    count = int(value)
+    if count != last:
+        report(inFlight=count, capacity=capacity)
+    loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, count)

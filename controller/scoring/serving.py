@@ -33,7 +33,7 @@ from controller.scoring.importing import EntryPoint, load_entry_script
 from controller.scoring.keys import KeyRing
 from controller.scoring.metrics import ScoringMetrics
 from controller.scoring.options import ScoringOptions
-from controller.scoring.reporting import log_event
+from controller.scoring.reporting import log_event, report_load
 from controller.scoring.sockets import BACKLOG
 
 Reporter = Callable[..., None]
@@ -418,7 +418,10 @@ class ScoringApp:
         if self.options.defer_accept:
             await self.listen(listener)
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
-        self.report("ready", tensorflowGpus=tensorflow_gpus())
+        gpus = tensorflow_gpus()  # the status file's load updates repeat it: each write replaces the file
+        report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **load),
+                    lambda: None if self.draining else self.metrics.registry.get_sample_value("amlops_scoring_in_flight"),
+                    self.options.max_concurrent)
         log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))
         code = await self.stopped
         self.dispatcher.stop()
