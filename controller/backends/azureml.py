@@ -760,6 +760,3 @@ def _made_by_sdk(path: Path) -> bool:
     return False
 
 
-def open_backend(workspace: WorkspaceManifest, controller_name: str = "amlops", state_dir: Any = None) -> AzureMLBackend:
-    """The factory ``controller.core.connecting`` calls."""
-    return AzureMLBackend(workspace, controller_name)

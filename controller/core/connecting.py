@@ -8,13 +8,10 @@ local-only install never needs it.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from controller.backends.base import Backend
 from controller.structs.errors import PermanentError
@@ -45,30 +42,20 @@ def open_backend(workspace: WorkspaceManifest | None, state_dir: str | Path, con
 
         return LocalBackend(state_dir, controller_name=controller_name)
     if workspace.spec.backend == "azureml":
-        return _open_azureml(workspace, Path(state_dir), controller_name)
+        return _open_azureml(workspace, controller_name)
     raise BackendUnavailable(f"unknown backend {workspace.spec.backend!r}")  # pragma: no cover - schema forbids it
 
 
-def _open_azureml(workspace: WorkspaceManifest, state_dir: Path, controller_name: str) -> Backend:
+def _open_azureml(workspace: WorkspaceManifest, controller_name: str) -> Backend:
     try:
-        module = importlib.import_module("controller.backends.azureml")
+        # Imported only when a workspace asks for it: azureml-core is an optional extra.
+        from controller.backends.azureml import AzureMLBackend
     except ImportError as exc:
         raise BackendUnavailable(
             f"workspace {workspace.metadata.name!r} uses backend 'azureml', which cannot be loaded here ({exc}); "
             "install amlops[azureml] or use backend: local"
         ) from exc
-    factory: Any = getattr(module, "open_backend", None) or getattr(module, "AzureMLBackend", None)
-    if factory is None:
-        raise BackendUnavailable("controller.backends.azureml provides neither open_backend() nor AzureMLBackend")
-    # Pass only the arguments the factory takes: the azureml backend is written by another hand.
-    offered: dict[str, Any] = {"workspace": workspace, "state_dir": state_dir, "controller_name": controller_name}
-    try:
-        accepted: set[str] = set(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
-    kwargs = {k: v for k, v in offered.items() if k in accepted}
-    backend: Backend = factory(**kwargs)
-    return backend
+    return AzureMLBackend(workspace, controller_name)
 
 
 class BackendPool:
