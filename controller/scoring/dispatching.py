@@ -59,11 +59,13 @@ def encode_result(result: Any) -> bytes:
 class Slot:
     """One run() thread; ``current`` is (start time, jobs) while it runs, read by the watchdog."""
 
-    __slots__ = ("current", "thread")
+    __slots__ = ("current", "record_batch", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, record_batch: Callable[[int], None]) -> None:
         self.current: tuple[float, list[Job]] | None = None
         self.thread: threading.Thread | None = None
+        # This slot's own batch-size histogram: one writer, so no lock per run().
+        self.record_batch = record_batch
 
 
 class Dispatcher:
@@ -77,14 +79,13 @@ class Dispatcher:
         max_queue: int,
         loop: asyncio.AbstractEventLoop,
         on_done: Callable[[Job], None],
-        on_batch: Callable[[int], None] = lambda size: None,
+        batch_recorder: Callable[[], Callable[[int], None]] = lambda: lambda size: None,
     ) -> None:
         self._entry = entry
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._loop = loop
         self._on_done = on_done
-        self._on_batch = on_batch
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._pending: deque[Job] = deque()
@@ -92,7 +93,7 @@ class Dispatcher:
         self._idle = 0
         self._drain_scheduled = False
         self._stopping = False
-        self.slots = [Slot() for _ in range(slots)]
+        self.slots = [Slot(batch_recorder()) for _ in range(slots)]
 
     def start(self) -> None:
         """Start the slot threads (daemons: a run() stuck past its timeout must not block exit)."""
@@ -164,7 +165,7 @@ class Dispatcher:
                     fresh.append(job)
             if fresh:
                 slot.current = (started, fresh)
-                self._on_batch(len(fresh))
+                slot.record_batch(len(fresh))
                 self._score(fresh)
                 slot.current = None
             self._finish(jobs)

@@ -6,6 +6,12 @@ run() is slow. A watchdog on the loop answers 504 for a run() past ``--scoring-t
 thread itself cannot be interrupted and keeps its slot until run() returns) and 503 for a request
 that waited longer than ``--max-queue-wait-ms`` for a slot.
 
+The run() thread is the bottleneck at every load level, so the loop's per-request work is kept
+off it: responses are written with ``os.write`` (the GIL is released for the syscall, see
+``Connection.send``), metrics are plain counters owned by the loop (``metrics``), and a request
+without an ``x-request-id`` gets a counter-based id instead of a ``uuid4()``. Timeouts cost no
+timer per request: one sweeper every ``SWEEP_INTERVAL_S`` checks the queue and the running slots.
+
 Only failures and lifecycle changes are logged; a line per successful request would cost more
 than the request at the rates this host serves (the metrics count them instead).
 """
@@ -20,7 +26,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +56,7 @@ SWEEP_INTERVAL_S = 0.05
 DRAIN_LIMIT_S = 10.0
 FRESH_GRACE_S = 1.0
 QUEUE_PER_SLOT = 256
+DIRECT_WRITES = os.name == "posix"  # os.write on a socket fd: POSIX only (see Connection.send)
 
 
 def swagger_document(service_name: str | None, score_paths: list[str], auth: str) -> dict[str, Any]:
@@ -92,6 +98,27 @@ def swagger_document(service_name: str | None, score_paths: list[str], auth: str
     return document
 
 
+class RequestIds:
+    """UUID-shaped request ids for requests that bring none: a random prefix per process, then a counter.
+
+    ``uuid.uuid4()`` costs a ``getrandom`` syscall and a string round trip per request, which the
+    profile showed on the loop thread; ids only need to be unique, not unpredictable. Made in the
+    serving process itself, so pre-forked workers never share a prefix.
+    """
+
+    __slots__ = ("count", "prefix")
+
+    def __init__(self) -> None:
+        random = os.urandom(10).hex()
+        self.prefix = f"{random[:8]}-{random[8:12]}-4{random[12:15]}-{random[15:19]}-".encode()
+        self.count = int.from_bytes(os.urandom(2), "big") << 32
+
+    def next(self) -> bytes:
+        """The next id (``xxxxxxxx-xxxx-4xxx-xxxx-`` then 12 hex digits)."""
+        self.count += 1
+        return b"%s%012x" % (self.prefix, self.count & 0xFFFFFFFFFFFF)
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parses requests with httptools and answers them in order."""
 
@@ -99,6 +126,7 @@ class Connection(asyncio.Protocol):
         self.app = app
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.fd = -1  # the socket's fd for GIL-free writes (see send), -1 where they are off
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
@@ -113,6 +141,8 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket") if DIRECT_WRITES else None
+        self.fd = sock.fileno() if sock is not None else -1
         self.app.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -194,7 +224,7 @@ class Connection(asyncio.Protocol):
                 status, REASONS[status], content_type, len(body), extra,
                 b"" if keep else b"connection: close\r\n",
             )
-            transport.write(head + body)
+            self.send(transport, head + body)
             if not keep:
                 self.closing = True
                 if linger:
@@ -211,6 +241,26 @@ class Connection(asyncio.Protocol):
         if self.waiting and not self.closing:
             self.busy = True
             self.app.handle(self, *self.waiting.popleft())
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write ``data`` with ``os.write`` when nothing is queued, else through the transport.
+
+        uvloop's ``transport.write`` makes its ``write`` syscall while holding the GIL; on
+        loopback that syscall also runs the reader's TCP receive path, and the profile showed
+        it as the largest single GIL hold on the loop thread, stalling the run() thread each
+        time its TensorFlow call returned. ``os.write`` releases the GIL for the syscall. Only
+        an empty transport buffer allows it (the bytes stay in order), the transport is not
+        closing (so the fd is still this connection's), and whatever the socket did not take,
+        or an error, goes to ``transport.write`` (which buffers it or reports the loss).
+        """
+        sent = 0
+        if self.fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self.fd, data)
+            except OSError:  # EAGAIN, EPIPE, ECONNRESET: the transport handles and reports them
+                sent = 0
+        if sent < len(data):
+            transport.write(data[sent:] if sent else data)
 
     def idle(self, fresh_grace: bool) -> bool:
         """No request under way; with ``fresh_grace`` (the drain's first moments) no connection is idle.
@@ -254,6 +304,7 @@ class ScoringApp:
         self.score_paths = {path.encode() for path in paths}
         self.swagger = orjson.dumps(swagger_document(options.service_name, paths, options.auth))
         self.timeout_body = f"Scoring timeout after {options.scoring_timeout_ms} ms".encode()
+        self.request_ids = RequestIds()
 
     # requests
 
@@ -282,7 +333,7 @@ class ScoringApp:
     def score(self, conn: Connection, method: bytes, headers: dict[bytes, bytes], body: bytes,
               keep_alive: bool, started: float) -> None:
         """Authenticate a scoring request and queue it for a slot."""
-        request_id = headers.get(b"x-request-id") or str(uuid.uuid4()).encode()
+        request_id = headers.get(b"x-request-id") or self.request_ids.next()
         extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n" % (request_id, request_id)
         if method != b"POST":
             conn.respond(405, b"Method Not Allowed", TEXT, keep_alive, extra, started=started)
@@ -301,10 +352,10 @@ class ScoringApp:
             return
         job = Job(raw, conn, request_id, "score", keep_alive)
         if not self.dispatcher.submit(job):
-            self.metrics.queue_rejections.labels("full").inc()
+            self.metrics.count_queue_rejection("full")
             conn.respond(503, b"too many queued requests", TEXT, keep_alive, extra + RETRY_AFTER, started=started)
             return
-        self.metrics.in_flight.inc()
+        self.metrics.in_flight += 1
 
     def finish(self, job: Job) -> None:
         """Answer a job the dispatcher is done with (unless the watchdog already did)."""
@@ -315,18 +366,20 @@ class ScoringApp:
     def answer(self, job: Job, status: int, body: bytes) -> None:
         """Write the response of ``job`` once."""
         job.answered = True
-        self.metrics.in_flight.dec()
-        extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n" % (job.request_id, job.request_id)
+        self.metrics.in_flight -= 1
+        request_id = job.request_id
         if status == OK:
-            extra += b"x-ms-run-fn-exec-ms: %.3f\r\n" % job.elapsed_ms
+            extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\nx-ms-run-fn-exec-ms: %.3f\r\n" % (
+                request_id, request_id, job.elapsed_ms)
             content_type = JSON
         elif status == EXPIRED:
-            self.metrics.queue_rejections.labels("wait").inc()
+            self.metrics.count_queue_rejection("wait")
             body, content_type = b"no scoring slot freed up within --max-queue-wait-ms", TEXT
-            extra += RETRY_AFTER
+            extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n%s" % (request_id, request_id, RETRY_AFTER)
         else:
-            self.metrics.run_errors.labels("timeout" if status == 504 else "exception").inc()
-            extra += b"x-ms-run-function-failed: True\r\n"
+            self.metrics.count_run_error("timeout" if status == 504 else "exception")
+            extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\nx-ms-run-function-failed: True\r\n" % (
+                request_id, request_id)
             content_type = TEXT
         job.conn.respond(status, body, content_type, job.keep_alive, extra, started=job.enqueued)
 
@@ -411,7 +464,8 @@ class ScoringApp:
             return 1
         self.dispatcher = Dispatcher(
             entry, self.options.max_concurrent, self.options.max_queue_wait_ms / 1000.0,
-            QUEUE_PER_SLOT * self.options.max_concurrent, loop, self.finish, self.metrics.batch_size.observe,
+            QUEUE_PER_SLOT * self.options.max_concurrent, loop, self.finish,
+            lambda: self.metrics.batch_recorder().observe,
         )
         self.dispatcher.start()
         self.ready = True
