@@ -14,30 +14,31 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 from controller import __version__
-from controller.backends.base import ApplyContext, Backend
+from controller.backends.base import ApplyContext, Backend, ServiceAccess
 from controller.core.connecting import BackendPool
 from controller.core.executing import execute
 from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
-from controller.core.recording import Recorder
+from controller.core.recording import Recorder, ResourceStatus
 from controller.core.rendering import render_json, render_markdown, render_text
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
-from controller.runtime.logs import configure_logging
+from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
-from controller.structs.errors import BackendError, ValidationFailed
+from controller.structs.errors import BackendError, PermanentError, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualState, DesiredState, ResourceId
+from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -102,6 +103,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- shared pieces ------------------------------------------------------------------------------
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+# The redaction filter of this process's log handler: backends' credentials join it when they open.
+_REDACTOR = RedactingFilter()
+
+
+def _pool(settings: Settings) -> BackendPool:
+    return BackendPool(settings.state_dir, settings.controller_name, on_secrets=_REDACTOR.add_secrets)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -246,7 +255,7 @@ def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple
         desired = load_desired_state(root, path, revision=_revision_of(root))
     except ValidationFailed as exc:
         return None, None, _print_validation(exc)
-    pool = BackendPool(settings.state_dir, settings.controller_name)
+    pool = _pool(settings)
     try:
         targets = target_step(desired, pool.backend_for)
         actual = read_step(targets)
@@ -299,7 +308,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return _confirm("Apply these changes?", args.yes)
 
     progress = _LiveProgress(sys.stderr)
-    pool = BackendPool(settings.state_dir, settings.controller_name)
+    pool = _pool(settings)
     try:
         outcome = reconcile(
             root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
@@ -330,37 +339,90 @@ def cmd_apply(args: argparse.Namespace) -> int:
 # --- status / history -----------------------------------------------------------------------------
 
 
-def _local_backend(settings: Settings) -> Backend:
-    return BackendPool(settings.state_dir, settings.controller_name).backend_for(None)
+@dataclass(frozen=True)
+class _BackendsInUse:
+    """The backends a manifests folder's workspaces name (each once), and which one holds each declared resource."""
+
+    backends: tuple[Backend, ...]
+    owner: Mapping[ResourceId, Backend]
 
 
-def _status_rows(settings: Settings) -> list[dict[str, Any]]:
-    backend = _local_backend(settings)
-    try:
-        actual = backend.read()
-    finally:
-        backend.close()
+@runtime_checkable
+class _LogFiles(Protocol):
+    """A backend whose replica logs are files on this machine (the local one): what ``logs --follow`` tails."""
+
+    def log_path(self, service: str, replica: int = 0) -> Path: ...
+
+
+def _manifests_path(args: argparse.Namespace) -> str | None:
+    """``--path``; else ``manifests`` when that folder is in the cwd; else None (the local backend alone)."""
+    if args.path is not None:
+        return str(args.path)
+    return "manifests" if Path("manifests").is_dir() else None
+
+
+def _backends_in_use(args: argparse.Namespace, pool: BackendPool, command: str) -> _BackendsInUse:
+    """Open the backends the manifests' workspaces name, as apply would; the local backend alone without manifests.
+
+    Invalid manifests say so and fall back to the local backend: status, keys and logs are what
+    one reaches for while a commit is broken. Raises ``BackendError`` when a backend cannot be opened.
+    """
+    target = _manifests_path(args)
+    if target is not None:
+        root, path = _root_and_path(target)
+        try:
+            desired = load_desired_state(root, path)
+        except ValidationFailed as exc:
+            first = f"; first: {exc.errors[0]}" if exc.errors else ""
+            print(f"amlops {command}: the manifests in {target} are invalid ({len(exc.errors)} error(s){first}); "
+                  "using the local backend only", file=sys.stderr)
+        else:
+            targets = target_step(desired, pool.backend_for)
+            return _BackendsInUse(tuple(targets.backends), dict(targets.owner))
+    return _BackendsInUse((pool.backend_for(None),), {})
+
+
+def _status_row(resource: ActualResource, backend: Backend, controller_name: str,
+                record: ResourceStatus | None) -> dict[str, Any]:
+    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in resource.conditions]
+    row: dict[str, Any] = {
+        "kind": resource.id.kind.value,
+        "name": resource.id.name,
+        "backend": backend.name,
+        "managed": resource.owned_by(controller_name),
+        "conditions": conditions,
+        "recordedConditions": record.to_json()["conditions"] if record else [],
+        "lastAppliedRevision": record.last_applied_revision if record else resource.tags.get("amlops.dev/revision"),
+        "lastAttemptedRevision": record.last_attempted_revision if record else None,
+    }
+    if resource.id.kind is Kind.WEBSERVICE:
+        # The local backend counts replicas; Azure ML (SDK v1) reports a state and the desired count only.
+        replicas = resource.details.get("replicas") or {}
+        row["scoringUri"] = resource.details.get("scoringUri")
+        row["replicas"] = {"ready": replicas.get("ready"), "desired": replicas.get("desired", resource.spec.get("replicas"))}
+        row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
+        if "state" in resource.details:
+            row["state"] = resource.details["state"]
+    return row
+
+
+def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows from every backend in use (a resource two backends report shows once, from the first), and read errors."""
     recorded = Recorder(settings.state_dir).resource_status()
     rows: list[dict[str, Any]] = []
-    for resource in actual:
-        record = recorded.get(resource.id)
-        conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in resource.conditions]
-        row: dict[str, Any] = {
-            "kind": resource.id.kind.value,
-            "name": resource.id.name,
-            "managed": resource.owned_by(settings.controller_name),
-            "conditions": conditions,
-            "recordedConditions": record.to_json()["conditions"] if record else [],
-            "lastAppliedRevision": record.last_applied_revision if record else resource.tags.get("amlops.dev/revision"),
-            "lastAttemptedRevision": record.last_attempted_revision if record else None,
-        }
-        if resource.id.kind is Kind.WEBSERVICE:
-            replicas = resource.details.get("replicas") or {}
-            row["scoringUri"] = resource.details.get("scoringUri")
-            row["replicas"] = {"ready": replicas.get("ready"), "desired": replicas.get("desired")}
-            row["modelVersions"] = resource.details.get("modelVersions", [])
-        rows.append(row)
-    return rows
+    errors: list[str] = []
+    seen: set[ResourceId] = set()
+    for backend in in_use.backends:
+        try:
+            actual = backend.read()
+        except BackendError as exc:
+            errors.append(f"reading the {backend.name} backend failed: {exc}")
+            continue
+        for resource in actual:
+            if resource.id not in seen:
+                seen.add(resource.id)
+                rows.append(_status_row(resource, backend, settings.controller_name, recorded.get(resource.id)))
+    return rows, errors
 
 
 def _state_word(row: dict[str, Any]) -> str:
@@ -374,20 +436,33 @@ def _state_word(row: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Every resource with its state and conditions; services with URI, replicas and model versions."""
+    """Every resource with its state and conditions; services with URI, replicas and model versions.
+
+    Reads every backend the manifests' workspaces name (``--path``); exit 1 if one could not be read.
+    """
     settings = _settings(args)
-    rows = _status_rows(settings)
+    pool = _pool(settings)
+    try:
+        rows, errors = _status_rows(settings, _backends_in_use(args, pool, "status"))
+    except BackendError as exc:
+        print(f"amlops status: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
+    for error in errors:
+        print(f"amlops status: {error}", file=sys.stderr)
+    code = EXIT_ERROR if errors else EXIT_OK
     source = Recorder(settings.state_dir).source_status()
     if args.output == "json":
         payload = {"lastAppliedRevision": source.last_applied_revision, "lastAttemptedRevision": source.last_attempted_revision,
                    "lastStatus": source.last_status, "resources": rows}
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
-        return EXIT_OK
+        return code
     print(f"last applied revision: {source.last_applied_revision or '-'}   last attempted: "
           f"{source.last_attempted_revision or '-'} ({source.last_status or 'never reconciled'})")
     if not rows:
         print("no resources")
-        return EXIT_OK
+        return code
     for row in rows:
         line = f"{row['kind'] + '/' + row['name']:<40} {_state_word(row):<28} rev {row['lastAppliedRevision'] or '-'}"
         if not row["managed"]:
@@ -395,12 +470,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
         if row["kind"] == Kind.WEBSERVICE.value:
             replicas = row["replicas"]
-            print(f"    uri: {row['scoringUri']}  replicas: {replicas['ready']}/{replicas['desired']} ready  "
+            ready = "-" if replicas["ready"] is None else replicas["ready"]
+            desired = "-" if replicas["desired"] is None else replicas["desired"]
+            print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
         for condition in row["conditions"]:
             if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
-    return EXIT_OK
+    return code
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -424,19 +501,43 @@ def cmd_history(args: argparse.Namespace) -> int:
 # --- keys / logs ------------------------------------------------------------------------------------
 
 
+def _service_backend(in_use: _BackendsInUse, service: str) -> Backend:
+    """The backend holding ``service``: the one its manifest's workspace names, else the one that reports it."""
+    rid = ResourceId(Kind.WEBSERVICE, service)
+    declared = in_use.owner.get(rid)
+    if declared is not None:
+        return declared
+    if len(in_use.backends) == 1:
+        return in_use.backends[0]  # its own error says best whether the service is there
+    for backend in in_use.backends:
+        if rid in backend.read().resources:
+            return backend
+    raise PermanentError(f"service {service!r} is not declared in the manifests, and no backend they name has it",
+                         reason="NotFound")
+
+
+def _service_access(args: argparse.Namespace, pool: BackendPool, command: str) -> ServiceAccess:
+    backend = _service_backend(_backends_in_use(args, pool, command), args.service)
+    if not isinstance(backend, ServiceAccess):
+        raise PermanentError(f"the {backend.name} backend cannot give out keys or logs", reason="Unsupported")
+    return backend
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
-    """Print a service's keys to stdout (on request only; they never go to a log)."""
-    backend: Any = _local_backend(_settings(args))
+    """Print a service's keys to stdout (on request only; they never go to a log), from the backend that holds it."""
+    settings = _settings(args)
+    pool = _pool(settings)
     try:
+        access = _service_access(args, pool, "keys")
         if args.regenerate:
-            backend.regenerate_key(args.service, args.regenerate)
+            access.regenerate_key(args.service, args.regenerate)
             print(f"regenerated the {args.regenerate} key of {args.service}", file=sys.stderr)
-        primary, secondary = backend.get_keys(args.service)
+        primary, secondary = access.get_keys(args.service)
     except BackendError as exc:
         print(f"amlops keys: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        backend.close()
+        pool.close()
     if args.primary:
         print(primary)
     elif args.output == "json":
@@ -447,31 +548,45 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print (and with --follow, keep printing) one replica's log."""
-    backend: Any = _local_backend(_settings(args))
+    """Print (and with --follow, on the local backend, keep printing) one replica's log."""
+    settings = _settings(args)
+    pool = _pool(settings)
     try:
-        print(backend.tail_log(args.service, args.replica, args.tail))
-        if not args.follow:
-            return EXIT_OK
-        path = Path(backend.log_path(args.service, args.replica))
-        position = path.stat().st_size if path.exists() else 0
         try:
-            while True:
-                if path.exists():
-                    size = path.stat().st_size
-                    if size < position:  # the log was rotated or truncated
-                        position = 0
-                    if size > position:
-                        with path.open("rb") as handle:
-                            handle.seek(position)
-                            sys.stdout.write(handle.read().decode(errors="replace"))
-                            sys.stdout.flush()
-                            position = handle.tell()
-                time.sleep(0.5)
-        except KeyboardInterrupt:
+            access = _service_access(args, pool, "logs")
+            if args.follow and not isinstance(access, _LogFiles):
+                print(f"amlops logs: --follow works on the local backend only; {args.service} is on another one "
+                      "(run again without --follow to see its latest lines)", file=sys.stderr)
+                return EXIT_ERROR
+            print(access.tail_log(args.service, args.replica, args.tail))
+        except BackendError as exc:
+            print(f"amlops logs: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        if not args.follow or not isinstance(access, _LogFiles):
             return EXIT_OK
+        return _follow(access.log_path(args.service, args.replica))
     finally:
-        backend.close()
+        pool.close()
+
+
+def _follow(path: Path) -> int:
+    """Print what is appended to ``path`` until interrupted (a rotated or truncated log is read from its start)."""
+    position = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            if path.exists():
+                size = path.stat().st_size
+                if size < position:  # the log was rotated or truncated
+                    position = 0
+                if size > position:
+                    with path.open("rb") as handle:
+                        handle.seek(position)
+                        sys.stdout.write(handle.read().decode(errors="replace"))
+                        sys.stdout.flush()
+                        position = handle.tell()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 # --- delete -------------------------------------------------------------------------------------
@@ -496,7 +611,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         print(f"amlops delete: a controller (pid {lock.holder() or '?'}) is reconciling {settings.state_dir}; "
               "remove the manifests from the repository it follows instead", file=sys.stderr)
         return EXIT_ERROR
-    pool = BackendPool(settings.state_dir, settings.controller_name)
+    pool = _pool(settings)
     try:
         if target is not None:
             desired = DesiredState("delete", str(Path.cwd()), {})
@@ -576,6 +691,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller-name", default=None, help="owner name in the tags (default $AMLOPS_CONTROLLER_NAME or amlops)")
 
 
+def _manifests_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--path", default=None, metavar="PATH",
+                        help="manifests folder whose Workspace manifests pick the backends to ask "
+                             "(default: manifests, if that folder is here; else the local backend only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="amlops", description="GitOps for Azure ML GPU inference")
@@ -620,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="every resource with its state and conditions")
     status.add_argument("--output", choices=("text", "json"), default="text")
+    _manifests_arg(status)
     _common(status)
     status.set_defaults(handler=cmd_status)
 
@@ -634,14 +756,18 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--regenerate", choices=("primary", "secondary"), default=None)
     keys.add_argument("--output", choices=("text", "json"), default="text")
     keys.add_argument("--primary", action="store_true", help="print only the primary key (for $(...) in scripts)")
+    _manifests_arg(keys)
     _common(keys)
     keys.set_defaults(handler=cmd_keys)
 
     logs = sub.add_parser("logs", help="a service replica's log")
     logs.add_argument("service")
-    logs.add_argument("--replica", type=int, default=0, help="replica number, 0-based")
+    logs.add_argument("--replica", type=int, default=0,
+                      help="replica number, 0-based (local backend; Azure ML returns the log of a replica it picks)")
     logs.add_argument("--tail", type=int, default=100, help="lines to print first")
-    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines (local backend only; on azureml, run again to see new lines)")
+    _manifests_arg(logs)
     _common(logs)
     logs.set_defaults(handler=cmd_logs)
 
@@ -675,6 +801,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "run":  # run configures its own logging from --log-format / --log-level
-        configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
+        global _REDACTOR
+        _REDACTOR = configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
     handler: Handler = args.handler
     return handler(args)

@@ -219,3 +219,58 @@ def test_apply_and_delete_refuse_while_a_controller_holds_the_state_dir(
     finally:
         running.release()
     assert main(["apply", "manifests", "--state-dir", str(state), "--yes"]) == 2
+
+
+def test_status_keys_and_logs_with_invalid_manifests_say_so_and_fall_back_to_the_local_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.standard(services=())
+    repo.remove("manifests/environment.yaml")  # the current interpreter: no venv build offline
+    state = str(tmp_path / "state")
+    monkeypatch.chdir(repo.root)
+    assert main(["apply", "manifests", "--state-dir", state, "--yes"]) == 2
+    capsys.readouterr()
+    path = repo.root / "manifests/model.yaml"
+    path.write_text(path.read_text().replace("path: linear", "path: nowhere"))
+
+    assert main(["status", "--state-dir", state, "--output", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "amlops status: the manifests in manifests are invalid (1 error(s); first: manifests/model.yaml:6" in captured.err
+    assert "using the local backend only" in captured.err
+    assert {"aks-cpu", "linear"} <= {r["name"] for r in json.loads(captured.out)["resources"]}
+    assert all(r["backend"] == "local" for r in json.loads(captured.out)["resources"])
+
+    assert main(["keys", "svc-none", "--state-dir", state]) == 1
+    err = capsys.readouterr().err
+    assert "the manifests in manifests are invalid" in err and "service 'svc-none' has no keys" in err
+
+
+def test_status_path_reads_the_manifests_named_and_without_any_shows_the_local_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.standard(services=())
+    repo.remove("manifests/environment.yaml")
+    state = str(tmp_path / "state")
+    monkeypatch.chdir(repo.root)
+    assert main(["apply", "manifests", "--state-dir", state, "--yes"]) == 2
+    capsys.readouterr()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no manifests/ here: the local backend alone, as before --path existed
+    assert main(["status", "--state-dir", state, "--output", "json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "aks-cpu" in {r["name"] for r in json.loads(captured.out)["resources"]}
+
+    assert main(["status", "--path", str(repo.root / "manifests"), "--state-dir", state]) == 0
+    out = capsys.readouterr().out
+    assert "AksCluster/aks-cpu" in out and "Ready" in out
+
+
+def test_logs_follow_is_documented_as_local_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["logs", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "local backend only" in help_text and "--path PATH" in help_text

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from controller.backends.base import ApplyContext
+from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import (
     BASE_IMAGE_ALIASES,
@@ -418,6 +419,47 @@ class AzureMLBackend:
     def close(self) -> None:
         """Forget the SDK workspace (its sessions are closed by the SDK at exit)."""
         self._ws = None
+
+    # -- keys and logs (ServiceAccess) -----------------------------------------------------------
+
+    def _webservice(self, service: str) -> Any:
+        from azureml.core.webservice import Webservice
+        from azureml.exceptions import WebserviceException
+
+        ws = self.ws
+        try:
+            return self._call(f"get service {service}", lambda: Webservice(ws, service))
+        except PermanentError as exc:
+            if isinstance(exc.__cause__, WebserviceException) and "not found" in str(exc).lower():
+                raise PermanentError(f"service {service!r} not found in workspace {self.manifest.metadata.name!r}",
+                                     reason="NotFound") from exc
+            raise
+
+    def get_keys(self, service: str) -> tuple[str, str]:
+        """``(primary, secondary)`` keys of a service with ``auth: key`` (``Webservice.get_keys()``)."""
+        svc = self._webservice(service)
+        primary, secondary = self._call(f"get keys of service {service}", svc.get_keys)
+        return str(primary), str(secondary)
+
+    def regenerate_key(self, service: str, which: KeyName) -> None:
+        """Replace one key (``Webservice.regen_key``); waits for Azure's operation (a few seconds)."""
+        svc = self._webservice(service)
+        with _quiet():
+            self._call(f"regenerate the {which} key of service {service}", lambda: svc.regen_key(which.capitalize()))
+        log.info("service_key_regenerated service=%s key=%s", service, which)
+
+    def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
+        """The last ``lines`` lines of the service's container log (``Webservice.get_logs``).
+
+        SDK v1 cannot name a replica: Azure answers with the log of the replica it picks, so only
+        ``replica=0`` (whichever one that is) is accepted.
+        """
+        if replica != 0:
+            raise PermanentError(f"the azureml backend cannot choose a replica (asked for {replica}): "
+                                 "Azure ML returns one replica's log; leave out --replica", reason="InvalidArgument")
+        svc = self._webservice(service)
+        content = self._call(f"get logs of service {service}", lambda: svc.get_logs(num_lines=lines))
+        return str(content or "")
 
     # -- clusters ----------------------------------------------------------------------------
 

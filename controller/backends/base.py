@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from controller.backends.keys import KeyName
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
 from controller.structs.states import ActualResource, ActualState, DesiredResource, DesiredState, ResourceId
@@ -71,6 +72,27 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release connections and handles. Never stops the services it manages."""
+        ...
+
+
+@runtime_checkable
+class ServiceAccess(Protocol):
+    """Optional, beside ``Backend``: a service's keys and logs, for ``amlops keys`` and ``amlops logs``.
+
+    Not part of reconciling (the loop never needs a key), so a backend may leave it out; callers
+    check ``isinstance(backend, ServiceAccess)``. Keys are returned, never logged.
+    """
+
+    def get_keys(self, service: str) -> tuple[str, str]:
+        """``(primary, secondary)`` keys of a service with ``auth: key``."""
+        ...
+
+    def regenerate_key(self, service: str, which: KeyName) -> None:
+        """Replace the primary or secondary key of a service; the other keeps working."""
+        ...
+
+    def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
+        """The last ``lines`` lines of a service's log (of replica ``replica`` where the backend can pick one)."""
         ...
 
 
