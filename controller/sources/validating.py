@@ -86,6 +86,30 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+# pydantic error types, in words a manifest author reads; {got} is the offending value.
+_TEMPLATES: dict[str, str] = {
+    "greater_than_equal": "must be ≥ {ge} (got {got})",
+    "greater_than": "must be > {gt} (got {got})",
+    "less_than_equal": "must be ≤ {le} (got {got})",
+    "less_than": "must be < {lt} (got {got})",
+    "literal_error": "must be one of {expected} (got {got})",
+    "int_type": "must be a whole number (got {got})",
+    "int_parsing": "must be a whole number (got {got})",
+    "int_from_float": "must be a whole number (got {got})",
+    "float_type": "must be a number (got {got})",
+    "float_parsing": "must be a number (got {got})",
+    "bool_type": "must be true or false (got {got})",
+    "bool_parsing": "must be true or false (got {got})",
+    "string_type": "must be a string (got {got})",
+    "dict_type": "must be a mapping (got {got})",
+    "model_type": "must be a mapping (got {got})",
+    "model_attributes_type": "must be a mapping (got {got})",
+    "list_type": "must be a list (got {got})",
+    "string_pattern_mismatch": "must match {pattern} (got {got})",
+    "string_too_short": "must not be empty (got {got})",
+}
+
+
 def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
@@ -99,32 +123,10 @@ def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         close = difflib.get_close_matches(unknown, allowed, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else (f"; expected one of {', '.join(sorted(allowed))}" if allowed else "")
         return f"unknown field{hint}"
-    if kind == "greater_than_equal":
-        return f"must be ≥ {_number(ctx['ge'])} (got {_short(got)})"
-    if kind == "greater_than":
-        return f"must be > {_number(ctx['gt'])} (got {_short(got)})"
-    if kind == "less_than_equal":
-        return f"must be ≤ {_number(ctx['le'])} (got {_short(got)})"
-    if kind == "less_than":
-        return f"must be < {_number(ctx['lt'])} (got {_short(got)})"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')} (got {_short(got)})"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be a whole number (got {_short(got)})"
-    if kind in ("float_type", "float_parsing"):
-        return f"must be a number (got {_short(got)})"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false (got {_short(got)})"
-    if kind == "string_type":
-        return f"must be a string (got {_short(got)})"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"must be a mapping (got {_short(got)})"
-    if kind == "list_type":
-        return f"must be a list (got {_short(got)})"
-    if kind == "string_pattern_mismatch":
-        return f"must match {ctx.get('pattern')} (got {_short(got)})"
-    if kind == "string_too_short":
-        return f"must not be empty (got {_short(got)})"
+    template = _TEMPLATES.get(kind)
+    if template is not None:
+        bounds = {k: _number(v) for k, v in ctx.items() if k in ("ge", "gt", "le", "lt")}
+        return template.format(got=_short(got), expected=ctx.get("expected", ""), pattern=ctx.get("pattern"), **bounds)
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return str(error["msg"])
