@@ -242,10 +242,12 @@ def reconcile(
     started = _now()
     durations: dict[str, float] = {}
     digests: dict[ResourceId, str] = {}
+    observed: list[ActualState] = []
 
     def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
                errors: tuple[str, ...] = ()) -> ReconcileOutcome:
-        outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests)
+        outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests,
+                                   observed[0] if observed else None)
         return record_step(recorder, outcome)
 
     mark = time.monotonic()
@@ -261,6 +263,7 @@ def reconcile(
     try:
         targets = target_step(desired, backend_for)
         actual = read_step(targets, options.retry)
+        observed.append(actual)
     except BackendError as exc:
         durations["read"] = time.monotonic() - mark
         return finish(ReconcileStatus.FAILED, errors=(f"reading actual state: {exc}",))

@@ -493,7 +493,9 @@ class Controller:
             fields["errors"] = len(outcome.errors)
         level = logging.INFO if outcome.ok else logging.WARNING
         log.log(level, "sync.finished", extra={"fields": fields})
-        observed = self._observe()
+        # A pass that changed nothing already read the live state; after changes, read it again.
+        unchanged = outcome.actual is not None and not outcome.changes
+        observed = dict(outcome.actual.resources) if unchanged and outcome.actual is not None else self._observe()
         self._publish_resources(observed)
         self._announce_services(outcome, observed)
 

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from controller.structs.plans import Action, Plan
-from controller.structs.states import ResourceId
+from controller.structs.states import ActualState, ResourceId
 
 
 class ChangeStatus(StrEnum):
@@ -104,6 +104,8 @@ class ReconcileOutcome:
     errors: tuple[str, ...] = ()
     durations: dict[str, float] = field(default_factory=dict)
     digests: dict[ResourceId, str] = field(default_factory=dict)
+    # Actual state as this pass read it (before applying), for status pages that need no second read.
+    actual: ActualState | None = None
 
     @property
     def ok(self) -> bool:
