@@ -577,14 +577,20 @@ class Emulator:
         return Response(201, b"", {**self._blob_headers(data), "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
                                    "x-ms-request-server-encrypted": "true"})
 
-    def head_blob(self, req: Request) -> Response:
+    def _stored_blob(self, req: Request) -> bytes | Response:
+        """A blob's bytes, or the error response Azure Storage gives (bad SAS, missing blob)."""
         blob_path = f"{req.params['container']}/{req.params['blob']}"
         if not self._sas_ok(blob_path, req.query):
             return self._blob_denied()
         target = self._blob_file(blob_path)
         if not target.is_file():
             return Response(404, b"", {"x-ms-error-code": "BlobNotFound"})
-        data = target.read_bytes()
+        return target.read_bytes()
+
+    def head_blob(self, req: Request) -> Response:
+        data = self._stored_blob(req)
+        if isinstance(data, Response):
+            return data
         return Response(200, b"", {**self._blob_headers(data), "Content-Length": str(len(data)),
                                    "x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream",
                                    "x-ms-creation-time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()),
@@ -592,13 +598,9 @@ class Emulator:
                                    "x-ms-server-encrypted": "true", "Accept-Ranges": "bytes"})
 
     def get_blob(self, req: Request) -> Response:
-        blob_path = f"{req.params['container']}/{req.params['blob']}"
-        if not self._sas_ok(blob_path, req.query):
-            return self._blob_denied()
-        target = self._blob_file(blob_path)
-        if not target.is_file():
-            return Response(404, b"", {"x-ms-error-code": "BlobNotFound"})
-        data = target.read_bytes()
+        data = self._stored_blob(req)
+        if isinstance(data, Response):
+            return data
         return Response(200, data, {**self._blob_headers(data), "x-ms-blob-type": "BlockBlob",
                                     "Content-Type": "application/octet-stream"})
 

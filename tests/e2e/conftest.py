@@ -10,41 +10,21 @@ command line still names the state dir, by pid.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
-from runtime.conftest import Controller, GitRepo, eventually, http, stop_local_services
+from runtime.conftest import SCORE_PY, Controller, GitRepo, eventually, http, npy, stop_local_services
 
 SERVICE = "numpy-svc"
 
-SCORE_PY = textwrap.dedent(
-    """
-    import json
-    import os
-
-    import numpy as np
-
-
-    def init():
-        global scale
-        scale = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "scale.npy"))
-
-
-    def run(raw_data):
-        return (np.array(json.loads(raw_data)["data"], dtype=float) * scale).tolist()
-    """
-)
 
 
 def manifest(kind: str, name: str, spec: dict[str, object], annotations: dict[str, str] | None = None) -> str:
@@ -69,11 +49,6 @@ def service_spec(replicas: int, model: str = "scaler", cluster: str = "cpu") -> 
     }
 
 
-def npy(value: float) -> bytes:
-    """A ``.npy`` file holding one scalar (the model's scale)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(value))
-    return buffer.getvalue()
 
 
 def amlops_argv() -> list[str]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import psutil
 import pytest
 
@@ -220,3 +223,29 @@ def stop_local_services(state_dir: Path) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     psutil.wait_procs(leftovers, timeout=5)
+
+
+# A numpy entry script and its model file: services that start fast (no TensorFlow) for loop tests.
+SCORE_PY = textwrap.dedent(
+    """
+    import json
+    import os
+
+    import numpy as np
+
+
+    def init():
+        global scale
+        scale = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "scale.npy"))
+
+
+    def run(raw_data):
+        return (np.array(json.loads(raw_data)["data"], dtype=float) * scale).tolist()
+    """
+)
+
+
+def npy(value: float) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(value))
+    return buffer.getvalue()

@@ -6,37 +6,17 @@ process is stopped in the finalizer, whatever the test's outcome.
 
 from __future__ import annotations
 
-import io
 import json
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from controller.structs.manifests import Kind
 
-from .conftest import Controller, GitRepo, doc, eventually, http, stop_local_services
+from .conftest import SCORE_PY, Controller, GitRepo, doc, eventually, http, npy, stop_local_services
 
 SERVICE = "numpy-svc"
-SCORE_PY = textwrap.dedent(
-    """
-    import json
-    import os
-
-    import numpy as np
-
-
-    def init():
-        global scale
-        scale = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "scale.npy"))
-
-
-    def run(raw_data):
-        return (np.array(json.loads(raw_data)["data"], dtype=float) * scale).tolist()
-    """
-)
 
 
 def service_spec(replicas: int) -> dict[str, object]:
@@ -52,10 +32,6 @@ def service_spec(replicas: int) -> dict[str, object]:
     }
 
 
-def npy(value: float) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(value))
-    return buffer.getvalue()
 
 
 @pytest.fixture
