@@ -233,3 +233,31 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert before == after == {"computes": ["aks-keep"], "models": ["keep:1"]}
+
+
+def test_an_operation_that_stays_pending_is_polled_until_it_succeeds(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path / "state", "--no-data-plane")
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "config.json").write_text((emulator.state_dir / "config.json").read_text())
+    script = '''
+        import os, json
+        from azureml.core import Workspace
+        from azureml.core.authentication import ServicePrincipalAuthentication
+        from azureml.core.compute import ComputeTarget, AksCompute
+        auth = ServicePrincipalAuthentication(os.environ["AZURE_TENANT_ID"], os.environ["AZURE_CLIENT_ID"], os.environ["AZURE_CLIENT_SECRET"])
+        ws = Workspace.from_config(auth=auth)
+        c = ComputeTarget.create(ws, "aks-slow", AksCompute.provisioning_configuration(vm_size="Standard_NC6"))
+        c.wait_for_completion()
+        print("RESULT " + json.dumps({"state": c.provisioning_state}))
+    '''
+    try:
+        # The compute's creation answers "InProgress" on its first poll (the SDK waits 5 s and asks again).
+        emulator.set_faults([{"route": "PUT arm *computes*", "pendingPolls": 1}])
+        emulator.reset_counts()
+        out = _result(emulator.sdk(script, work))
+        polls = {route: n for route, n in emulator.counts().items() if route.startswith("GET") and "operation" in route.lower()}
+    finally:
+        emulator.stop()
+    assert out == {"state": "Succeeded"}
+    assert list(polls.values()) == [2], polls
