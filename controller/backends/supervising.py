@@ -152,7 +152,11 @@ def desired_replicas(current: int, used: float, target_percent: int, low: int, h
 
 
 def receive_listener(path: str, timeout_s: float = 5.0) -> int:
-    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS)."""
+    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS).
+
+    The scoring host has the same few lines (``controller.scoring.sockets``): the controller side
+    may not import the scoring package (import-linter forbids it), so the client end lives here too.
+    """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout_s)
         client.connect(path)

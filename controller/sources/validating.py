@@ -179,7 +179,6 @@ class _Builder:
         self.root = root
         self.errors: list[ManifestError] = []
         self.resources: dict[ResourceId, tuple[AnyManifest, Origin, dict[str, str]]] = {}
-        self._by_kind: dict[Kind, tuple[list[str], frozenset[str]]] | None = None
         self._locations: dict[str, tuple[bool, bool]] = {}
 
     def error(self, origin: Origin, manifest: AnyManifest, field: FieldPath, message: str) -> None:
@@ -257,18 +256,11 @@ class _Builder:
                 self._check_service(manifest, origin)
 
     def _names(self, kind: Kind) -> list[str]:
-        # Indexed once per kind: a repo of thousands of services checks each reference in O(1).
-        if self._by_kind is None:
-            by_kind: dict[Kind, list[str]] = {k: [] for k in Kind}
-            for rid in self.resources:
-                by_kind[rid.kind].append(rid.name)
-            self._by_kind = {k: (names, frozenset(names)) for k, names in by_kind.items()}
-        return self._by_kind[kind][0]
+        return [rid.name for rid in self.resources if rid.kind is kind]
 
     def _declared(self, kind: Kind, name: str) -> bool:
-        self._names(kind)
-        assert self._by_kind is not None
-        return name in self._by_kind[kind][1]
+        # A keyed lookup: a repo of thousands of services checks each reference in O(1).
+        return ResourceId(kind, name) in self.resources
 
     def _missing(self, kind: str, wanted: str, known: list[str]) -> str:
         close = difflib.get_close_matches(wanted, known, n=1, cutoff=0.6)
