@@ -47,6 +47,12 @@ TF_IMPORT = "import tensorflow as tf"
 COMPAT_IMPORT = "import tensorflow.compat.v1 as tf; tf.disable_v2_behavior()"
 PARTS = ("bound", "w1", "w2", "batch", "workers", "nocode")
 ROW_COUNTS = (1, 32)
+# How TensorFlow 1 sessions run their ops: in the calling thread (the amlops scoring host's default,
+# controller.scoring.importing.TENSORFLOW_DEFAULTS) or on TensorFlow's inter-op pool (TensorFlow's
+# own default, what azmlinfsrv and KServe get unless told otherwise). Every server is measured with
+# both, so the servers can be compared with the TensorFlow setting held equal.
+INLINE, POOL = "TF inline", "TF pool"
+TF_SETTINGS = {INLINE: {"TF_NUM_INTEROP_THREADS": "-1"}, POOL: {"TF_NUM_INTEROP_THREADS": "0"}}
 CONCURRENCIES = (1, 8, 64)
 
 BATCH_FUNCTION = '''
@@ -167,6 +173,7 @@ class Server:
     url: str
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
+    tf: str = INLINE
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
 
@@ -304,7 +311,8 @@ def build_savedmodel(files: Files) -> None:
 # ---------------------------------------------------------------- servers
 
 
-def amlops_server(label: str, script: Path | None, model_dir: Path, workers: int = 1, compat: str = "none") -> Server:
+def amlops_server(label: str, script: Path | None, model_dir: Path, workers: int = 1, compat: str = "none",
+                  tf: str = INLINE) -> Server:
     port = free_port()
     argv = [project_python(), "-m", "controller.scoring", "--model-dir", str(model_dir), "--port", str(port),
             "--workers", str(workers), "--auth", "none"]
@@ -312,22 +320,23 @@ def amlops_server(label: str, script: Path | None, model_dir: Path, workers: int
         argv += ["--entry-script", script.name, "--source-dir", str(script.parent)]
     if compat != "none":
         argv += ["--tensorflow-compat", compat]
-    return Server(label, argv, f"http://127.0.0.1:{port}/score", REPO)
+    return Server(label, argv, f"http://127.0.0.1:{port}/score", REPO, env=dict(TF_SETTINGS[tf]), tf=tf)
 
 
-def azmlinfsrv_server(venv: Path, files: Files, script: Path) -> Server:
+def azmlinfsrv_server(venv: Path, files: Files, script: Path, tf: str = POOL) -> Server:
     port, health = free_port(), free_port()
     argv = [str(venv / "bin" / "azmlinfsrv"), "--entry_script", str(script), "--model_dir", str(MODEL_DIR),
             "--port", str(port), "--health_port", str(health)]
-    return Server("azmlinfsrv", argv, f"http://127.0.0.1:{port}/score", script.parent,
-                  env={"PYTHONPATH": str(files.standin)})
+    return Server(f"azmlinfsrv, {tf}", argv, f"http://127.0.0.1:{port}/score", script.parent,
+                  env={"PYTHONPATH": str(files.standin), **TF_SETTINGS[tf]}, tf=tf)
 
 
-def kserve_server(venv: Path, files: Files, script: Path) -> Server:
+def kserve_server(venv: Path, files: Files, script: Path, tf: str = POOL) -> Server:
     port, grpc = free_port(), free_port()
     argv = [str(venv / "bin" / "python"), str(files.kserve_server), str(script), str(port), str(grpc), "1"]
-    return Server("KServe", argv, f"http://127.0.0.1:{port}/v1/models/mnist:predict", script.parent,
-                  env={"PYTHONPATH": str(files.standin), "AZUREML_MODEL_DIR": str(MODEL_DIR)})
+    return Server(f"KServe, {tf}", argv, f"http://127.0.0.1:{port}/v1/models/mnist:predict", script.parent,
+                  env={"PYTHONPATH": str(files.standin), "AZUREML_MODEL_DIR": str(MODEL_DIR), **TF_SETTINGS[tf]},
+                  tf=tf)
 
 
 def start_all(servers: Sequence[Server], body: bytes, logs: Path) -> dict[str, bytes]:
@@ -384,21 +393,23 @@ def measure(servers: Sequence[Server], files: Files, rows_list: Sequence[int], c
     return cells
 
 
-def measure_bound(files: Files, seconds: float) -> dict[tuple[str, int], float]:
-    """Per-call cost (µs, median of 20-call samples) of one in-process run(), for each script and row count."""
-    costs: dict[tuple[str, int], float] = {}
-    for name, script, compat in (("w1", files.compat, "none"), ("w2", files.tf1, "v1")):
+def measure_bound(files: Files, seconds: float) -> dict[tuple[str, int, str], float]:
+    """Per-call cost (µs, median of 20-call samples) of one in-process run(), per script, row count and TF setting."""
+    costs: dict[tuple[str, int, str], float] = {}
+    for name, script, compat, setting in (("w1", files.compat, "none", INLINE), ("w1", files.compat, "none", POOL),
+                                          ("w2", files.tf1, "v1", INLINE)):
         out = subprocess.run(
             [project_python(), "-c", BOUND_PROBE, str(script), compat, str(seconds),
              *(str(files.bodies[r]) for r in ROW_COUNTS)],
             capture_output=True, text=True, cwd=REPO,
-            env={**os.environ, "AZUREML_MODEL_DIR": str(MODEL_DIR), "TF_CPP_MIN_LOG_LEVEL": "2"},
+            env={**os.environ, "AZUREML_MODEL_DIR": str(MODEL_DIR), "TF_CPP_MIN_LOG_LEVEL": "2",
+                 **TF_SETTINGS[setting]},
         )
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BOUND ")), None)
         if line is None:
             raise RuntimeError(f"in-process probe failed: {out.stderr[-2000:]}")
         for rows in ROW_COUNTS:
-            costs[(name, rows)] = json.loads(line[6:])[str(files.bodies[rows])]["median_us"]
+            costs[(name, rows, setting)] = json.loads(line[6:])[str(files.bodies[rows])]["median_us"]
     return costs
 
 
@@ -416,52 +427,65 @@ def ratio(a: LoadResult | None, b: LoadResult | None) -> float | None:
 # ---------------------------------------------------------------- parts
 
 
-def part_bound(files: Files, seconds: float, figures: dict[str, Any]) -> dict[tuple[str, int], float]:
+def part_bound(files: Files, seconds: float, figures: dict[str, Any]) -> dict[tuple[str, int, str], float]:
     heading("In-process bound: one run() with no HTTP (project venv)")
     costs = measure_bound(files, max(1.0, seconds / 3))
-    rows = [(name, r, f"{costs[(name, r)]:.0f}", f"{1e6 / costs[(name, r)]:,.0f}")
-            for name in ("w1", "w2") for r in ROW_COUNTS]
-    print(table(["script", "rows", "run() µs (median)", "bound req/s per worker"], rows))
-    figures["bound_us"] = {f"{k[0]}/rows{k[1]}": v for k, v in costs.items()}
+    rows = [(name, r, setting, f"{cost:.0f}", f"{1e6 / cost:,.0f}") for (name, r, setting), cost in costs.items()]
+    print(table(["script", "rows", "TensorFlow", "run() µs (median)", "bound req/s per worker"], rows))
+    figures["bound_us"] = {f"{k[0]}/rows{k[1]}/{k[2]}": v for k, v in costs.items()}
     return costs
 
 
-def part_w1(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int], float],
+def of_bound(result: LoadResult, bound: dict[tuple[str, int, str], float], script: str, rows: int,
+             setting: str) -> str | None:
+    """Requests/s as a fraction of 1 / (one in-process run() with the same script, rows and TF setting)."""
+    cost = bound.get((script, rows, setting))
+    return f"{result.rps * cost / 1e6:.0%}" if cost else None
+
+
+def part_w1(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int, str], float],
             figures: dict[str, Any]) -> list[Cell]:
-    heading("Workload 1: walk-through score.py (TF2-compatible import line), one worker each")
+    heading("Workload 1: walk-through score.py (TF2-compatible import line), one worker each, "
+            "each server with TensorFlow's ops inline and on its pool")
     venvs = baseline_venvs()
     versions = {"azmlinfsrv": venv_version(venvs["azmlinfsrv"], "azureml-inference-server-http"),
                 "KServe": venv_version(venvs["kserve"], "kserve")}
     print(f"baselines: azureml-inference-server-http {versions['azmlinfsrv']}, kserve {versions['KServe']}, "
           f"tensorflow-cpu {venv_version(venvs['kserve'], 'tensorflow-cpu')} in their own venvs")
-    servers = [amlops_server("amlops", files.compat, MODEL_DIR),
-               azmlinfsrv_server(venvs["azmlinfsrv"], files, files.compat),
-               kserve_server(venvs["kserve"], files, files.compat)]
+    servers = [amlops_server(f"amlops, {INLINE}", files.compat, MODEL_DIR, tf=INLINE),
+               azmlinfsrv_server(venvs["azmlinfsrv"], files, files.compat, POOL),
+               kserve_server(venvs["kserve"], files, files.compat, POOL),
+               amlops_server(f"amlops, {POOL}", files.compat, MODEL_DIR, tf=POOL),
+               azmlinfsrv_server(venvs["azmlinfsrv"], files, files.compat, INLINE),
+               kserve_server(venvs["kserve"], files, files.compat, INLINE)]
     answers = start_all(servers, files.bodies[32].read_bytes(), logs)
     try:
         agreed = {label: predictions(a) for label, a in answers.items()}
         if len({json.dumps(v) for v in agreed.values()}) != 1:
             print(f"WARNING: servers disagree on the same 32 rows: {agreed}")
         else:
-            print(f"all three servers return the same 32 predictions: {agreed['amlops']}")
+            print(f"all {len(servers)} servers return the same 32 predictions: {next(iter(agreed.values()))}")
         cells = measure(servers, files, ROW_COUNTS, CONCURRENCIES, seconds)
     finally:
         stop_all(servers)
+    settings = {server.label: server.tf for server in servers}
     print()
     print(table(
-        ["rows", "conc", "server", "req/s", "p50 ms", "p99 ms", "errors", "of bound", "wrk cpu"],
+        ["rows", "conc", "server", "req/s", "p50 ms", "p99 ms", "errors", "of bound (same TF)", "wrk cpu"],
         [(c.rows, c.connections, c.server, c.result.rps, c.result.p50_ms, c.result.p99_ms, c.result.errors,
-          f"{c.result.rps * bound[('w1', c.rows)] / 1e6:.0%}" if bound else None, c.result.wrk_cpu)
+          of_bound(c.result, bound, "w1", c.rows, settings[c.server]), c.result.wrk_cpu)
          for c in cells],
     ))
     print()
-    ratio_rows = []
-    for rows in ROW_COUNTS:
-        for conc in CONCURRENCIES:
-            a = cell(cells, "amlops", rows, conc)
-            ratio_rows.append((rows, conc, ratio(a, cell(cells, "azmlinfsrv", rows, conc)),
-                               ratio(a, cell(cells, "KServe", rows, conc))))
-    print(table(["rows", "conc", "amlops / azmlinfsrv", "amlops / KServe"], ratio_rows))
+    print("amlops over each baseline: as shipped (amlops inline, baselines on TensorFlow's default pool), "
+          "then with the TensorFlow setting held equal")
+    pairs = [(mine, f"{baseline}, {theirs}") for baseline in ("azmlinfsrv", "KServe")
+             for mine, theirs in ((INLINE, POOL), (INLINE, INLINE), (POOL, POOL))]
+    ratio_rows = [(rows, conc, *(ratio(cell(cells, f"amlops, {mine}", rows, conc), cell(cells, theirs, rows, conc))
+                                 for mine, theirs in pairs))
+                  for rows in ROW_COUNTS for conc in CONCURRENCIES]
+    print(table(["rows", "conc", "/ azmlinfsrv shipped", "/ azmlinfsrv both inline", "/ azmlinfsrv both pool",
+                 "/ KServe shipped", "/ KServe both inline", "/ KServe both pool"], ratio_rows))
     figures["w1"] = [dict(server=c.server, rows=c.rows, conc=c.connections, rps=round(c.result.rps, 1),
                           p50_ms=c.result.p50_ms, p99_ms=c.result.p99_ms, errors=c.result.errors,
                           wrk_cpu=round(c.result.wrk_cpu, 2)) for c in cells]
@@ -469,7 +493,7 @@ def part_w1(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int
     return cells
 
 
-def part_w2(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int], float],
+def part_w2(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int, str], float],
             figures: dict[str, Any]) -> None:
     heading("Workload 2: the project's verbatim TF1 score.py, amlops --tensorflow-compat v1 "
             "(vs the TF2-compatible copy, same run)")
@@ -488,7 +512,7 @@ def part_w2(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int
             b = cell(cells, servers[1].label, rows, conc)
             assert a is not None
             rows_out.append((rows, conc, a.rps, a.p50_ms, a.p99_ms, a.errors,
-                             f"{a.rps * bound[('w2', rows)] / 1e6:.0%}" if bound else None, ratio(a, b)))
+                             of_bound(a, bound, "w2", rows, INLINE), ratio(a, b)))
     print(table(["rows", "conc", "req/s", "p50 ms", "p99 ms", "errors", "of bound", "compat v1 / edited"],
                 rows_out))
     figures["w2"] = [dict(server=c.server, rows=c.rows, conc=c.connections, rps=round(c.result.rps, 1),

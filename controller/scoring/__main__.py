@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from controller.scoring.importing import apply_tensorflow_defaults
 from controller.scoring.options import parse_options
 from controller.scoring.reporting import configure_events, log_event, write_status
 from controller.scoring.sockets import FdServer, open_listener
@@ -17,6 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, open the listening socket and serve; returns the process exit status."""
     options = parse_options(sys.argv[1:] if argv is None else argv)
     configure_events(options.log_format)
+    tensorflow_defaults = apply_tensorflow_defaults(os.environ)  # before anything can import TensorFlow
     if options.model_dir:
         # Set before the entry script is imported: scripts read it at import time as well as in init().
         os.environ["AZUREML_MODEL_DIR"] = os.path.abspath(options.model_dir)
@@ -38,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_status(options.status_file, state, error=error, **common, **fields)
 
     log_event("starting", port=port, workers=options.workers, entry_script=options.entry_path or "savedmodel",
-              auth=options.auth, cuda_visible_devices=common["cudaVisibleDevices"])
+              auth=options.auth, cuda_visible_devices=common["cudaVisibleDevices"],
+              tensorflow_defaults=" ".join(f"{name}={value}" for name, value in tensorflow_defaults.items()) or None)
 
     def start_fd_server() -> Callable[[], None]:
         if not options.fd_socket:

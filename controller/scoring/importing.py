@@ -18,10 +18,29 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+
+# TensorFlow 1 sessions execute their ops in the thread that calls ``Session.run`` rather than on
+# TensorFlow's inter-op pool (a negative ``TF_NUM_INTEROP_THREADS`` is TensorFlow's own switch for
+# that). In a scoring host that thread is a run() slot, and concurrency comes from the slots: for the
+# small per-request graphs of entry scripts the pool's hand-offs cost more than the ops (on the
+# walk-through's model one run() drops from ~180 to ~120 µs, see benchmarks/README.md). TF2 eager
+# and ``tf.function`` code is unaffected. An explicit value (an Environment's
+# ``environmentVariables``, or the session's own ``ConfigProto``) wins.
+TENSORFLOW_DEFAULTS = {"TF_NUM_INTEROP_THREADS": "-1"}
+
+
+def apply_tensorflow_defaults(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Set the scoring host's TensorFlow defaults where ``environ`` has no value; returns those set."""
+    applied = {}
+    for name, value in TENSORFLOW_DEFAULTS.items():
+        if name not in environ:
+            environ[name] = value
+            applied[name] = value
+    return applied
 
 
 @dataclass(frozen=True)

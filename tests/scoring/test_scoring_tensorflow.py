@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scoring_digits import MODEL_DIR, SOURCE_DIR, held_out
-from scoring_hosts import StartHost
+from scoring_hosts import StartHost, write_script
 
 pytestmark = [pytest.mark.tensorflow, pytest.mark.timeout(120)]
 BUILDER = Path(__file__).with_name("scoring_tf_models.py")
@@ -67,3 +67,37 @@ def test_the_no_code_scorer_serves_a_savedmodel(start_host: StartHost, tmp_path:
     code, _headers, body = host.score({"data": [[1.0]]})
     assert code == 500
     assert "fast_path=True" in host.log()
+
+
+THREADS_SCRIPT = '''
+import threading
+
+import tensorflow as tf
+
+
+def init():
+    global sess, op_thread
+    graph = tf.Graph()
+    with graph.as_default():
+        op_thread = tf.py_func(lambda: threading.get_ident(), [], tf.int64)
+    sess = tf.Session(graph=graph)
+
+
+def run(raw_data):
+    return {"run_thread": threading.get_ident(), "op_thread": int(sess.run(op_thread))}
+'''
+
+
+@pytest.mark.parametrize(("environment", "inline"), [({}, True), ({"TF_NUM_INTEROP_THREADS": "2"}, False)])
+def test_tf1_sessions_run_their_ops_in_the_run_thread_unless_the_environment_says_otherwise(
+    start_host: StartHost, tmp_path: Path, environment: dict[str, str], inline: bool
+) -> None:
+    write_script(tmp_path / "src", THREADS_SCRIPT)
+    host = start_host("--entry-script", "score.py", "--source-dir", str(tmp_path / "src"),
+                      "--tensorflow-compat", "v1", env=environment, timeout=60)
+    code, _headers, body = host.score({})
+    assert code == 200, body
+    threads = json.loads(body)
+    assert (threads["op_thread"] == threads["run_thread"]) is inline, threads
+    starting = next(line for line in host.log().splitlines() if "event=starting" in line)
+    assert starting.endswith('tensorflow_defaults="TF_NUM_INTEROP_THREADS=-1"' if inline else "tensorflow_defaults=None")
