@@ -32,6 +32,7 @@ from controller.structs.manifests import (
     AnyManifest,
     Kind,
     WebserviceManifest,
+    canonical_base_image,
 )
 from controller.structs.plans import Action, Change, FieldDiff, Plan
 from controller.structs.states import (
@@ -120,8 +121,6 @@ def _submodel(model: type[BaseModel] | None, name: str) -> type[BaseModel] | Non
 
 def _normalise(path: tuple[str, ...], value: Any) -> Any:
     """One value in comparable form: numbers as floats, image aliases resolved, model refs as dicts."""
-    from controller.structs.manifests import canonical_base_image
-
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int | float):
@@ -149,6 +148,8 @@ def _model_ref(value: Any) -> Any:
 
 
 def _equal(path: tuple[str, ...], desired: Any, actual: Any) -> bool:
+    if desired == actual:  # equal values normalise alike: most fields of a no-op plan stop here
+        return True
     a, b = _normalise(path, desired), _normalise(path, actual)
     if path and path[-1] == "models" and isinstance(a, list) and isinstance(b, list):
         # A model the user did not pin matches whatever version the backend resolved.

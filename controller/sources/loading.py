@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import yaml
 
@@ -29,9 +29,35 @@ MANIFEST_SUFFIXES: Final = (".yaml", ".yml")
 _FLOW_OPENERS = re.compile(rb"[\[{]")
 
 try:  # libyaml is much faster; marks (lines) are the same
-    _Loader: Any = yaml.CSafeLoader
+    _BaseLoader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+_RESOLVED_LIMIT: Final = 65_536
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """The safe loader with scalar tag resolution memoised.
+
+    libyaml parses in C but asks PyYAML's Python resolver for every scalar's tag (regular
+    expressions tried by first character); across a repo the same keys and values repeat
+    (``apiVersion``, ``spec``, ``replicas``, ``DEFAULT_GPU_IMAGE``...), so the answer for a
+    (node kind, text, implicit) triple is remembered, up to a bounded number of entries.
+    """
+
+    _resolved: ClassVar[dict[tuple[Any, str, tuple[bool, bool]], str]] = {}
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is not yaml.ScalarNode or not isinstance(value, str):
+            return super().resolve(kind, value, implicit)
+        key = (kind, value, implicit)
+        tag = self._resolved.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(self._resolved) >= _RESOLVED_LIMIT:
+                self._resolved.clear()
+            self._resolved[key] = tag
+        return tag
 
 FieldPath = tuple[str | int, ...]
 

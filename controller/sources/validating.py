@@ -9,11 +9,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import posixpath
 import types
 import typing
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -204,23 +205,22 @@ class _Builder:
         self.resources[rid] = (manifest, origin, self._resolve_paths(manifest, origin))
 
     def _resolve_paths(self, manifest: AnyManifest, origin: Origin) -> dict[str, str]:
+        # Plain string path arithmetic (POSIX, repo-relative): this runs for every manifest of a
+        # large repo, and pathlib objects cost several times as much here.
         kind = Kind(manifest.kind)
         resolved: dict[str, str] = {}
-        base = PurePosixPath(origin.file).parent
+        base = posixpath.dirname(origin.file)
         spec = manifest.spec
         for field in PATH_FIELDS.get(kind, ()):
             value = getattr(spec, field)
             if value is None:
                 continue
-            if field == "entryScript" and "sourceDirectory" in resolved:
-                relative = PurePosixPath(resolved["sourceDirectory"]) / value
-            else:
-                relative = base / value
             where = ("spec", field)
-            if PurePosixPath(value).is_absolute():
+            if value.startswith("/"):
                 self.error(origin, manifest, where, f"must be a path inside the repository, not absolute (got {value!r})")
                 continue
-            normal = _normalise(relative)
+            folder = resolved["sourceDirectory"] if field == "entryScript" and "sourceDirectory" in resolved else base
+            normal = _normalise(f"{folder}/{value}" if folder else value)
             if normal is None:
                 self.error(origin, manifest, where, f"leaves the repository (got {value!r})")
                 continue
@@ -332,9 +332,12 @@ class _Builder:
         return DesiredState(revision, str(self.root), resources)
 
 
-def _normalise(path: PurePosixPath) -> str | None:
+def _normalise(path: str) -> str | None:
+    """``path`` (POSIX, relative to the repo) without ``.``, ``..`` and empty parts; None if it climbs out."""
+    if path.startswith("/"):
+        return None
     parts: list[str] = []
-    for part in path.parts:
+    for part in path.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
