@@ -33,7 +33,8 @@ try:  # libyaml is much faster; marks (lines) are the same
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _BaseLoader = yaml.SafeLoader
 
-_RESOLVED_LIMIT: Final = 65_536
+_RESOLVED_LIMIT: Final = 65_536  # entries; with _RESOLVED_MAX_TEXT, a few MB at most
+_RESOLVED_MAX_TEXT: Final = 64  # longer scalars (free text, hostile input) are resolved every time
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
@@ -41,14 +42,14 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
 
     libyaml parses in C but asks PyYAML's Python resolver for every scalar's tag (regular
     expressions tried by first character); across a repo the same keys and values repeat
-    (``apiVersion``, ``spec``, ``replicas``, ``DEFAULT_GPU_IMAGE``...), so the answer for a
-    (node kind, text, implicit) triple is remembered, up to a bounded number of entries.
+    (``apiVersion``, ``spec``, ``replicas``, ``DEFAULT_GPU_IMAGE``...), so the answer for a short
+    scalar's (node kind, text, implicit) triple is remembered, up to a bounded number of entries.
     """
 
     _resolved: ClassVar[dict[tuple[Any, str, tuple[bool, bool]], str]] = {}
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is not yaml.ScalarNode or not isinstance(value, str):
+        if kind is not yaml.ScalarNode or not isinstance(value, str) or len(value) > _RESOLVED_MAX_TEXT:
             return super().resolve(kind, value, implicit)
         key = (kind, value, implicit)
         tag = self._resolved.get(key)
