@@ -128,8 +128,7 @@ def _conditions_from(data: str) -> tuple[Condition, ...]:
 
 def _history_plan(plan: Plan) -> dict[str, Any]:
     """The plan as history keeps it: every change that did something, and how many did not."""
-    data = plan_to_json(plan)
-    data["changes"] = [c for c in data["changes"] if c["action"] != Action.NOOP.value]
+    data = plan_to_json(plan, no_ops=False)
     data["unchanged"] = len(plan.changes) - len(data["changes"])
     return data
 
@@ -147,6 +146,10 @@ class Recorder:
         self._db = Database(self.path, _SCHEMA)
         self._connect = self._db.connect
         self._transaction = self._db.transaction
+        # The history text of the last plan recorded: an idle controller reuses one plan object
+        # (PlanMemo) pass after pass, and serialising thousands of changes each time was most of
+        # an idle pass's CPU.
+        self._last_plan: tuple[Plan, str] | None = None
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -161,7 +164,7 @@ class Recorder:
                     outcome.status.value,
                     outcome.started.isoformat(timespec="milliseconds"),
                     outcome.finished.isoformat(timespec="milliseconds"),
-                    json.dumps(_history_plan(outcome.plan), default=str) if outcome.plan is not None else None,
+                    self._plan_text(outcome.plan),
                     json.dumps([c.to_json() for c in outcome.changes]),
                     json.dumps(list(outcome.errors)),
                     json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}),
@@ -172,6 +175,16 @@ class Recorder:
             # A pass a minute for a year would be half a million plans: keep the recent ones.
             conn.execute("DELETE FROM reconciles WHERE id <= ?", (row_id - self.keep,))
             return row_id
+
+    def _plan_text(self, plan: Plan | None) -> str | None:
+        if plan is None:
+            return None
+        last = self._last_plan
+        if last is not None and last[0] is plan:
+            return last[1]
+        text = json.dumps(_history_plan(plan), default=str)
+        self._last_plan = (plan, text)
+        return text
 
     def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
         """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""

@@ -170,8 +170,8 @@ def render_markdown(plan: Plan) -> str:
     return "\n".join(out).rstrip("\n") + "\n"
 
 
-def plan_to_json(plan: Plan) -> dict[str, Any]:
-    """The plan as plain data (the shape ``render_json`` prints and history stores)."""
+def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
+    """The plan as plain data (the shape ``render_json`` prints and history stores); ``no_ops=False`` leaves no-ops out."""
     return {
         "revision": plan.revision,
         "base_revision": plan.base_revision,
@@ -197,6 +197,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 ],
             }
             for c in plan.changes
+            if no_ops or c.action is not Action.NOOP
         ],
     }
 

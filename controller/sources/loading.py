@@ -12,6 +12,7 @@ import gc
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,9 +361,10 @@ class ContentHasher:
     def __init__(self) -> None:
         self._files: dict[str, tuple[int, int, str]] = {}
 
-    def file(self, path: Path) -> str:
-        """Hex digest of one file's bytes."""
-        st = path.stat()
+    def file(self, path: Path, st: os.stat_result | None = None) -> str:
+        """Hex digest of one file's bytes (``st``: its ``os.stat``, when the caller has it already)."""
+        if st is None:
+            st = os.stat(path)
         key = str(path)
         cached = self._files.get(key)
         if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
@@ -376,15 +378,30 @@ class ContentHasher:
         return result
 
     def tree(self, path: Path) -> str:
-        """``sha256:`` digest of a file, or of a folder's files (names and contents, hidden entries skipped)."""
+        """``sha256:`` digest of a file, or of a folder's files (names and contents, hidden entries skipped).
+
+        One ``stat`` per file: a controller hashes the watched tree on every pass.
+        """
         digest = hashlib.sha256()
-        if path.is_file():
-            digest.update(self.file(path).encode())
-        else:
-            for file in sorted(_walk(path)):
-                if file.is_file() and not file.name.startswith("."):
-                    digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-                    digest.update(self.file(file).encode() + b"\0")
+        try:
+            st: os.stat_result | None = os.stat(path)
+        except FileNotFoundError:
+            st = None  # hashes as an empty folder, as before it existed
+        if st is not None and stat.S_ISREG(st.st_mode):
+            digest.update(self.file(path, st).encode())
+            return "sha256:" + digest.hexdigest()
+        prefix = len(str(path)) + 1
+        for file in sorted(_walk(path)):
+            if file.name.startswith("."):
+                continue
+            try:
+                file_st = os.stat(file)
+            except FileNotFoundError:  # a dangling link, or removed since the walk
+                continue
+            if not stat.S_ISREG(file_st.st_mode):
+                continue
+            digest.update(str(file)[prefix:].replace(os.sep, "/").encode() + b"\0")
+            digest.update(self.file(file, file_st).encode() + b"\0")
         return "sha256:" + digest.hexdigest()
 
 
