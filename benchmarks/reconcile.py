@@ -110,9 +110,9 @@ def measure_size(repo: Path, repeats: int) -> dict[str, Any]:
     calls = {"n": 0}
     hash_file = HASHER.file
 
-    def counting_file(path: Path) -> str:  # counting proxy: measurement only, behaviour unchanged
+    def counting_file(path: Path, st: Any = None) -> str:  # counting proxy: measurement only, behaviour unchanged
         calls["n"] += 1
-        return hash_file(path)
+        return hash_file(path, st)
 
     HASHER.file = counting_file  # type: ignore[method-assign]
 
@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(planning, name):
             raise Skipped(f"controller.core.planning.{name} does not exist yet")
     repeats = 1 if args.quick else 5
-    results = []
+    results, failed = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         repo = work_folder("reconcile") / f"repo-{size}"
         started = time.perf_counter()
@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"size {size} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            failed.append(size)
             continue
         result = json.loads(line[7:])
         results.append(result)
@@ -234,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{r['rss_peak_mb']:.0f}" for r in results))
     if any(r["changes_0"] for r in results):
         print("NOTE: a 0 % drift plan had changes: " + ", ".join(f"{r['resources']}: {r['changes_0']}" for r in results))
+    if failed:
+        print(f"FAILED sizes: {', '.join(map(str, failed))}")
+        return 1
     return 0
 
 
