@@ -519,7 +519,7 @@ def _service_backend(in_use: _BackendsInUse, service: str) -> Backend:
 def _service_access(args: argparse.Namespace, pool: BackendPool, command: str) -> ServiceAccess:
     backend = _service_backend(_backends_in_use(args, pool, command), args.service)
     if not isinstance(backend, ServiceAccess):
-        raise PermanentError(f"the {backend.name} backend cannot give out keys or logs", reason="Unsupported")
+        raise PermanentError(f"the {backend.name} backend cannot give out keys, tokens or logs", reason="Unsupported")
     return backend
 
 
@@ -544,6 +544,28 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(json.dumps({"primaryKey": primary, "secondaryKey": secondary}))
     else:
         print(f"primary:   {primary}\nsecondary: {secondary}")
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a fresh access token of a service with ``auth: token`` to stdout (never to a log)."""
+    settings = _settings(args)
+    pool = _pool(settings)
+    try:
+        token = _service_access(args, pool, "token").get_token(args.service)
+    except BackendError as exc:
+        print(f"amlops token: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
+    if args.output == "json":
+        print(json.dumps({"accessToken": token.access_token, "tokenType": token.token_type,
+                          "refreshAfter": token.refresh_after, "expiryOn": token.expiry_on}))
+    else:
+        print(token.access_token)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expiry_on))
+        refresh = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.refresh_after))
+        print(f"expires {when}; fetch a new one after {refresh}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -759,6 +781,14 @@ def build_parser() -> argparse.ArgumentParser:
     _manifests_arg(keys)
     _common(keys)
     keys.set_defaults(handler=cmd_keys)
+
+    token = sub.add_parser("token", help="print a fresh access token of a service with auth: token (to stdout only)")
+    token.add_argument("service")
+    token.add_argument("--output", choices=("text", "json"), default="text",
+                       help="json: accessToken, tokenType, refreshAfter, expiryOn (Unix seconds), as Azure ML gives them")
+    _manifests_arg(token)
+    _common(token)
+    token.set_defaults(handler=cmd_token)
 
     logs = sub.add_parser("logs", help="a service replica's log")
     logs.add_argument("service")

@@ -16,6 +16,7 @@ Tokens and keys never reach a log.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -54,6 +55,7 @@ from controller.structs.states import (
     DesiredResource,
     ResourceId,
 )
+from controller.structs.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,11 @@ def _canonical_digest(manifest: WorkspaceManifest) -> str:
     # Same formula as sources.validating for a resource without files.
     text = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(text).hexdigest()
+
+
+def _epoch(value: Any) -> int:
+    """Unix seconds from what the SDK gives for a token's times (a ``datetime`` it made from them, or a number)."""
+    return int(value.timestamp()) if isinstance(value, datetime.datetime) else int(value)
 
 
 class AzureMLBackend:
@@ -440,6 +447,13 @@ class AzureMLBackend:
         svc = self._webservice(service)
         primary, secondary = self._call(f"get keys of service {service}", svc.get_keys)
         return str(primary), str(secondary)
+
+    def get_token(self, service: str) -> AccessToken:
+        """A fresh access token of a service with ``auth: token`` (``Webservice.get_access_token()``)."""
+        svc = self._webservice(service)
+        token = self._call(f"get an access token of service {service}", svc.get_access_token)
+        return AccessToken(str(token.access_token), _epoch(token.refresh_after), _epoch(token.expiry_on),
+                           str(token.token_type or "Bearer"))
 
     def regenerate_key(self, service: str, which: KeyName) -> None:
         """Replace one key (``Webservice.regen_key``); waits for Azure's operation (a few seconds)."""

@@ -15,6 +15,7 @@ from controller.backends.keys import KeyName
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
 from controller.structs.states import ActualResource, ActualState, DesiredResource, DesiredState, ResourceId
+from controller.structs.tokens import AccessToken
 
 ProgressFn = Callable[[str, float | None], None]
 """Reports progress of a long operation: a short message and a fraction done (or None if unknown)."""
@@ -89,6 +90,10 @@ class ServiceAccess(Protocol):
 
     def regenerate_key(self, service: str, which: KeyName) -> None:
         """Replace the primary or secondary key of a service; the other keeps working."""
+        ...
+
+    def get_token(self, service: str) -> AccessToken:
+        """A fresh access token of a service with ``auth: token`` (``Webservice.get_access_token()``)."""
         ...
 
     def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:

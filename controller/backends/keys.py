@@ -1,4 +1,5 @@
-"""Service keys: the primary and secondary keys of a service with ``auth: key``.
+"""Service keys: the primary and secondary keys of a service with ``auth: key``, or the token
+signing key of a service with ``auth: token`` (tokens themselves are minted on request and never stored).
 
 Keys live in a JSON file created with mode 0600 from its first byte (``os.open`` with the mode,
 then an atomic rename), so no other user can ever read them. Replicas get the file's path, never
@@ -10,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Literal
+
+from controller.structs import tokens
+from controller.structs.tokens import AccessToken
 
 KeyName = Literal["primary", "secondary"]
 _FIELDS = {"primary": "primaryKey", "secondary": "secondaryKey"}
@@ -24,12 +29,16 @@ def new_key() -> str:
 
 def write_keys(path: Path, primary: str, secondary: str) -> None:
     """Write both keys to ``path`` atomically; the file is 0600 from creation."""
+    _write_private(path, {"primaryKey": primary, "secondaryKey": secondary})
+
+
+def _write_private(path: Path, document: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump({"primaryKey": primary, "secondaryKey": secondary}, out)
+            json.dump(document, out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -60,3 +69,15 @@ def regenerate(path: Path, which: KeyName) -> None:
     else:
         secondary = new_key()
     write_keys(path, primary, secondary)
+
+
+def ensure_token_key(path: Path) -> None:
+    """Create the token signing key file of a service with ``auth: token`` unless it exists."""
+    if not path.exists():
+        _write_private(path, {"tokenSigningKey": new_key()})
+
+
+def token_for(path: Path, service: str, now: float | None = None) -> AccessToken:
+    """A fresh access token for ``service``, signed with the key stored at ``path``."""
+    data = json.loads(path.read_text())
+    return tokens.mint(str(data["tokenSigningKey"]).encode(), service, time.time() if now is None else now)

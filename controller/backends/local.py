@@ -37,7 +37,7 @@ import psutil
 from controller.backends.base import ApplyContext
 from controller.backends.environments import Resolution, current_interpreter, resolve_environment
 from controller.backends.gpus import Allocation, Gpu, allocate_pool, discover_gpus
-from controller.backends.keys import KeyName, ensure_keys, read_keys, regenerate
+from controller.backends.keys import KeyName, ensure_keys, ensure_token_key, read_keys, regenerate, token_for
 from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.registries import content_hash, delete_model, register_model, resolve_model
 from controller.backends.supervising import (
@@ -76,6 +76,7 @@ from controller.structs.states import (
     DesiredResource,
     ResourceId,
 )
+from controller.structs.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +354,13 @@ class LocalBackend:
             raise PermanentError(f"service '{service}' has no keys (is auth 'key'?)", reason="NoKeys")
         return read_keys(path)
 
+    def get_token(self, service: str) -> AccessToken:
+        """A fresh access token for a service with ``auth: token`` (signed with its key, never stored)."""
+        path = self._token_key_path(service)
+        if not path.exists():
+            raise PermanentError(f"service '{service}' issues no tokens (is auth 'token'?)", reason="NoTokens")
+        return token_for(path, service)
+
     def regenerate_key(self, service: str, which: KeyName) -> None:
         """Replace the primary or secondary key; replicas pick it up without restarting."""
         self.get_keys(service)
@@ -414,6 +422,8 @@ class LocalBackend:
         launch_hash = hashlib.sha256(json.dumps([launch, spec.resources.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
         if spec.auth == "key":
             ensure_keys(self._keys_path(name))
+        elif spec.auth == "token":
+            ensure_token_key(self._token_key_path(name))
 
         conditions = [c for c in env_conditions if c["type"] == ConditionType.SUBSTITUTED]
         if spec.resources.gpu and not self.gpus:
@@ -499,6 +509,8 @@ class LocalBackend:
                 "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json"]
         if spec.auth == "key":
             argv += ["--keys-file", str(self._keys_path(name))]
+        elif spec.auth == "token":
+            argv += ["--keys-file", str(self._token_key_path(name))]
         cwd = str(sdir)
         if spec.entryScript is not None:
             src = self._copy_sources(resource, spec, ctx, sdir)
@@ -618,6 +630,9 @@ class LocalBackend:
 
     def _keys_path(self, service: str) -> Path:
         return service_dir(self.state_dir, service) / "keys.json"
+
+    def _token_key_path(self, service: str) -> Path:
+        return service_dir(self.state_dir, service) / "token-key.json"
 
     def _service_view(self, service: str) -> ServiceView | None:
         self._reap_supervisors()

@@ -17,14 +17,17 @@ import logging
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from controller.structs import tokens
 from controller.structs.errors import BackendError
 from controller.structs.manifests import BASE_IMAGE_ALIASES, Kind
 from controller.structs.states import ConditionType, DesiredResource, DesiredState, Origin, ResourceId
+from controller.structs.tokens import AccessToken
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class DataPlane(Protocol):
     def keys(self, name: str) -> tuple[str, str] | None: ...
 
     def regenerate(self, name: str, which: str) -> bool: ...
+
+    def token(self, name: str) -> AccessToken | None: ...
 
     def logs(self, name: str, tail: int) -> str: ...
 
@@ -245,6 +250,13 @@ class LocalDataPlane:
             return False
         return True
 
+    def token(self, name: str) -> AccessToken | None:
+        """A fresh access token of a service with token auth; None if it runs no replicas."""
+        try:
+            return self.backend.get_token(name)
+        except BackendError:
+            return None
+
     def logs(self, name: str, tail: int) -> str:
         """Every replica's recent log lines, replica by replica."""
         parts = []
@@ -267,6 +279,7 @@ class RecordOnlyDataPlane:
 
         self._secrets = secrets
         self._keys: dict[str, tuple[str, str]] = {}
+        self._token_keys: dict[str, bytes] = {}
 
     def apply(self, deployment: Deployment) -> DeployOutcome:
         self._keys.setdefault(deployment.name, (self._secrets.token_urlsafe(32), self._secrets.token_urlsafe(32)))
@@ -274,6 +287,13 @@ class RecordOnlyDataPlane:
 
     def delete(self, name: str) -> None:
         self._keys.pop(name, None)
+        self._token_keys.pop(name, None)
+
+    def token(self, name: str) -> AccessToken | None:
+        if name not in self._keys:
+            return None
+        key = self._token_keys.setdefault(name, self._secrets.token_bytes(32))
+        return tokens.mint(key, name, time.time())
 
     def keys(self, name: str) -> tuple[str, str] | None:
         return self._keys.get(name)

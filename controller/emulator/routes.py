@@ -989,6 +989,18 @@ class Emulator:
             return mms_error(409, "Conflict", f"Service {rec['name']} has no running deployment ({rec['state']}).")
         return json_response(200, {"primaryKey": keys[0], "secondaryKey": keys[1]})
 
+    def service_token(self, req: Request) -> Response:
+        rec = self.store.get("service", self._service_key(req.params))
+        if rec is None:
+            return mms_error(404, "ServiceNotFound", f"Service {req.params['name']} not found.")
+        if not rec.get("aadAuthEnabled"):
+            return mms_error(400, "BadRequest", f"Service {req.params['name']} does not use token authentication.")
+        token = self.dataplane.token(rec["name"])
+        if token is None:
+            return mms_error(409, "Conflict", f"Service {rec['name']} has no running deployment ({rec['state']}).")
+        return json_response(200, {"accessToken": token.access_token, "tokenType": token.token_type,
+                                   "refreshAfter": token.refresh_after, "expiryOn": token.expiry_on})
+
     def regenerate_keys(self, req: Request) -> Response:
         rec = self._keyed_service(req)
         if isinstance(rec, Response):
@@ -1005,16 +1017,6 @@ class Emulator:
         op_id = self._new_operation("service", "Succeeded", req_verdict(req).pending_polls,
                                     extra={"operationType": "RegenerateKeys"})
         return Response(202, b"", self._op_headers(req, op_id))
-
-    def service_token(self, req: Request) -> Response:
-        rec = self.store.get("service", self._service_key(req.params))
-        if rec is None:
-            return mms_error(404, "ServiceNotFound", f"Service {req.params['name']} not found.")
-        if not rec["aadAuthEnabled"]:
-            return mms_error(400, "BadRequest", f"Service {req.params['name']} does not use token authentication.")
-        return json_response(200, {"accessToken": self.issuer.mint("https://ml.azure.com/", 12 * 3600),
-                                   "expiryOn": int(time.time()) + 12 * 3600, "refreshAfter": int(time.time()) + 6 * 3600,
-                                   "tokenType": "Bearer"})
 
     def service_logs(self, req: Request) -> Response:
         rec = self.store.get("service", self._service_key(req.params))

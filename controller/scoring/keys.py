@@ -1,8 +1,8 @@
 """Keys and tokens the scoring endpoint accepts, re-read from the keys file when it changes.
 
 The keys file is JSON: ``{"primaryKey": "...", "secondaryKey": "..."}`` for ``--auth key`` and
-``{"token": "..."}`` for ``--auth token`` (a static bearer token: the supervisor rotates it by
-rewriting the file). Key values are never logged. The file is looked at no more often than every
+``{"tokenSigningKey": "..."}`` for ``--auth token``, where requests carry short-lived tokens signed
+with that key for this service (``controller.structs.tokens``). Key values are never logged. The file is looked at no more often than every
 ``CHECK_INTERVAL_S``, not on every request; a missing file accepts no key at all.
 """
 
@@ -15,16 +15,19 @@ import time
 import orjson
 
 from controller.scoring.reporting import log_event
+from controller.structs import tokens
 
-FIELDS_BY_MODE = {"key": ("primaryKey", "secondaryKey"), "token": ("token",)}
+FIELDS_BY_MODE = {"key": ("primaryKey", "secondaryKey"), "token": ("tokenSigningKey",)}
 CHECK_INTERVAL_S = 0.5
 
 
 class KeyRing:
     """The accepted secrets of one auth mode, reloaded whenever the file's stat changes."""
 
-    def __init__(self, path: str, mode: str) -> None:
+    def __init__(self, path: str, mode: str, service: str | None = None) -> None:
         self._path = path
+        self._mode = mode
+        self._service = service  # a token must name this service (when the host knows its name)
         self._fields = FIELDS_BY_MODE[mode]
         self._stamp: tuple[int, int, int] | None = None
         self._secrets: tuple[bytes, ...] = ()
@@ -68,6 +71,8 @@ class KeyRing:
         if not authorization or not authorization.startswith(b"Bearer "):
             return False
         presented = authorization[7:].strip()
+        if self._mode == "token":
+            return tokens.verify(self._secrets, presented, self._service, time.time())
         matched = False
         for secret in self._secrets:
             # No early exit: every secret is compared, so timing says nothing about which matched.

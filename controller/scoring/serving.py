@@ -289,7 +289,8 @@ class ScoringApp:
         self.report = report
         self.on_drain = on_drain
         self.metrics = ScoringMetrics()
-        self.keys = KeyRing(options.keys_file, options.auth) if options.auth != "none" and options.keys_file else None
+        self.keys = (KeyRing(options.keys_file, options.auth, options.service_name)
+                     if options.auth != "none" and options.keys_file else None)
         self.max_request_bytes = options.max_request_bytes
         self.timeout_s = options.scoring_timeout_ms / 1000.0
         self.ready = False

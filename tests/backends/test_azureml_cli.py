@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 # tests/ is on sys.path (pytest's rootdir insertion): the reconcile tests' repo and emulator harness.
-from backends.test_azureml_reconcile import Repo, emulators
+from backends.test_azureml_reconcile import Repo, _doc, emulators
 
 pytestmark = pytest.mark.azureml
 
 SERVICE = "svc-tiny"
+TOKEN_SERVICE = "svc-token"
 
 
 @dataclass
@@ -55,7 +56,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     emulator = emulators.start_emulator(tmp_path_factory.mktemp("azureml-cli") / "state")
     try:
         root = tmp_path_factory.mktemp("azureml-cli-project")
-        Repo(root / "manifests", json.loads((emulator.state_dir / "config.json").read_text()))
+        repo = Repo(root / "manifests", json.loads((emulator.state_dir / "config.json").read_text()))
+        repo.write(f"services/{TOKEN_SERVICE}.yaml", _doc("Webservice", TOKEN_SERVICE, {
+            "cluster": "aks-gpu", "models": ["tiny"], "environment": "myenv", "sourceDirectory": "../src",
+            "entryScript": "score.py", "replicas": 1, "resources": {"cpu": 0.5, "memoryGb": 1, "gpu": 1},
+            "auth": "token", "maxQueueWaitMs": 10000}))
         project = Project(root, tmp_path_factory.mktemp("azureml-cli-state"), emulator)
         applied = project.amlops("apply", "manifests", "--yes", "--no-color", timeout=240)
         assert applied.returncode == 2, f"stdout:\n{applied.stdout[-3000:]}\nstderr:\n{applied.stderr[-6000:]}"
@@ -76,9 +81,9 @@ def _score(uri: str, key: str) -> int:
         return int(exc.code)
 
 
-def _service_row(project: Project) -> dict[str, Any]:
+def _service_row(project: Project, name: str = SERVICE) -> dict[str, Any]:
     status = json.loads(project.ok("status", "--path", "manifests", "--output", "json"))
-    rows = [r for r in status["resources"] if r["kind"] == "Webservice" and r["name"] == SERVICE]
+    rows = [r for r in status["resources"] if r["kind"] == "Webservice" and r["name"] == name]
     assert len(rows) == 1, status
     return dict(rows[0])
 
@@ -127,6 +132,20 @@ def test_regenerating_the_primary_key_replaces_it_and_the_old_one_stops_working(
     assert _score(uri, before["primaryKey"]) == 401
     assert _score(uri, before["secondaryKey"]) == 200  # the other key keeps working
     assert json.loads(project.ok("keys", SERVICE, "--path", "manifests", "--output", "json"))["primaryKey"] == after
+
+
+def test_a_token_service_answers_with_a_fresh_token_from_azure_ml_and_refuses_others(project: Project) -> None:
+    uri = _service_row(project, TOKEN_SERVICE)["scoringUri"]
+    token = json.loads(project.ok("token", TOKEN_SERVICE, "--path", "manifests", "--output", "json"))
+    assert token["tokenType"] == "Bearer" and token["refreshAfter"] < token["expiryOn"]
+    assert _score(uri, token["accessToken"]) == 200
+    assert _score(uri, token["accessToken"][:-2] + "xx") == 401
+    # The key service's keys do not open the token service, and the token service has no keys.
+    assert _score(uri, project.ok("keys", SERVICE, "--path", "manifests", "--primary").strip()) == 401
+    keys = project.amlops("keys", TOKEN_SERVICE, "--path", "manifests")
+    assert keys.returncode == 1 and "does not use key authentication" in keys.stderr
+    plain = project.ok("token", TOKEN_SERVICE, "--path", "manifests")
+    assert plain.count("\n") == 1 and _score(uri, plain.strip()) == 200  # the token alone on stdout
 
 
 def test_logs_come_from_the_service_in_azure_ml(project: Project) -> None:

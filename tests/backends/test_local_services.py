@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -10,8 +11,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from controller.backends.local import LocalBackend
+from controller.structs import tokens
+from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind
 from controller.structs.states import DIGEST_TAG, MANAGED_BY_TAG, ConditionType, ResourceId
 
@@ -179,3 +183,31 @@ def test_an_entry_script_that_cannot_init_stalls_the_service_with_its_error(back
     assert not svc.condition(ConditionType.READY).status  # type: ignore[union-attr]
     assert "no model here" in stalled.message
     assert backend.tail_log(SERVICE, 0)  # the replica's own log is there for `amlops logs`
+
+
+def test_a_token_service_answers_fresh_tokens_and_refuses_keys_expired_and_foreign_tokens(
+    backend: LocalBackend, repo: Repo, state_dir: Path
+) -> None:
+    repo.service(replicas=1, auth="token")
+    apply_all(backend, repo)
+    uri = backend.scoring_uri(SERVICE)
+    token = backend.get_token(SERVICE)
+    assert token.token_type == "Bearer" and token.refresh_after < token.expiry_on
+    assert post(uri, {"data": [1, 2]}, token.access_token) == (200, [2.0, 4.0])
+    assert post(uri, {"data": [1]}, None)[0] == 401
+    with pytest.raises(PermanentError, match="has no keys"):
+        backend.get_keys(SERVICE)  # a token service has no keys to leak
+    # The signing key is private to the backend and the replicas, and nothing else is stored.
+    key_file = state_dir / "services" / SERVICE / "token-key.json"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert token.access_token not in key_file.read_text()
+    signing_key = json.loads(key_file.read_text())["tokenSigningKey"].encode()
+    now = time.time()
+    assert post(uri, {"data": [1]}, tokens.mint(signing_key, SERVICE, now - 7200).access_token)[0] == 401
+    assert post(uri, {"data": [1]}, tokens.mint(signing_key, "another-svc", now).access_token)[0] == 401
+    # A restarted backend (a new controller) issues tokens the running replicas accept.
+    again = LocalBackend(state_dir, "test-controller")
+    try:
+        assert post(uri, {"data": [3]}, again.get_token(SERVICE).access_token) == (200, [6.0])
+    finally:
+        again.close()

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from scoring_hosts import StartHost, calls
 
+from controller.structs import tokens
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -58,12 +60,31 @@ def test_rotating_the_keys_file_takes_effect_without_restart(
     assert host.score({"data": [1]}, headers=bearer("old-secondary"))[0] == 200
 
 
-def test_token_auth_accepts_the_token_from_the_keys_file(
+def test_token_auth_accepts_unexpired_tokens_for_this_service_signed_with_the_key(
     start_host: StartHost, echo_dir: Path, tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys.json"
-    write_keys(keys, token="tok-1", primaryKey="not-a-token")
+    write_keys(keys, tokenSigningKey="signing-key-1", primaryKey="not-a-token")
     host = start_host("--entry-script", "score.py", "--source-dir", str(echo_dir),
-                      "--auth", "token", "--keys-file", str(keys))
-    assert host.score({"data": [1]}, headers=bearer("tok-1"))[0] == 200
-    assert host.score({"data": [1]}, headers=bearer("not-a-token"))[0] == 401
+                      "--auth", "token", "--keys-file", str(keys), "--service-name", "svc-a")
+    now = time.time()
+    good = tokens.mint(b"signing-key-1", "svc-a", now).access_token
+    assert host.score({"data": [1]}, headers=bearer(good))[0] == 200
+    refused = {
+        "a key is not a token": "not-a-token",
+        "another service's token": tokens.mint(b"signing-key-1", "svc-b", now).access_token,
+        "expired": tokens.mint(b"signing-key-1", "svc-a", now - 7200, lifetime_s=3600).access_token,
+        "signed with another key": tokens.mint(b"signing-key-2", "svc-a", now).access_token,
+        "claims edited": good.split(".")[0] + "." + tokens.mint(b"x", "svc-a", now + 9999).access_token.split(".")[1]
+        + "." + good.split(".")[2],
+    }
+    for why, token in refused.items():
+        assert host.score({"data": [1]}, headers=bearer(token))[0] == 401, why
+    assert len(calls(echo_dir)) == 1  # refused requests never reached run()
+    # Rotating the signing key revokes every token signed with the old one.
+    write_keys(keys, tokenSigningKey="signing-key-2")
+    deadline = time.monotonic() + 10
+    while host.score({"data": [1]}, headers=bearer(good))[0] != 401:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert host.score({"data": [1]}, headers=bearer(tokens.mint(b"signing-key-2", "svc-a", now).access_token))[0] == 200
