@@ -181,6 +181,12 @@ def _place_autoscaled(place: Callable[[int], tuple[str, ...]], spec: WebserviceS
     return place(low), low
 
 
+def memory_limit_bytes(spec: WebserviceSpec) -> int:
+    """The memory a replica may use before it is killed: ``memoryGbLimit``, else ``memoryGb`` (Azure's default)."""
+    limit = spec.resources.memoryGbLimit if spec.resources.memoryGbLimit is not None else spec.resources.memoryGb
+    return int(limit * 1024**3)
+
+
 def _autoscale_policy(spec: WebserviceSpec, held: int) -> dict[str, int] | None:
     """What the supervisor autoscales by, or None for a fixed ``replicas`` count.
 
@@ -465,7 +471,8 @@ class LocalBackend:
                     generation = existing.generation + (existing.launch_hash != launch_hash)
                 row = ServiceRow(
                     name=name, cluster=spec.cluster, port=port, generation=generation, launch_hash=launch_hash,
-                    launch={**launch, "autoscale": policy} if policy else launch, replicas=replicas,
+                    launch={**launch, "autoscale": policy, "memoryLimitBytes": memory_limit_bytes(spec)},
+                    replicas=replicas,
                     gpus_per_replica=spec.resources.gpu, gpu_pool=pool,
                     supervisor_pid=existing.supervisor_pid if existing else None,
                     supervisor_started=existing.supervisor_started if existing else None,

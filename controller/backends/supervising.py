@@ -7,6 +7,8 @@ Each tick it reads the service row the backend wrote (replicas, generation, laun
 pool) and converges the processes to it, like a tiny ReplicaSet controller:
 
 * dead replicas are restarted with exponential backoff (0.5 s doubling to 30 s);
+* a replica whose resident memory (with its workers) passes the service's limit
+  (``memoryGbLimit``, else ``memoryGb``) is killed like an OOM-killed pod, counted as a failure;
 * each replica runs in its own process group, so a SIGKILL reaches its ``--workers`` children too;
 * extra replicas (scale in) get SIGTERM and drain;
 * replicas of an older generation are rolled one at a time: a new replica starts, and only when
@@ -65,6 +67,8 @@ TICK_S = 0.2
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 DRAIN_GRACE_S = 30.0
+MEMORY_CHECK_S = 1.0
+"""How often replicas' memory is compared with the service's limit."""
 FAILURE_LIMIT = 3
 """Consecutive failed starts of a replica of the current generation before the service is Stalled."""
 SCALE_DOWN_REFRESHES = 3
@@ -115,6 +119,19 @@ def kill_group(pid: int) -> None:
     except ProcessLookupError:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # a replica started before replicas had their own group
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants in bytes (0 once it is gone)."""
+    try:
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+    except psutil.Error:
+        return 0
+    return int(total)
 
 
 def start_time(pid: int) -> float:
@@ -184,6 +201,7 @@ class _Replica:
     error: str | None = None
     in_flight: int | None = None
     capacity: int | None = None
+    killed_for: str | None = None  # why the supervisor killed it (over its memory limit), reported on exit
 
     def exit_code(self) -> int | bool | None:
         """Exit code if a child of ours exited, True if an adopted process is gone, else None."""
@@ -209,6 +227,7 @@ class Supervisor:
     next_refresh: float = 0.0
     low_refreshes: int = 0
     low_peak: int = 0
+    next_memory_check: float = 0.0
 
     def adopt(self) -> None:
         """Track the live replicas recorded for this service; forget the dead ones."""
@@ -246,6 +265,7 @@ class Supervisor:
             rep.in_flight, rep.capacity = status_count(status, "inFlight"), status_count(status, "capacity")
             if rep.state == "ready" and rep.row.generation == row.generation:
                 self.failures.pop(rep.row.slot, None)
+        self._enforce_memory(row, now)
         row = self._autoscale(row, now)
         active = [r for r in self.replicas.values() if r.terminating_since is None]
         # Scale in: replicas in slots beyond the desired count drain and exit.
@@ -265,6 +285,28 @@ class Supervisor:
             if rep.terminating_since is not None and now - rep.terminating_since > DRAIN_GRACE_S:
                 kill_group(rep.row.pid)
         self._record_failures(row)
+
+    def _enforce_memory(self, row: ServiceRow, now: float) -> None:
+        """Kill a replica whose process tree uses more memory than the service allows (as AKS OOM-kills a pod).
+
+        The limit is ``resources.memoryGbLimit``, else ``memoryGb`` (Azure's default for the limit);
+        memory is the resident set of the replica and its workers, checked every ``MEMORY_CHECK_S``.
+        The exit is counted as a failure: the slot restarts with backoff and the error is reported.
+        """
+        limit = int(row.launch.get("memoryLimitBytes") or 0)
+        if not limit or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + MEMORY_CHECK_S
+        for rep in self.replicas.values():
+            if rep.terminating_since is not None or rep.killed_for is not None:
+                continue
+            used = tree_rss(rep.row.pid)
+            if used > limit:
+                rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
+                                  f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
+                log.warning("replica_oom_killed service=%s pid=%d slot=%d rss_mib=%d limit_mib=%d", self.service,
+                            rep.row.pid, rep.row.slot, used // 2**20, limit // 2**20)
+                kill_group(rep.row.pid)
 
     def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
         """The row with the replica count the autoscale policy wants now (recorded), or unchanged."""
@@ -385,7 +427,8 @@ class Supervisor:
             del self.replicas[pid]
             with self.store.transaction() as conn:
                 self.store.delete_replica(conn, self.service, pid)
-            status = read_status(rep.row.status_file) if rep.error is None else {"error": rep.error}
+            status = ({"error": rep.killed_for} if rep.killed_for is not None
+                      else read_status(rep.row.status_file) if rep.error is None else {"error": rep.error})
             for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)

@@ -211,3 +211,41 @@ def test_a_token_service_answers_fresh_tokens_and_refuses_keys_expired_and_forei
         assert post(uri, {"data": [3]}, again.get_token(SERVICE).access_token) == (200, [6.0])
     finally:
         again.close()
+
+
+GROWING_SCORE_PY = '''
+import json
+
+HELD = []
+
+
+def init():
+    pass
+
+
+def run(raw_data):
+    grow_mib = json.loads(raw_data).get("grow_mib", 0)
+    if grow_mib:
+        HELD.append(bytearray(b"x" * (grow_mib << 20)))  # written, so resident
+    return {"held_mib": sum(len(block) for block in HELD) >> 20}
+'''
+
+
+def test_a_replica_over_its_memory_limit_is_killed_restarted_and_reported(
+    backend: LocalBackend, repo: Repo, state_dir: Path
+) -> None:
+    repo.write("src/score.py", GROWING_SCORE_PY)
+    repo.service(replicas=1, auth="none", resources={"cpu": 0.1, "memoryGb": 0.25})
+    apply_all(backend, repo)
+    uri = backend.scoring_uri(SERVICE)
+    (before,) = _pids(backend)
+    assert post(uri, {"grow_mib": 16}, None) == (200, {"held_mib": 16})  # well under 256 MiB: kept
+    assert post(uri, {"grow_mib": 300}, None)[0] == 200  # the replica answers, then the supervisor acts
+    supervisor_log = state_dir / "services" / SERVICE / "supervisor.log"
+    _eventually(lambda: "replica_oom_killed" in supervisor_log.read_text(), timeout=30, what="OOM kill")
+    line = next(ln for ln in supervisor_log.read_text().splitlines() if "replica_oom_killed" in ln)
+    assert f"pid={before}" in line and "limit_mib=256" in line
+    after = _eventually(lambda: (p := _pids(backend)) and before not in p and p, timeout=60, what="restart")
+    backend.wait_ready(SERVICE, timeout=60)
+    assert post(uri, {}, None) == (200, {"held_mib": 0})  # a fresh process
+    assert not psutil.pid_exists(before) and len(after) == 1
