@@ -7,7 +7,7 @@ Each tick it reads the service row the backend wrote (replicas, generation, laun
 pool) and converges the processes to it, like a tiny ReplicaSet controller:
 
 * dead replicas are restarted with exponential backoff (0.5 s doubling to 30 s);
-* a replica whose resident memory (with its workers) passes the service's limit
+* a replica whose resident memory passes the service's limit
   (``memoryGbLimit``, else ``memoryGb``) is killed like an OOM-killed pod, counted as a failure;
 * each replica runs in its own process group, so a SIGKILL reaches its ``--workers`` children too;
 * extra replicas (scale in) get SIGTERM and drain;
@@ -121,17 +121,17 @@ def kill_group(pid: int) -> None:
             os.kill(pid, signal.SIGKILL)  # a replica started before replicas had their own group
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of ``pid`` and its descendants in bytes (0 once it is gone)."""
+def resident_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` in bytes (0 once it is gone).
+
+    The local backend runs one scoring process per replica (no ``--workers``), so the replica's
+    own resident set is its memory; children are not summed, because finding them means scanning
+    every process on the machine, each second, for every service.
+    """
     try:
-        process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += child.memory_info().rss
+        return int(psutil.Process(pid).memory_info().rss)
     except psutil.Error:
         return 0
-    return int(total)
 
 
 def start_time(pid: int) -> float:
@@ -287,10 +287,10 @@ class Supervisor:
         self._record_failures(row)
 
     def _enforce_memory(self, row: ServiceRow, now: float) -> None:
-        """Kill a replica whose process tree uses more memory than the service allows (as AKS OOM-kills a pod).
+        """Kill a replica that uses more memory than the service allows (as AKS OOM-kills a pod).
 
         The limit is ``resources.memoryGbLimit``, else ``memoryGb`` (Azure's default for the limit);
-        memory is the resident set of the replica and its workers, checked every ``MEMORY_CHECK_S``.
+        memory is the replica process's resident set, checked every ``MEMORY_CHECK_S``.
         The exit is counted as a failure: the slot restarts with backoff and the error is reported.
         """
         limit = int(row.launch.get("memoryLimitBytes") or 0)
@@ -300,7 +300,7 @@ class Supervisor:
         for rep in self.replicas.values():
             if rep.terminating_since is not None or rep.killed_for is not None:
                 continue
-            used = tree_rss(rep.row.pid)
+            used = resident_bytes(rep.row.pid)
             if used > limit:
                 rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
                                   f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
