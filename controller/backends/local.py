@@ -356,14 +356,21 @@ class LocalBackend:
     def get_keys(self, service: str) -> tuple[str, str]:
         """``(primary, secondary)`` keys of a service with ``auth: key``."""
         path = self._keys_path(service)
-        if not path.exists():
+        if self._auth_of(service) != "key" or not path.exists():
             raise PermanentError(f"service '{service}' has no keys (is auth 'key'?)", reason="NoKeys")
         return read_keys(path)
+
+    def _auth_of(self, service: str) -> str | None:
+        """The ``auth`` mode the service was last applied with (a switched service keeps its old
+        key files until its replicas have rolled; only the current mode's secrets are given out)."""
+        with self.store.snapshot() as conn:
+            recorded = self.store.get_resource(conn, Kind.WEBSERVICE.value, service)
+        return None if recorded is None else str(recorded["spec"].get("auth", "key"))
 
     def get_token(self, service: str) -> AccessToken:
         """A fresh access token for a service with ``auth: token`` (signed with its key, never stored)."""
         path = self._token_key_path(service)
-        if not path.exists():
+        if self._auth_of(service) != "token" or not path.exists():
             raise PermanentError(f"service '{service}' issues no tokens (is auth 'token'?)", reason="NoTokens")
         return token_for(path, service)
 

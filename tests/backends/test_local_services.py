@@ -211,6 +211,12 @@ def test_a_token_service_answers_fresh_tokens_and_refuses_keys_expired_and_forei
         assert post(uri, {"data": [3]}, again.get_token(SERVICE).access_token) == (200, [6.0])
     finally:
         again.close()
+    # Switched to key auth: keys are given out, tokens no longer.
+    repo.service(replicas=1, auth="key")
+    apply_all(backend, repo, revision="r2")
+    assert post(uri, {"data": [1]}, backend.get_keys(SERVICE)[0])[0] == 200
+    with pytest.raises(PermanentError, match="issues no tokens"):
+        backend.get_token(SERVICE)
 
 
 GROWING_SCORE_PY = '''
