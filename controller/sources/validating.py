@@ -10,8 +10,6 @@ import difflib
 import hashlib
 import json
 import posixpath
-import types
-import typing
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +28,7 @@ from controller.structs.manifests import (
     WebserviceManifest,
     WorkspaceManifest,
 )
+from controller.structs.schemas import nested_model
 from controller.structs.states import DesiredResource, DesiredState, Origin, ResourceId
 
 # Spec fields that name files, per kind; they resolve against the manifest file's folder.
@@ -68,23 +67,10 @@ def _fields_at(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]
         field = current.model_fields.get(part)
         if field is None:
             return []
-        current = _model_in(field.annotation)
+        current = nested_model(field.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)
     return []
-
-
-def _model_in(annotation: Any) -> Any:
-    """The pydantic model inside an annotation such as ``Probe | None`` or ``list[ModelRef]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    if isinstance(annotation, types.UnionType):
-        return None
-    return None
 
 
 # pydantic error types, in words a manifest author reads; {got} is the offending value.

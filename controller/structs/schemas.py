@@ -46,11 +46,12 @@ def _type_name(annotation: Any) -> str:
     return str(getattr(annotation, "__name__", annotation))
 
 
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Probe | None`` or ``list[ModelRef]``, if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _nested_model(arg)
+        found = nested_model(arg)
         if found is not None:
             return found
     return None
@@ -67,7 +68,7 @@ def _field_rows(model: type[BaseModel], prefix: str) -> list[str]:
             value = info.default
             default = "" if value is None else f"`{getattr(value, 'value', value)}`"
         rows.append(f"| `{prefix}{name}` | {_type_name(info.annotation)} | {default} |")
-        nested = _nested_model(info.annotation)
+        nested = nested_model(info.annotation)
         if nested is not None:
             many = typing.get_origin(info.annotation) is list
             rows.extend(_field_rows(nested, f"{prefix}{name}{'[]' if many else ''}."))
@@ -78,7 +79,7 @@ def reference_markdown() -> str:
     """The manifest reference for the README: one table of fields per kind, from the models."""
     parts = []
     for kind, model in MANIFEST_TYPES.items():
-        spec = _nested_model(model.model_fields["spec"].annotation)
+        spec = nested_model(model.model_fields["spec"].annotation)
         assert spec is not None
         doc = " ".join((spec.__doc__ or "").split())
         table = "\n".join(["| field | type | default |", "|---|---|---|", *_field_rows(spec, "spec.")])
