@@ -37,6 +37,9 @@ def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+_HEADER_B64: Final = _b64(_HEADER)
+
+
 def _unb64(data: bytes) -> bytes:
     return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
 
@@ -45,7 +48,7 @@ def mint(key: bytes, service: str, now: float, lifetime_s: int = TOKEN_LIFETIME_
     """A token for ``service`` signed with ``key``, valid from ``now`` for ``lifetime_s`` seconds."""
     issued = int(now)
     claims = {"aud": service, "iss": ISSUER, "iat": issued, "exp": issued + lifetime_s}
-    signing_input = _b64(_HEADER) + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = _HEADER_B64 + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
     signature = _b64(hmac.new(key, signing_input, hashlib.sha256).digest())
     return AccessToken((signing_input + b"." + signature).decode(), issued + min(REFRESH_AFTER_S, lifetime_s),
                        issued + lifetime_s)
@@ -54,7 +57,7 @@ def mint(key: bytes, service: str, now: float, lifetime_s: int = TOKEN_LIFETIME_
 def verify(keys: tuple[bytes, ...], token: bytes, service: str | None, now: float) -> bool:
     """Whether ``token`` is signed by one of ``keys``, unexpired at ``now`` and (if given) for ``service``."""
     parts = token.split(b".")
-    if len(parts) != 3:
+    if len(parts) != 3 or parts[0] != _HEADER_B64:  # only tokens this module minted
         return False
     signing_input = parts[0] + b"." + parts[1]
     matched = False
@@ -65,8 +68,6 @@ def verify(keys: tuple[bytes, ...], token: bytes, service: str | None, now: floa
     if not matched:
         return False
     try:
-        if json.loads(_unb64(parts[0])) != json.loads(_HEADER):
-            return False
         claims = json.loads(_unb64(parts[1]))
         expires = float(claims["exp"])
         audience = claims["aud"]
