@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reports import Skipped, heading, print_machine, table
+from benchmarks.reports import Skipped, heading, print_machine, run_script, table
 from benchmarks.workfolders import REPO, project_python, work_folder
 
 WRITE_METHODS = {"create", "update", "delete"}
@@ -381,13 +381,5 @@ def print_azureml(results: list[dict[str, Any]], runs: int) -> None:
               f"{len(r['first']['changes'])} changes, errors {r['first']['errors'] or 'none'}")
 
 
-def run_as_script() -> int:
-    try:
-        return main()
-    except Skipped as exc:
-        print(f"SKIPPED calls: {exc}")
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_as_script())
+    sys.exit(run_script(main, "calls"))

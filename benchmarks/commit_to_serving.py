@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reports import Skipped, heading, print_machine, table
+from benchmarks.reports import Skipped, heading, print_machine, run_script, table
 from benchmarks.workfolders import REPO, project_python, work_folder
 
 CONTROLLER = "amlops-bench"
@@ -429,13 +429,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_as_script() -> int:
-    try:
-        return main()
-    except Skipped as exc:
-        print(f"SKIPPED commit_to_serving: {exc}")
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_as_script())
+    sys.exit(run_script(main, "commit_to_serving"))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.reports import Skipped, heading, print_machine, table
+from benchmarks.reports import Skipped, heading, print_machine, run_script, table
 from benchmarks.workfolders import REPO, project_python, work_folder
 
 SIZES = (100, 1_000, 10_000)
@@ -241,13 +241,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_as_script() -> int:
-    try:
-        return main()
-    except Skipped as exc:
-        print(f"SKIPPED reconcile: {exc}")
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_as_script())
+    sys.exit(run_script(main, "reconcile"))

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import digits
-from benchmarks.reports import Skipped, heading, print_machine, table
+from benchmarks.reports import Skipped, heading, print_machine, run_script, table
 from benchmarks.requesting import LoadResult, lua_script, post, require_wrk, run_wrk
 from benchmarks.workfolders import REPO, ensure_venv, project_python, venv_version, work_folder
 
@@ -375,6 +375,12 @@ class Cell:
     connections: int
     result: LoadResult
 
+    def to_json(self) -> dict[str, Any]:
+        """The cell as ``--json`` writes it."""
+        r = self.result
+        return {"server": self.server, "rows": self.rows, "conc": self.connections, "rps": round(r.rps, 1),
+                "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors, "wrk_cpu": round(r.wrk_cpu, 2)}
+
 
 def measure(servers: Sequence[Server], files: Files, rows_list: Sequence[int], connections_list: Sequence[int],
             seconds: float) -> list[Cell]:
@@ -486,9 +492,7 @@ def part_w1(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int
                   for rows in ROW_COUNTS for conc in CONCURRENCIES]
     print(table(["rows", "conc", "/ azmlinfsrv shipped", "/ azmlinfsrv both inline", "/ azmlinfsrv both pool",
                  "/ KServe shipped", "/ KServe both inline", "/ KServe both pool"], ratio_rows))
-    figures["w1"] = [dict(server=c.server, rows=c.rows, conc=c.connections, rps=round(c.result.rps, 1),
-                          p50_ms=c.result.p50_ms, p99_ms=c.result.p99_ms, errors=c.result.errors,
-                          wrk_cpu=round(c.result.wrk_cpu, 2)) for c in cells]
+    figures["w1"] = [c.to_json() for c in cells]
     figures["versions"] = versions
     return cells
 
@@ -515,8 +519,7 @@ def part_w2(files: Files, seconds: float, logs: Path, bound: dict[tuple[str, int
                              of_bound(a, bound, "w2", rows, INLINE), ratio(a, b)))
     print(table(["rows", "conc", "req/s", "p50 ms", "p99 ms", "errors", "of bound", "compat v1 / edited"],
                 rows_out))
-    figures["w2"] = [dict(server=c.server, rows=c.rows, conc=c.connections, rps=round(c.result.rps, 1),
-                          p50_ms=c.result.p50_ms, p99_ms=c.result.p99_ms, errors=c.result.errors) for c in cells]
+    figures["w2"] = [c.to_json() for c in cells]
 
 
 def part_pairs(title: str, key: str, servers: list[Server], files: Files, seconds: float, logs: Path,
@@ -537,8 +540,7 @@ def part_pairs(title: str, key: str, servers: list[Server], files: Files, second
             out.append((rows, conc, a.rps, a.p99_ms, b.rps, b.p99_ms, ratio(b, a), a.errors + b.errors))
     print(table(["rows", "conc", f"{servers[0].label} req/s", "p99 ms", f"{servers[1].label} req/s", "p99 ms",
                  "ratio", "errors"], out))
-    figures[key] = [dict(server=c.server, rows=c.rows, conc=c.connections, rps=round(c.result.rps, 1),
-                         p50_ms=c.result.p50_ms, p99_ms=c.result.p99_ms, errors=c.result.errors) for c in cells]
+    figures[key] = [c.to_json() for c in cells]
 
 
 def baseline_venvs() -> dict[str, Path]:
@@ -605,13 +607,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run_as_script() -> int:
-    try:
-        return main()
-    except Skipped as exc:
-        print(f"SKIPPED scorer: {exc}")
-        return 0
-
-
 if __name__ == "__main__":
-    sys.exit(run_as_script())
+    sys.exit(run_script(main, "scorer"))
