@@ -7,9 +7,7 @@ request counters between steps.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +15,10 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.azureml
+# tests/ is on sys.path (pytest's rootdir insertion): the emulator harness and the numpy entry script.
+from backends.test_azureml_reconcile import SCORE, emulators
 
-_spec = importlib.util.spec_from_file_location("emulators", Path(__file__).parents[1] / "emulator" / "emulators.py")
-assert _spec is not None and _spec.loader is not None
-emulators = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("emulators", emulators)
-_spec.loader.exec_module(emulators)
+pytestmark = pytest.mark.azureml
 
 DRIVER = '''
     import json, sys, time, traceback
@@ -71,17 +66,6 @@ DRIVER = '''
     print("RESULT " + json.dumps(out, default=str))
 '''
 
-SCORE = textwrap.dedent('''
-    import json, os
-    import numpy as np
-
-    def init():
-        global W
-        W = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "w.npy"))
-
-    def run(raw_data):
-        return (np.array(json.loads(raw_data)["data"]) @ W).tolist()
-''')
 
 
 @pytest.fixture(scope="module")

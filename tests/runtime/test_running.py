@@ -20,6 +20,11 @@ API_TOKEN = "api-token-xyz"
 Start = Callable[..., Controller]
 
 
+def repo_args(repo: GitRepo, tmp_path: Path, *extra: str) -> list[str]:
+    """``amlops run`` arguments following ``repo``'s manifests/ with a state dir in ``tmp_path``."""
+    return ["--repo", str(repo.root), "--path", "manifests", "--state-dir", str(tmp_path / "st"), *extra]
+
+
 def small_repo(root: Path) -> GitRepo:
     """A repo whose manifests need no service process: a workspace and a CPU cluster."""
     repo = GitRepo(root)
@@ -39,18 +44,7 @@ def repo(tmp_path: Path) -> GitRepo:
 
 def test_run_once_applies_and_never_imports_tensorflow(repo: GitRepo, tmp_path: Path) -> None:
     modules = tmp_path / "modules.txt"
-    argv = [
-        *_amlops_run_argv(),
-        "--repo",
-        str(repo.root),
-        "--path",
-        "manifests",
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--once",
-        "--listen",
-        "127.0.0.1:0",
-    ]
+    argv = [*_amlops_run_argv(), *repo_args(repo, tmp_path, "--once", "--listen", "127.0.0.1:0")]
     done = subprocess.run(
         argv,
         capture_output=True,
@@ -68,20 +62,7 @@ def test_run_once_applies_and_never_imports_tensorflow(repo: GitRepo, tmp_path: 
 def test_run_once_exits_1_on_an_invalid_commit(repo: GitRepo, tmp_path: Path) -> None:
     repo.write("manifests/clusters/cpu.yaml", "kind: AksCluster\nmetadata: [unclosed\n")
     repo.commit("broken")
-    argv = [
-        *_amlops_run_argv(),
-        "--repo",
-        str(repo.root),
-        "--path",
-        "manifests",
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--once",
-        "--listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ]
+    argv = [*_amlops_run_argv(), *repo_args(repo, tmp_path, "--once", "--listen", "127.0.0.1:0", "--log-format", "json")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "manifests/clusters/cpu.yaml:" in done.stderr and '"event": "sync.finished"' in done.stderr
@@ -90,16 +71,7 @@ def test_run_once_exits_1_on_an_invalid_commit(repo: GitRepo, tmp_path: Path) ->
 def test_a_second_controller_stands_by_and_takes_over_when_the_first_is_killed(
     repo: GitRepo, tmp_path: Path, controllers: Start
 ) -> None:
-    args = [
-        "--repo",
-        str(repo.root),
-        "--path",
-        "manifests",
-        "--state-dir",
-        str(tmp_path / "st"),
-        "--interval",
-        "1",
-    ]
+    args = repo_args(repo, tmp_path, "--interval", "1")
     first = controllers(args, tmp_path / "first.log")
     first.wait_ready()
     second = controllers(args, tmp_path / "second.log")
@@ -116,7 +88,7 @@ def test_a_second_controller_stands_by_and_takes_over_when_the_first_is_killed(
 
 def test_sigterm_finishes_and_exits_zero(repo: GitRepo, tmp_path: Path, controllers: Start) -> None:
     c = controllers(
-        ["--repo", str(repo.root), "--path", "manifests", "--state-dir", str(tmp_path / "st")],
+        repo_args(repo, tmp_path),
         tmp_path / "c.log",
     )
     c.wait_ready()
@@ -129,16 +101,7 @@ def test_an_invalid_commit_applies_nothing_and_shows_file_and_line_until_fixed(
 ) -> None:
     good = repo.head()
     c = controllers(
-        [
-            "--repo",
-            str(repo.root),
-            "--path",
-            "manifests",
-            "--state-dir",
-            str(tmp_path / "st"),
-            "--interval",
-            "0.5",
-        ],
+        repo_args(repo, tmp_path, "--interval", "0.5"),
         tmp_path / "c.log",
     )
     c.wait_ready()
@@ -168,18 +131,7 @@ def test_a_signed_webhook_wakes_the_loop_and_a_forged_one_does_not(
 ) -> None:
     (tmp_path / "secret").write_text(SECRET + "\n")
     c = controllers(
-        [
-            "--repo",
-            str(repo.root),
-            "--path",
-            "manifests",
-            "--state-dir",
-            str(tmp_path / "st"),
-            "--interval",
-            "600",
-            "--webhook-secret-file",
-            str(tmp_path / "secret"),
-        ],
+        repo_args(repo, tmp_path, "--interval", "600", "--webhook-secret-file", str(tmp_path / "secret")),
         tmp_path / "c.log",
     )
     c.wait_ready()
@@ -213,18 +165,7 @@ def test_api_sync_needs_the_token_and_sighup_rereads_it(
     token_file = tmp_path / "token"
     token_file.write_text(API_TOKEN)
     c = controllers(
-        [
-            "--repo",
-            str(repo.root),
-            "--path",
-            "manifests",
-            "--state-dir",
-            str(tmp_path / "st"),
-            "--interval",
-            "600",
-            "--api-token-file",
-            str(token_file),
-        ],
+        repo_args(repo, tmp_path, "--interval", "600", "--api-token-file", str(token_file)),
         tmp_path / "c.log",
     )
     c.wait_ready()
