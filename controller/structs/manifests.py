@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -114,6 +115,10 @@ class WorkspaceSpec(_Strict):
     workspaceName: str | None = None
     location: str | None = None
     credentials: Credentials | None = None
+    # The Azure ML API generation the azureml backend drives: ``v2`` (azure-ai-ml online endpoints)
+    # for new work; ``v1`` (azureml-core AKS web services, out of support since June 2026) is the
+    # default only so that existing workspaces never migrate by surprise when amlops is upgraded.
+    api: Literal["v1", "v2"] = "v1"
 
     @model_validator(mode="after")
     def _azureml_needs_coordinates(self) -> WorkspaceSpec:
@@ -125,9 +130,14 @@ class WorkspaceSpec(_Strict):
 
 
 class AttachSpec(_Strict):
-    """Attach an existing AKS cluster (``AksCompute.attach_configuration``) instead of creating one."""
+    """Attach an existing AKS cluster instead of creating one.
+
+    On API v1 this is ``AksCompute.attach_configuration``; on v2 it is a ``KubernetesCompute``
+    attach (the only way: v2 cannot create AKS clusters), into ``namespace``.
+    """
 
     resourceId: str = Field(pattern=r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ContainerService/managedClusters/[^/]+$")
+    namespace: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class AksClusterSpec(_Strict):
@@ -245,6 +255,75 @@ class Probe(_Strict):
     failureThreshold: int = Field(default=3, ge=1)
 
 
+class RolloutStep(_Strict):
+    """One traffic step of a canary: the new version's weight, held for a pause and/or a number of requests."""
+
+    weight: int = Field(ge=0, le=100)
+    pauseSeconds: float | None = Field(default=None, ge=0)
+    minRequests: int | None = Field(default=None, ge=0)
+
+
+class Analysis(_Strict):
+    """Limits the new version must keep during each step, measured over that step's window.
+
+    ``maxP99Ratio`` compares the new version's p99 with the live version's p99 over the same window.
+    """
+
+    maxErrorRate: float | None = Field(default=None, ge=0, le=1)
+    maxP99Ms: float | None = Field(default=None, gt=0)
+    maxP99Ratio: float | None = Field(default=None, gt=0)
+    minRequests: int = Field(default=0, ge=0)
+
+
+class SampleRequest(_Strict):
+    """A smoke test sent to the new version before it gets any traffic.
+
+    ``file`` (a JSON body, relative to the manifest) or ``body`` (inline JSON text). The answer
+    must equal ``expect`` (inline JSON text) or ``expectFile`` when given, and otherwise, when
+    ``compareWithLive`` is set, the live version's answer to the same request.
+    """
+
+    file: str | None = None
+    body: str | None = None
+    expect: str | None = None
+    expectFile: str | None = None
+    compareWithLive: bool = False
+
+    @model_validator(mode="after")
+    def _one_body(self) -> SampleRequest:
+        if (self.file is None) == (self.body is None):
+            raise ValueError("set exactly one of file or body")
+        if self.expect is not None and self.expectFile is not None:
+            raise ValueError("set expect or expectFile, not both")
+        return self
+
+
+class Rollout(_Strict):
+    """How a change that needs new replicas or a new deployment reaches traffic.
+
+    ``rolling`` replaces replicas one by one (the default); ``blueGreen`` gives the new version no
+    traffic until it is ready and has passed its checks, then all of it; ``canary`` walks ``steps``
+    and judges each with ``analysis``, rolling back at the first failed check.
+    """
+
+    strategy: Literal["rolling", "blueGreen", "canary"] = "rolling"
+    steps: list[RolloutStep] = Field(default_factory=list)
+    analysis: Analysis | None = None
+    sampleRequest: SampleRequest | None = None
+
+    @model_validator(mode="after")
+    def _steps_fit_strategy(self) -> Rollout:
+        if self.strategy != "canary" and (self.steps or self.analysis is not None):
+            raise ValueError(f"steps and analysis apply to strategy canary, not {self.strategy}")
+        if self.strategy == "canary":
+            if not self.steps:
+                raise ValueError("a canary needs steps (for example weights 10, 50, 100)")
+            weights = [s.weight for s in self.steps]
+            if any(b <= a for a, b in pairwise(weights)):
+                raise ValueError(f"step weights must increase: {weights}")
+        return self
+
+
 class WebserviceSpec(_Strict):
     """A web service on AKS (``AksWebservice.deploy_configuration`` + ``InferenceConfig`` + ``Model.deploy``)."""
 
@@ -266,6 +345,11 @@ class WebserviceSpec(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
     description: str | None = None
     deletionPolicy: Literal["Retain", "Delete"] = "Delete"
+    # Overrides the workspace's Azure ML API generation for this service, so services move to v2 one at a time.
+    api: Literal["v1", "v2"] | None = None
+    # v2 only: the Kubernetes instance type (the cluster's InstanceType resource) of the deployment.
+    instanceType: str | None = None
+    rollout: Rollout = Field(default_factory=Rollout)
 
     @model_validator(mode="after")
     def _deploy_configuration_rules(self) -> WebserviceSpec:

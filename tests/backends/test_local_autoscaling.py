@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from controller.backends.local import LocalBackend
-from controller.backends.supervising import SCALE_DOWN_REFRESHES, desired_replicas
+from controller.backends.local.supervising import SCALE_DOWN_REFRESHES, desired_replicas
 from controller.core.planning import plan_resource
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action

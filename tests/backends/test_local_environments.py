@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.backends.environments import build_venv, parse_requirement, resolve_environment, substitute
 from controller.backends.local import LocalBackend
+from controller.backends.local.environments import (
+    build_venv,
+    parse_requirement,
+    resolve_environment,
+    substitute,
+)
 from controller.structs.manifests import EnvironmentSpec, Kind
 from controller.structs.states import ConditionType
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.backends.gpus import Allocation, Gpu, allocate_pool, parse_nvidia_smi, visible_devices
+from controller.backends.local.gpus import Allocation, Gpu, allocate_pool, parse_nvidia_smi, visible_devices
 from controller.structs.errors import PermanentError
 
 FOUR = [Gpu(i, f"GPU-{i}", "Tesla T4") for i in range(4)]

@@ -8,7 +8,7 @@ import sys
 
 def test_the_backend_and_its_supervisor_import_neither_tensorflow_nor_the_scoring_host() -> None:
     code = (
-        "import sys, controller.backends.local, controller.backends.supervising;"
+        "import sys, controller.backends.local, controller.backends.local.supervising;"
         "bad = [m for m in sys.modules if m.startswith(('tensorflow', 'controller.scoring'))];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

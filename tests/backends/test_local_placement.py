@@ -7,8 +7,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controller.backends.gpus import Gpu
 from controller.backends.local import LocalBackend
+from controller.backends.local.gpus import Gpu
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind
 from controller.structs.states import ConditionType

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.backends.localstores import LocalStore
-from controller.backends.registries import register_model, resolve_model
+from controller.backends.local.registries import register_model, resolve_model
+from controller.backends.local.stores import LocalStore
 from controller.structs.errors import PermanentError
 
 

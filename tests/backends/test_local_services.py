@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import signal
 import socket
 import threading
 import time
+import urllib.error
 from pathlib import Path
 
 import psutil
@@ -220,6 +223,7 @@ def test_a_token_service_answers_fresh_tokens_and_refuses_keys_expired_and_forei
 
 
 GROWING_SCORE_PY = '''
+import http.client
 import json
 
 HELD = []
@@ -246,7 +250,10 @@ def test_a_replica_over_its_memory_limit_is_killed_restarted_and_reported(
     uri = backend.scoring_uri(SERVICE)
     (before,) = _pids(backend)
     assert post(uri, {"grow_mib": 16}, None) == (200, {"held_mib": 16})  # well under 256 MiB: kept
-    assert post(uri, {"grow_mib": 300}, None)[0] == 200  # the replica answers, then the supervisor acts
+    # The supervisor samples memory every second: the kill may land before or after this answer is
+    # written (an OOM-killed pod drops its connection too), so either outcome is the real behaviour.
+    with contextlib.suppress(ConnectionError, urllib.error.URLError, http.client.HTTPException):
+        assert post(uri, {"grow_mib": 300}, None)[0] == 200
     supervisor_log = state_dir / "services" / SERVICE / "supervisor.log"
     _eventually(lambda: "replica_oom_killed" in supervisor_log.read_text(), timeout=30, what="OOM kill")
     line = next(ln for ln in supervisor_log.read_text().splitlines() if "replica_oom_killed" in ln)

@@ -235,7 +235,7 @@ def _parent_paths() -> list[str]:
     paths = [p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p)]
     paths.extend(site.getsitepackages())
     # The folder holding the ``controller`` package, so venv interpreters can run the scoring host.
-    paths.append(str(Path(__file__).resolve().parents[2]))
+    paths.append(str(Path(__file__).resolve().parents[3]))
     return list(dict.fromkeys(paths))
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from controller.backends.localstores import LocalStore, ModelVersion
+from controller.backends.local.stores import LocalStore, ModelVersion
 from controller.structs.errors import PermanentError
 
 log = logging.getLogger(__name__)

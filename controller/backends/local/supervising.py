@@ -1,6 +1,6 @@
 """The per-service supervisor: keeps a service's replicas running, outliving the controller.
 
-Run as ``python -m controller.backends.supervising --state-dir DIR --service NAME [--listen-fd N]``.
+Run as ``python -m controller.backends.local.supervising --state-dir DIR --service NAME [--listen-fd N]``.
 It must stay light: it imports neither TensorFlow nor the scoring host, only the state store.
 
 Each tick it reads the service row the backend wrote (replicas, generation, launch command, GPU
@@ -58,8 +58,8 @@ from typing import Any
 
 import psutil
 
-from controller.backends.gpus import visible_devices
-from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.local.gpus import visible_devices
+from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 
 log = logging.getLogger("amlops.supervisor")
 
@@ -469,7 +469,7 @@ def _listener_fd(store: LocalStore, service: str, given: int | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the supervisor process."""
-    parser = argparse.ArgumentParser(prog="python -m controller.backends.supervising")
+    parser = argparse.ArgumentParser(prog="python -m controller.backends.local.supervising")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--service", required=True)
     parser.add_argument("--listen-fd", type=int)

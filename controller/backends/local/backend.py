@@ -5,7 +5,7 @@ onto the GPUs ``nvidia-smi`` finds); environments resolve to a Python interprete
 a content-addressed registry; each web service is a set of scoring-host processes kept alive by a
 per-service supervisor (``supervising.py``) that outlives the controller.
 
-State lives in SQLite under ``state_dir`` (``localstores.py``). ``create`` and ``update`` of a
+State lives in SQLite under ``state_dir`` (``stores.py``). ``create`` and ``update`` of a
 service return only once every replica of the new generation is ready (``wait_ready``), reporting
 progress through ``ctx.progress``; ``read`` is a handful of SQL queries plus local pid checks.
 
@@ -35,12 +35,12 @@ from typing import Any
 import psutil
 
 from controller.backends.base import ApplyContext
-from controller.backends.environments import Resolution, current_interpreter, resolve_environment
-from controller.backends.gpus import Allocation, Gpu, allocate_pool, discover_gpus
 from controller.backends.keys import KeyName, ensure_keys, ensure_token_key, read_keys, regenerate, token_for
-from controller.backends.localstores import LocalStore, ReplicaRow, ServiceRow
-from controller.backends.registries import content_hash, delete_model, register_model, resolve_model
-from controller.backends.supervising import (
+from controller.backends.local.environments import Resolution, current_interpreter, resolve_environment
+from controller.backends.local.gpus import Allocation, Gpu, allocate_pool, discover_gpus
+from controller.backends.local.registries import content_hash, delete_model, register_model, resolve_model
+from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.local.supervising import (
     FAILURE_LIMIT,
     bind_listener,
     database_path,
@@ -52,7 +52,7 @@ from controller.backends.supervising import (
     status_count,
     utilization,
 )
-from controller.backends.supervising import log_path as replica_log_path
+from controller.backends.local.supervising import log_path as replica_log_path
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import (
     AksClusterManifest,
@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 20.0
 """How long a stopped service's processes get to drain: longer than a replica's own limit for its
 ``--workers`` (``controller.scoring.forking.STOP_LIMIT_S``, 15 s), so it can reap them first."""
-_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+_REPO_ROOT = str(Path(__file__).resolve().parents[3])
 
 _REPLACE_FIELDS: Mapping[Kind, frozenset[str]] = {
     Kind.WORKSPACE: frozenset({"backend"}),
@@ -564,7 +564,7 @@ class LocalBackend:
         row = self._row(name)
         if process_alive(row.supervisor_pid, row.supervisor_started):
             return None
-        argv = [sys.executable, "-m", "controller.backends.supervising", "--state-dir", str(self.state_dir), "--service", name]
+        argv = [sys.executable, "-m", "controller.backends.local.supervising", "--state-dir", str(self.state_dir), "--service", name]
         pass_fds: tuple[int, ...] = ()
         if listener is not None:
             argv += ["--listen-fd", str(listener.fileno())]
