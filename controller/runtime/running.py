@@ -319,6 +319,7 @@ class Controller:
                 )
                 if not self._wait_for_lock():
                     return EXIT_OK
+            self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
             self.metrics.leader.set(1)
@@ -335,6 +336,16 @@ class Controller:
             self.server.close()
             self.lock.release()
             log.info("controller.stopped", extra={"fields": {"pid": os.getpid()}})
+
+    def _close_interrupted(self) -> None:
+        """A pass the previous leader left ``applying`` was cut short (kill -9, power loss): say so in history."""
+        try:
+            closed = self.recorder.close_interrupted()
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("history.unwritable", extra={"fields": {"error": str(exc)}})
+            return
+        if closed:
+            log.warning("reconcile.interrupted", extra={"fields": {"passes": closed}})
 
     def _wait_for_lock(self) -> bool:
         while not self.stop_requested.is_set():

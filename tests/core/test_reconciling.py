@@ -96,10 +96,14 @@ def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, back
     assert status.last_applied_revision is None and status.last_attempted_revision == "r1"
     assert recorder.history(5)[0].changes[-1]["reason"] == "Unschedulable"
 
-    # Permanent means "will not pass until the input changes": the same input is not retried.
+    # Permanent means "will not pass until the input changes": the same input is not retried,
+    # and the pass is degraded, never "no changes": the revision is not applied.
     writes = len(backend.writes)
     again = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
-    assert again.status is ReconcileStatus.NO_CHANGES and len(backend.writes) == writes
+    assert again.status is ReconcileStatus.DEGRADED and len(backend.writes) == writes
+    assert again.errors == ("Webservice/svc-a: stalled: Unschedulable: 0/3 nodes have a free GPU "
+                            "(not retried until the manifest or its files change)",)
+    assert recorder.last_good_revision() is None
     held_back = next(c for c in again.plan.changes if c.id.name == "svc-a")  # type: ignore[union-attr]
     assert held_back.reason.startswith("stalled: Unschedulable: 0/3 nodes have a free GPU")
     assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is not None
@@ -109,6 +113,7 @@ def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, back
     retried = reconcile(repo.root, "manifests", "r2", _backend_for(backend), recorder)
     assert retried.status is ReconcileStatus.APPLIED
     assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is None
+    assert recorder.last_good_revision() == "r2"
 
 
 def test_two_recorders_on_one_file_see_each_others_writes(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
