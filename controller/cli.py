@@ -38,7 +38,7 @@ from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
+from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId, source_id
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -259,7 +259,7 @@ def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple
     try:
         targets = target_step(desired, pool.backend_for)
         actual = read_step(targets)
-        options = ReconcileOptions(controller_name=settings.controller_name,
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
                                    allow_mass_delete=getattr(args, "allow_mass_delete", False))
         the_plan = plan_step(desired, actual, targets, options)
     except BackendError as exc:
@@ -312,7 +312,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         outcome = reconcile(
             root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
-            ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
+            # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
+            ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+                             allow_mass_delete=args.allow_mass_delete,
                              parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                              confirm=confirm),
         )

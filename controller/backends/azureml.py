@@ -47,13 +47,15 @@ from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
     MANIFEST_PATH_TAG,
-    REVISION_TAG,
+    OWNERSHIP_TAGS,
+    SOURCE_TAG,
     ActualResource,
     ActualState,
     Condition,
     ConditionType,
     DesiredResource,
     ResourceId,
+    ownership_tags,
 )
 from controller.structs.tokens import AccessToken
 
@@ -63,7 +65,7 @@ SPEC_TAG: Final = "amlops.dev/spec"
 CONTENT_TAG: Final = "amlops.dev/content"
 _ENV_PREFIX: Final = "AMLOPS_"
 _ENV_KEYS: Final = {MANAGED_BY_TAG: "AMLOPS_MANAGED_BY", MANIFEST_PATH_TAG: "AMLOPS_MANIFEST_PATH",
-                    DIGEST_TAG: "AMLOPS_DIGEST", SPEC_TAG: "AMLOPS_SPEC"}
+                    DIGEST_TAG: "AMLOPS_DIGEST", SPEC_TAG: "AMLOPS_SPEC", SOURCE_TAG: "AMLOPS_SOURCE"}
 _REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
     Kind.WORKSPACE: frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName"}),
     # AKS computes made by SDK v1 cannot change size, count or purpose in place.
@@ -224,14 +226,13 @@ class AzureMLBackend:
     # -- ownership -------------------------------------------------------------------------------
 
     def _tags(self, resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
-        return {MANAGED_BY_TAG: ctx.controller_name, MANIFEST_PATH_TAG: resource.origin.file,
-                REVISION_TAG: ctx.revision, DIGEST_TAG: resource.digest,
+        return {**ownership_tags(ctx.controller_name, ctx.source, ctx.revision, resource),
                 SPEC_TAG: json.dumps(resource.manifest.spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))}
 
     @staticmethod
     def _ownership(tags: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
         tags = dict(tags or {})
-        own = {k: str(v) for k, v in tags.items() if k in (MANAGED_BY_TAG, MANIFEST_PATH_TAG, REVISION_TAG, DIGEST_TAG, CONTENT_TAG)}
+        own = {k: str(v) for k, v in tags.items() if k in OWNERSHIP_TAGS or k == CONTENT_TAG}
         try:
             spec = json.loads(tags.get(SPEC_TAG) or "{}")
         except ValueError:
@@ -412,6 +413,8 @@ class AzureMLBackend:
             # Only the versions this controller registered: a version registered by hand stays.
             owned = self._call(f"list model {id.name}",
                                lambda: Model.list(ws, name=id.name, tags=[[MANAGED_BY_TAG, self.controller_name]]))
+            # ... and of those, only the versions this source registered (another source's stay).
+            owned = [m for m in owned if not ctx.source or (m.tags or {}).get(SOURCE_TAG, "") == ctx.source]
             for model in owned:
                 self._call(f"delete model {model.id}", model.delete)
         elif id.kind is Kind.ENVIRONMENT:
@@ -523,7 +526,7 @@ class AzureMLBackend:
         env.docker.base_image = BASE_IMAGE_ALIASES.get(spec.baseImage, spec.baseImage)
         tags = self._tags(resource, ctx)
         env.environment_variables = {**spec.environmentVariables,
-                                     **{var: tags[tag] for tag, var in _ENV_KEYS.items()}}
+                                     **{var: tags[tag] for tag, var in _ENV_KEYS.items() if tag in tags}}
         return env
 
     def _register_environment(self, resource: DesiredResource, m: EnvironmentManifest, ctx: ApplyContext) -> Any:
@@ -540,6 +543,8 @@ class AzureMLBackend:
         ws = self.ws
         content = resource.content_digests.get("path") or resource.digest
         existing = self._call(f"find model {m.name}", lambda: Model.list(ws, name=m.name, tags=[[CONTENT_TAG, content]]))
+        # A version is reused only from this source's inventory (v1 models cannot be re-tagged in place).
+        existing = [e for e in existing if not ctx.source or (e.tags or {}).get(SOURCE_TAG, "") == ctx.source]
         if existing:
             log.info("model_unchanged name=%s version=%s", m.name, existing[0].version)
             return existing[0]

@@ -83,6 +83,8 @@ class ReconcileOptions:
     """
 
     controller_name: str = "amlops"
+    # The source applying (``structs.states.source_id``): its inventory is what it may prune.
+    source: str = ""
     detect_only: bool = False
     allow_mass_delete: bool = False
     parallelism: int = 4
@@ -181,6 +183,7 @@ def plan_step(desired: DesiredState, actual: ActualState, targets: _Targets, opt
         controller_name=options.controller_name,
         replace_fields=replace_fields,
         allow_mass_delete=options.allow_mass_delete,
+        source=options.source,
     )
 
 
@@ -247,7 +250,8 @@ def stall_step(plan: Plan, desired: DesiredState, actual: ActualState,
 
 def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
     """Apply the plan in dependency order, retrying what may pass and isolating what will not."""
-    ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress)
+    ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress,
+                       options.source)
     fallback = targets.backends[0]
     return execute(
         plan,

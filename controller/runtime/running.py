@@ -47,7 +47,7 @@ from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
-from controller.structs.states import ActualResource, ResourceId
+from controller.structs.states import ActualResource, ResourceId, source_id
 
 log = logging.getLogger("amlops.run")
 
@@ -241,12 +241,15 @@ class Controller:
             },
             detect_only=args.detect_only,
         )
+        # The name of what this controller follows: its inventory is what this source applied.
+        self.source_id = source_id(self.source.display_url, args.branch, args.path)
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
         self.stop_requested = threading.Event()
         self.options = ReconcileOptions(
             controller_name=self.name,
+            source=self.source_id,
             detect_only=args.detect_only,
             allow_mass_delete=args.allow_mass_delete,
             parallelism=max(1, args.parallelism),
@@ -256,6 +259,7 @@ class Controller:
             stop=self.stop_requested,
         )
         self._reload_requested = False
+        self._refused = False  # a standby that found the leader following another source
         self._failures = 0
         self._history: list[dict[str, Any]] = []
         self.server = HttpServer(
@@ -311,14 +315,16 @@ class Controller:
         self.server.start()
         log.info("http.listening", extra={"fields": {"address": self.server.address}})
         try:
-            if not self.lock.try_acquire():
+            if not self.lock.try_acquire(self.source_id):
+                if self._other_source():
+                    return EXIT_USAGE
                 self.status.update(role="standby")
                 log.info(
                     "leader.standby",
                     extra={"fields": {"lock": str(self.lock.path), "holder": self.lock.holder()}},
                 )
                 if not self._wait_for_lock():
-                    return EXIT_OK
+                    return EXIT_USAGE if self._refused else EXIT_OK
             self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
@@ -347,10 +353,29 @@ class Controller:
         if closed:
             log.warning("reconcile.interrupted", extra={"fields": {"passes": closed}})
 
+    def _other_source(self) -> bool:
+        """Whether the leader follows another source: then this one must not stand by to take over.
+
+        A standby is a spare for the same source. Taking over with another source would apply a
+        second repo's inventory over the first's history and state dir; refuse it, clearly.
+        """
+        leader = self.lock.holder_source()
+        if not leader or leader == self.source_id:
+            return False
+        message = (f"amlops run: the controller leading {self.state_dir} (pid {self.lock.holder() or '?'}) follows "
+                   f"{leader}; this one follows {self.source_id}. A standby must follow the same source: give this "
+                   "controller its own --state-dir (and --controller-name if both share a backend)")
+        log.error("leader.other_source", extra={"fields": {"leader_source": leader, "source": self.source_id}})
+        print(message, file=sys.stderr, flush=True)
+        return True
+
     def _wait_for_lock(self) -> bool:
         while not self.stop_requested.is_set():
-            if self.lock.try_acquire():
+            if self.lock.try_acquire(self.source_id):
                 return True
+            if self._other_source():
+                self._refused = True
+                return False
             if self._reload_requested:
                 self.reload()
             self.stop_requested.wait(LOCK_POLL_S)
@@ -547,6 +572,9 @@ class Controller:
         for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
             entry = status.to_json()
             live = observed.get(status.id)
+            conflict = status.condition("Stalled")
+            if conflict is not None and conflict.status and conflict.reason == "OwnershipConflict":
+                live = None  # what runs is another source's: its health says nothing about this one's manifest
             if live is not None:
                 merged = {c["type"]: c for c in entry["conditions"]}
                 merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}

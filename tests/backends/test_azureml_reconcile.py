@@ -121,10 +121,12 @@ class Reconciler:
         self.passes = 0
 
     def __call__(self, repo: Repo, *, read_back: bool = False, predict: list[list[float]] | None = None,
-                 service: str = "svc-tiny") -> dict[str, Any]:
+                 service: str = "svc-tiny", source: str = "", state: str = "amlops-state",
+                 allow_mass_delete: bool = False) -> dict[str, Any]:
         self.passes += 1
-        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / "amlops-state"),
-                                "revision": f"r{self.passes}", "readBack": read_back}
+        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / state),
+                                "revision": f"r{self.passes}", "readBack": read_back, "source": source,
+                                "allowMassDelete": allow_mass_delete}
         if predict is not None:
             args["predict"] = {"service": service, "rows": predict}
         script = f"import runpy, sys; sys.argv = ['driver', {json.dumps(args)!r}]; runpy.run_path({str(DRIVER)!r}, run_name='__main__')"
@@ -324,3 +326,63 @@ def test_removing_the_service_manifest_deletes_the_service_and_retains_the_clust
     assert counts == {f"DELETE api {WS}/services/{{name}}": 1}, counts
     assert "Webservice/svc-tiny" not in out["actual"] and "AksCluster/aks-gpu" in out["actual"]
     assert [c[2:] for c in out["plan"] if c[1] == "aks-gpu"] == [["no-op", "retained (deletionPolicy: Retain)"]]
+
+
+def _second_source(workdir: Path, config: dict[str, str]) -> Repo:
+    """Another team's repo on the same workspace: the shared cluster and environment, a service of
+    its own on a model of its own, and a model named like the first repo's with other weights."""
+    import numpy as np
+
+    other = Repo(workdir / "repo-b", config)
+    other.remove("services/svc-tiny.yaml")
+    other.weights([[5.0], [5.0]])
+    other.write("models/tiny-b.yaml", _doc("Model", "tiny-b", {"path": "tiny-b"}))
+    (other.root / "models" / "tiny-b" / "model").mkdir(parents=True, exist_ok=True)
+    np.save(other.root / "models" / "tiny-b" / "model" / "w.npy", np.array([[2.0], [2.0]]))
+    other.write("services/svc-b.yaml", _doc("Webservice", "svc-b", {
+        "cluster": "aks-gpu", "models": ["tiny-b"], "environment": "myenv", "sourceDirectory": "../src",
+        "entryScript": "score.py", "replicas": 1, "resources": {"cpu": 0.5, "memoryGb": 1, "gpu": 0},
+        "maxQueueWaitMs": 10000}))
+    return other
+
+
+def test_two_sources_under_one_controller_name_on_one_workspace_never_delete_each_others_services(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    # Each controller follows its own source: the first one's first pass stamps its inventory on what it runs.
+    a = {"source": f"{repo.root}//.", "state": "amlops-state-a"}
+    _converged(reconcile, repo)
+    before = reconcile(repo, read_back=True, **a)["actual"]
+    assert before["Webservice/svc-tiny"]["tags"]["amlops.dev/source"] == a["source"]
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    other = _second_source(workdir, config)
+    b = {"source": f"{other.root}//.", "state": "amlops-state-b"}
+
+    emulator.reset_counts()
+    first_b = reconcile(other, read_back=True, **b)
+    assert first_b["status"] == "degraded", first_b  # applied its own, and reports the conflict
+    assert sorted(c[:3] for c in first_b["plan"] if c[2] != "no-op") == [
+        ["Model", "tiny-b", "create"], ["Webservice", "svc-b", "create"]], first_b["plan"]
+    conflict = next(c[3] for c in first_b["plan"] if c[:2] == ["Model", "tiny"])
+    assert conflict.startswith("conflict: Model/tiny is applied by another source"), conflict
+    assert ["Stalled", True, "OwnershipConflict"] in [c[:3] for c in first_b["resources"]["Model/tiny"]]
+    assert first_b["actual"]["Webservice/svc-b"]["tags"]["amlops.dev/source"] == b["source"]
+
+    # Passes of both, alternating, as two controllers on one workspace would run: no flapping.
+    outs = [reconcile(repo, read_back=True, **a), reconcile(other, **b), reconcile(repo, **a), reconcile(other, **b)]
+    assert [o["status"] for o in outs] == ["no-changes", "degraded", "no-changes", "degraded"], outs
+    counts = writes(emulator.counts())
+    assert not [r for r in counts if r.startswith("DELETE")], counts
+    assert counts.get(f"POST api {WS}/models") == 1, counts  # tiny-b once; tiny never re-registered
+    assert counts.get(f"POST api {WS}/services") == 1, counts  # svc-b once
+    actual = outs[0]["actual"]
+    assert {"Webservice/svc-tiny", "Webservice/svc-b", "Model/tiny", "Model/tiny-b"} <= set(actual)
+    assert actual["Model/tiny"]["details"]["version"] == before["Model/tiny"]["details"]["version"]
+    assert reconcile(repo, predict=[[1, 1], [2, 0]], **a)["predict"]["body"] == [[3.0], [2.0]]
+
+    # Each source prunes its own: the second team removes everything it applied.
+    for rel in ("services/svc-b.yaml", "models/tiny-b.yaml"):
+        other.remove(rel)
+    gone = reconcile(other, read_back=True, allow_mass_delete=True, **b)
+    assert not {"Webservice/svc-b", "Model/tiny-b"} & set(gone["actual"]), gone
+    assert {"Webservice/svc-tiny", "Model/tiny", "AksCluster/aks-gpu"} <= set(gone["actual"])
+    _converged(reconcile, repo)

@@ -65,16 +65,13 @@ from controller.structs.manifests import (
 )
 from controller.structs.plans import Change
 from controller.structs.states import (
-    DIGEST_TAG,
-    MANAGED_BY_TAG,
-    MANIFEST_PATH_TAG,
-    REVISION_TAG,
     ActualResource,
     ActualState,
     Condition,
     ConditionType,
     DesiredResource,
     ResourceId,
+    ownership_tags,
 )
 from controller.structs.tokens import AccessToken
 
@@ -153,12 +150,7 @@ class ServiceView:
 
 
 def _tags(resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
-    return {
-        MANAGED_BY_TAG: ctx.controller_name,
-        MANIFEST_PATH_TAG: resource.origin.file,
-        REVISION_TAG: ctx.revision,
-        DIGEST_TAG: resource.digest,
-    }
+    return ownership_tags(ctx.controller_name, ctx.source, ctx.revision, resource)
 
 
 def _condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
