@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.core.executing import RetryPolicy
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Kind, WorkspaceManifest
-from controller.structs.results import ReconcileStatus
+from controller.structs.plans import Action
+from controller.structs.results import ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.states import ResourceId
 
 from .memories import MemoryBackend
@@ -180,3 +183,44 @@ def test_a_no_op_pass_rewrites_no_status_rows_and_history_keeps_only_real_change
     applied, quiet = recorder.history(3)[2], recorder.history(3)[0]
     assert applied.plan is not None and len(applied.plan["changes"]) == 5 and applied.plan["unchanged"] == 0
     assert quiet.plan is not None and quiet.plan["changes"] == [] and quiet.plan["unchanged"] == 5
+
+
+class _Killed(BaseException):
+    """The process dying: nothing after it runs (like SIGKILL, it is no ``Exception`` to handle)."""
+
+
+def test_a_pass_killed_mid_apply_is_closed_as_interrupted_and_the_next_pass_applies_again_to_learn_the_outcome(
+    repo: Repo, backend: MemoryBackend, tmp_path: Path
+) -> None:
+    repo.standard()
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), Recorder(tmp_path / "s"))
+    repo.standard(replicas=1)
+
+    def die_after_the_write(event: ExecutionEvent) -> None:
+        if event.id.name == "svc-a" and event.phase is ExecutionPhase.SUCCEEDED:
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        reconcile(repo.root, "manifests", "r2", _backend_for(backend), Recorder(tmp_path / "s"),
+                  ReconcileOptions(progress=die_after_the_write))
+    svc = ResourceId(Kind.WEBSERVICE, "svc-a")
+    assert backend.resources[svc].spec["replicas"] == 1  # the backend has the new input...
+    restarted = Recorder(tmp_path / "s")
+    assert restarted.history(1)[0].status == "applying"  # ... and nobody knows how it went
+    assert restarted.resource_status()[svc].interrupted_on(backend.resources[svc].digest or "")
+
+    assert restarted.close_interrupted() == 1
+    interrupted = restarted.history(1)[0]
+    assert (interrupted.revision, interrupted.status) == ("r2", "failed") and "interrupted" in interrupted.errors[0]
+    assert restarted.last_good_revision() == "r1"
+
+    writes = len(backend.writes)
+    resumed = reconcile(repo.root, "manifests", "r2", _backend_for(backend), restarted)
+    assert resumed.status is ReconcileStatus.APPLIED, resumed.errors
+    change = next(c for c in resumed.plan.changes if c.id == svc)  # type: ignore[union-attr]
+    assert change.action is Action.UPDATE and change.reason.startswith("resume: the apply of revision r2")
+    assert len(backend.writes) == writes + 1
+    assert restarted.last_good_revision() == "r2"
+    assert restarted.resource_status()[svc].last_applied_revision == "r2"
+    again = reconcile(repo.root, "manifests", "r2", _backend_for(backend), restarted)
+    assert again.status is ReconcileStatus.NO_CHANGES
