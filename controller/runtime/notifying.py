@@ -229,7 +229,7 @@ class NotificationMetrics:
                                   "(delivered, failed, retried, dropped).", ["receiver", "outcome"], registry=registry)
         self.ready = Gauge("amlops_notification_receiver_ready", "1 while the receiver's last delivery succeeded.",
                            ["receiver", "type"], registry=registry)
-        self.queued = Gauge("amlops_notification_queue_depth", "Events waiting for a receiver.", ["receiver"], registry=registry)
+        self.queued = Gauge("amlops_notification_queue_depth", "Events not yet delivered to a receiver (the one in hand included).", ["receiver"], registry=registry)
 
 
 @dataclass
@@ -263,9 +263,10 @@ class _Worker:
                 self.health.dropped += 1
                 self.metrics.deliveries.labels(receiver=self.receiver.name, outcome="dropped").inc()
             self._queue.append(_Item(event))
-            self.health.queued = len(self._queue)
+            # Counted until delivered or given up: the event in hand (rate-limited, retrying) too.
+            self.health.queued = len(self._queue) + int(self._busy)
             self._ready.notify()
-        self.metrics.queued.labels(receiver=self.receiver.name).set(len(self._queue))
+        self.metrics.queued.labels(receiver=self.receiver.name).set(self.health.queued)
 
     def drain(self, deadline: float) -> None:
         """Wait until the queue is empty (or ``deadline``), then stop the thread."""
@@ -285,8 +286,6 @@ class _Worker:
                 return None
             self._busy = True
             item = self._queue.popleft()
-            self.health.queued = len(self._queue)
-        self.metrics.queued.labels(receiver=self.receiver.name).set(self.health.queued)
         return item
 
     def _run(self) -> None:
@@ -299,7 +298,9 @@ class _Worker:
             finally:
                 with self._ready:
                     self._busy = False
+                    self.health.queued = len(self._queue)
                     self._ready.notify_all()
+                self.metrics.queued.labels(receiver=self.receiver.name).set(self.health.queued)
 
     def _deliver(self, item: _Item) -> None:
         r, event = self.receiver, item.event
@@ -401,7 +402,9 @@ class Notifier:
     def _remember(self, revision: str, event_name: str) -> bool:
         """Record ``event_name`` as ``revision``'s latest; False when it was already."""
         with self._lock:
-            if self._seen.get(revision) == event_name:
+            previous = self._seen.get(revision)
+            # "in sync" right after "applied" is the same news: the revision is in place.
+            if previous == event_name or (previous == "applied" and event_name == "no-changes"):
                 return False
             self._seen[revision] = event_name
             self._seen.move_to_end(revision)
