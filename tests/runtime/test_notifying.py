@@ -307,3 +307,45 @@ def test_severity_and_event_filters_choose_what_a_receiver_hears() -> None:
         "held", "rolled-back", "invalid"]
     chosen = receiver_with(events=["applied", "failed"], severity="info")
     assert [e for e in ("pending", "applied", "failed", "invalid") if chosen.wants(e)] == ["applied", "failed"]
+
+
+def test_the_documented_config_parses_with_every_provider() -> None:
+    from controller.runtime.notifying import parse_notifications
+
+    example = Path(__file__).resolve().parents[2] / "docs/examples/notifications.yaml"
+    settings = parse_notifications(str(example))
+    assert [r.type for r in settings.receivers] == ["github", "gitlab", "azureDevOps", "slack", "teams", "webhook"]
+
+
+def test_sighup_rereads_the_receivers_and_their_tokens(tmp_path: Path, controllers: Start) -> None:
+    import signal
+
+    repo = small_repo(tmp_path / "repo")
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-1111")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("interval: 1\n")
+    with receiver() as rx:
+        c = controllers(["--repo", str(repo.root), "--path", "manifests", "--state-dir", str(tmp_path / "st"),
+                         "--config", str(cfg)], tmp_path / "controller.log")
+        c.wait_ready(timeout=120)
+        assert c.status()["notifications"] == []
+        spec = {"name": "gh", "type": "github", "baseUrl": rx.url, "repository": "acme/ml",
+                "token": {"fromFile": str(token_file)}}
+        cfg.write_text(json.dumps({"interval": 1, "notifications": {"receivers": [spec]}}))
+        c.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: len(c.status()["notifications"]) == 1, 30, "the receiver configured")
+        repo.write("manifests/cluster.yaml", doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": 2}))
+        second = repo.commit("two nodes")
+        eventually(lambda: states(rx.under("/repos/"), second) == ["pending", "success"], 60, "statuses of the new commit")
+        assert rx.under("/repos/")[0].header("Authorization") == "Bearer first-token-1111"
+
+        token_file.write_text("second-token-2222")
+        c.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: c.log().count("settings.reloaded") >= 2, 30, "second reload")
+        repo.write("manifests/cluster.yaml", doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": 3}))
+        third = repo.commit("three nodes")
+        eventually(lambda: states(rx.under("/repos/"), third) == ["pending", "success"], 60, "statuses after the new token")
+        assert rx.under("/repos/")[-1].header("Authorization") == "Bearer second-token-2222"
+        assert c.stop() == 0
+    assert "first-token-1111" not in c.log() and "second-token-2222" not in c.log()

@@ -397,3 +397,28 @@ def test_promotion_is_a_commit_to_the_environment_folder_and_plan_shows_only_it(
     fresh = amlops(repo, "plan", "prod", "--state-dir", str(tmp_path / "state"), "--no-color")
     assert fresh.returncode == 2, fresh.stderr
     assert "prod-digits-eu" in fresh.stdout and "prod-gpu-eu" in fresh.stdout and "digits\n" not in fresh.stdout
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("environment", ["staging", "prod"])
+def test_the_documented_environments_render_the_worked_example(environment: str) -> None:
+    state = load_desired_state(REPO_ROOT, f"docs/examples/environments/{environment}")
+    names = sorted(rid.name for rid in state.resources if rid.kind is Kind.WEBSERVICE)
+    assert names == [f"{environment}-aks-dnn-mnist"]
+    service = state.get(Kind.WEBSERVICE, f"{environment}-aks-dnn-mnist")
+    assert service is not None and service.manifest.spec.cluster == f"{environment}-aks-gpu"  # type: ignore[union-attr]
+    assert service.manifest.spec.replicas == (1 if environment == "staging" else 6)  # type: ignore[union-attr]
+    assert service.files["entryScript"] == "manifests/src/score.py"
+
+
+def test_an_edit_in_the_base_changes_a_watched_overlays_revision(repo: Path) -> None:
+    from controller.sources.watching import FolderSource
+
+    source = FolderSource(repo, path="prod")
+    before = source.fetch().revision
+    assert source.fetch().revision == before
+    cluster = repo / "base/cluster.yaml"
+    cluster.write_text(cluster.read_text().replace("agentCount: 2", "agentCount: 3"))
+    assert source.fetch().revision != before
