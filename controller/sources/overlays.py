@@ -368,7 +368,7 @@ def render_overlay(root: Path, folder: Path, cache: DocumentCache = DOCUMENTS) -
 
 def overlay_folders(root: Path, folder: Path) -> list[Path]:
     """Every folder a kustomization reads (itself, its bases, their bases), for watching and hashing."""
-    renderer = _Renderer(root, DocumentCache())
+    renderer = _Renderer(root, DOCUMENTS)  # parsed files are reused while unchanged (one stat each)
     renderer.render(folder)
     unique: dict[Path, None] = {}
     for path in renderer.folders:
