@@ -227,9 +227,10 @@ class NotificationMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.deliveries = Counter("amlops_notifications", "Notification deliveries by receiver and outcome "
                                   "(delivered, failed, retried, dropped).", ["receiver", "outcome"], registry=registry)
-        self.ready = Gauge("amlops_notification_receiver_ready", "1 while the receiver's last delivery succeeded.",
+        self.ready = Gauge("amlops_notification_receiver_ready", "1 while the receiver's last delivery succeeded, 0 after one failed (absent before the first).",
                            ["receiver", "type"], registry=registry)
-        self.queued = Gauge("amlops_notification_queue_depth", "Events not yet delivered to a receiver (the one in hand included).", ["receiver"], registry=registry)
+        self.queued = Gauge("amlops_notification_queue_depth", "Events not yet delivered to a receiver "
+                            "(the one in hand included).", ["receiver"], registry=registry)
 
 
 @dataclass
@@ -381,8 +382,6 @@ class Notifier:
             threading.Thread(target=finish, name="notify-drain", daemon=True).start()
         self._status_url = settings.statusUrl or status_url
         self._workers = [_Worker(r, credentials[r.name], self.metrics, self.publish) for r in settings.receivers]
-        for worker in self._workers:
-            self.metrics.ready.labels(receiver=worker.receiver.name, type=worker.receiver.type)
         self.publish()
 
     def publish(self) -> None:
