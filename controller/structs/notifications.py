@@ -131,8 +131,13 @@ class Receiver(_Strict):
         return self
 
     def wants(self, event: str) -> bool:
-        """Whether this receiver is told about ``event`` (its list, then its minimum severity)."""
+        """Whether this receiver is told about ``event`` (its list, then its minimum severity).
+
+        Without a list, chat rooms hear outcomes only: ``pending`` is for commit statuses and webhooks.
+        """
         if self.events is not None and event not in self.events:
+            return False
+        if self.events is None and event == "pending" and self.type in ("slack", "teams"):
             return False
         return _SEVERITY_RANK[SEVERITY_OF[event]] >= _SEVERITY_RANK[self.severity]
 

@@ -121,13 +121,13 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
         assert ado[1].json()["targetUrl"] == c.base + "/"
 
         # Slack: text plus blocks; Teams: an Adaptive Card inside a message.
-        eventually(lambda: len(rx.under(SLACK_PATH)) == 2, 30, "two Slack messages")
-        slack = rx.under(SLACK_PATH)[1].json()
+        eventually(lambda: rx.under(SLACK_PATH), 30, "a Slack message")
+        slack = rx.under(SLACK_PATH)[0].json()
         assert first[:12] in slack["text"] and "applied" in slack["text"]
         assert [b["type"] for b in slack["blocks"]] == ["section", "context"]
         assert slack["blocks"][0]["text"]["type"] == "mrkdwn"
-        eventually(lambda: len(rx.under("/teams/")) == 2, 30, "two Teams messages")
-        teams = rx.under("/teams/")[1].json()
+        eventually(lambda: rx.under("/teams/"), 30, "a Teams message")
+        teams = rx.under("/teams/")[0].json()
         assert teams["type"] == "message"
         card = teams["attachments"][0]
         assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
@@ -177,8 +177,9 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
         assert 'amlops_notifications_total{outcome="failed",receiver="dead"}' in metrics
         assert "DeliveryFailed" in c.get("/")[1]
 
-        # Re-reconciling an unchanged revision says nothing new.
+        # Re-reconciling an unchanged revision says nothing new; chat rooms heard outcomes only.
         assert len(states(rx.under("/github/"), fixed)) == 2
+        assert [first[:12] in r.json()["text"] for r in rx.under(SLACK_PATH)].count(True) == 1
         assert c.stop() == 0
         log = c.log()
         for secret in (GH_TOKEN, GL_TOKEN, ADO_PAT, HOOK_SECRET, "slack-secret-part"):
@@ -300,8 +301,10 @@ def test_severity_and_event_filters_choose_what_a_receiver_hears() -> None:
     def receiver_with(**extra: Any) -> Receiver:
         return Receiver.model_validate({"name": "r", "type": "slack", "url": {"fromEnv": "X"}, **extra})
 
-    everything = receiver_with()
-    assert all(everything.wants(e) for e in ("pending", "applied", "held", "invalid", "failed", "rolled-back"))
+    outcomes = receiver_with()
+    assert all(outcomes.wants(e) for e in ("applied", "no-changes", "held", "invalid", "failed", "rolled-back"))
+    assert not outcomes.wants("pending")  # a chat room hears outcomes, not "reconciling…"
+    assert receiver_with(events=["pending"]).wants("pending")
     warnings = receiver_with(severity="warning")
     assert [e for e in ("pending", "applied", "held", "rolled-back", "invalid") if warnings.wants(e)] == [
         "held", "rolled-back", "invalid"]
