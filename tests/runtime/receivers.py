@@ -86,16 +86,26 @@ def receiver(answer: Answer = _created) -> Iterator[Receiver]:
         server.close()
 
 
+class SilentPort:
+    """A port that accepts connections and never answers (a hung receiver); ``close`` resets them."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 @contextmanager
-def silent_port() -> Iterator[str]:
-    """A port that accepts connections and never answers (a hung receiver): its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
+def silent_port() -> Iterator[SilentPort]:
+    port = SilentPort()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield port
     finally:
-        sock.close()
+        port.close()
 
 
 def closed_port() -> str:

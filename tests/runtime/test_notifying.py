@@ -83,7 +83,7 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
     secrets.mkdir()
     with receiver() as rx, silent_port() as hung:
         cfg = tmp_path / "config.yaml"
-        cfg.write_text(config(rx.url, closed_port(), hung, secrets))
+        cfg.write_text(config(rx.url, closed_port(), hung.url, secrets))
         c = controllers(
             ["--repo", str(repo.root), "--path", "manifests", "--state-dir", str(tmp_path / "st"),
              "--interval", "1", "--config", str(cfg)],
@@ -180,6 +180,8 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
         # Re-reconciling an unchanged revision says nothing new; chat rooms heard outcomes only.
         assert len(states(rx.under("/github/"), fixed)) == 2
         assert [first[:12] in r.json()["text"] for r in rx.under(SLACK_PATH)].count(True) == 1
+        hung.close()  # its connection is reset: the hung delivery ends, and the controller stops at once
+        eventually(lambda: notification(c.status(), "hung")["failed"] >= 1, 30, "the hung delivery given up")
         assert c.stop() == 0
         log = c.log()
         for secret in (GH_TOKEN, GL_TOKEN, ADO_PAT, HOOK_SECRET, "slack-secret-part"):
