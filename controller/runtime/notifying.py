@@ -67,6 +67,11 @@ def _line_of(lines: Mapping[tuple[str | int, ...], int], path: tuple[str | int, 
     return 0
 
 
+# pydantic's words for the common mistakes, as the manifest errors say them (values never echoed: they may be secrets).
+_WORDS: Final = {"extra_forbidden": "unknown field", "missing": "is required",
+                 "model_type": "must be a mapping"}
+
+
 def parse_notifications(config_file: str) -> Notifications:
     """The ``notifications`` section of ``config_file`` (an empty one when absent); errors name file, line and field."""
     try:
@@ -80,14 +85,16 @@ def parse_notifications(config_file: str) -> Notifications:
         return Notifications()
     doc = documents[0]
     try:
-        return Notifications.model_validate(doc.data["notifications"])
+        return Notifications.model_validate(doc.data["notifications"] or {})
     except ValidationError as exc:
         messages = []
         for error in exc.errors():
             loc = ("notifications", *(p for p in error["loc"] if isinstance(p, str | int)))
             line = _line_of(doc.field_lines, loc)
             where = f"{config_file}:{line}" if line else config_file
-            message = str((error.get("ctx") or {}).get("error", error["msg"]))
+            message = _WORDS.get(error["type"]) or str((error.get("ctx") or {}).get("error", error["msg"]))
+            if error["type"] == "model_type" and loc[-1] in ("token", "url", "secret"):
+                message = "must be a reference, {fromEnv: NAME} or {fromFile: PATH}, never the value itself"
             messages.append(f"{where}: {format_field(loc)}: {message}")
         raise ConfigError("\n".join(messages)) from None
 

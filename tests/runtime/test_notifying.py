@@ -207,7 +207,8 @@ def test_a_token_written_inline_is_refused_with_file_line_and_field(tmp_path: Pa
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2
-    assert f"{cfg}:7: notifications.receivers[0].token:" in done.stderr
+    assert (f"{cfg}:7: notifications.receivers[0].token: must be a reference, {{fromEnv: NAME}} or {{fromFile: PATH}}, "
+            "never the value itself") in done.stderr
     assert "ghp-inline-secret" not in done.stderr
 
 
