@@ -32,7 +32,8 @@ from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.settings import Settings, resolve_settings
-from controller.sources.loading import load_desired_state
+from controller.sources.loading import desired_documents, load_desired_state
+from controller.sources.overlays import documents_yaml
 from controller.structs.errors import BackendError, PermanentError, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
@@ -82,9 +83,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _print_rendered(root: Path, path: str) -> None:
     """The documents ``path`` renders to (an overlay's kustomization applied), as YAML on stdout."""
-    from controller.sources.loading import desired_documents
-    from controller.sources.overlays import documents_yaml
-
     documents, _ = desired_documents(root, root / path)
     sys.stdout.write(documents_yaml(documents))
 
