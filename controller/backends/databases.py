@@ -7,6 +7,7 @@ IMMEDIATE``): a read-modify-write sequence never interleaves with another proces
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,11 @@ class Database:
     def __init__(self, path: Path, schema: str) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only: SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for private in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if private.exists():
+                os.chmod(private, 0o600)
         with self.connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(schema)

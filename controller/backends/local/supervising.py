@@ -54,12 +54,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
 from controller.backends.local.gpus import visible_devices
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.local.variables import child_environment
 
 log = logging.getLogger("amlops.supervisor")
 
@@ -99,6 +100,13 @@ def socket_dir(state_dir: Path) -> Path:
 def log_path(state_dir: Path, service: str, slot: int) -> Path:
     """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
     return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
+
+
+def open_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, readable by its owner only (logs may hold request data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a log made before files were private
+    return os.fdopen(fd, "ab")
 
 
 def process_alive(pid: int | None, started: float | None) -> bool:
@@ -393,10 +401,10 @@ class Supervisor:
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
                 "--defer-accept", "--status-file", status_file]
-        env = {**os.environ, **launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)}
+        env = child_environment(os.environ, {**launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)})
         logfile = log_path(self.state_dir, self.service, slot)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "ab") as out:
+        logfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open_log(logfile) as out:
             popen = subprocess.Popen(
                 argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 pass_fds=(self.listen_fd,), start_new_session=True,
