@@ -42,7 +42,14 @@ from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.serving import Endpoints, HttpServer
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
+from controller.sources.gitting import (
+    GIT_TIMEOUT_S,
+    GitSource,
+    Snapshot,
+    SourceUnavailable,
+    looks_like_git_repo,
+    redact,
+)
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
@@ -89,6 +96,7 @@ class Reloadable:
     webhook_secret: str | None
     api_token: str | None
     git_token: str | None
+    git_timeout: float = GIT_TIMEOUT_S
 
     @property
     def secrets(self) -> list[str]:
@@ -125,11 +133,19 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
     )
     if interval <= 0:
         raise SystemExit("amlops run: --interval must be positive")
+    flag_timeout = getattr(args, "git_timeout", None)
+    try:
+        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
+    if git_timeout <= 0:
+        raise SystemExit("amlops run: --git-timeout must be positive")
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
         api_token=secret(args.api_token_file, "apiTokenFile", "AMLOPS_API_TOKEN"),
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
+        git_timeout=git_timeout,
     )
 
 
@@ -147,6 +163,7 @@ def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable)
         branch=args.branch,
         token=settings.git_token,
         ssh_key_file=args.ssh_key_file,
+        timeout_s=settings.git_timeout,
     )
 
 
@@ -296,6 +313,7 @@ class Controller:
         self.settings = fresh
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
+            self.source.set_timeout(fresh.git_timeout)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
         log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
         self.wake("reload")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -261,3 +264,47 @@ def test_amlops_run_is_reachable_through_the_cli(repo: GitRepo, tmp_path: Path) 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "status=detected" in done.stderr
+
+
+@pytest.fixture
+def silent_remote() -> Iterator[str]:
+    """An HTTP remote that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/org/repo.git"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_hanging_remote_is_reported_unreachable_after_the_configured_git_timeout(
+    silent_remote: str, tmp_path: Path, controllers: Start
+) -> None:
+    config = tmp_path / "amlops.yaml"
+    config.write_text("gitTimeout: 1\n")
+    c = controllers(["--repo", silent_remote, "--branch", "main", "--state-dir", str(tmp_path / "st"),
+                     "--interval", "1", "--config", str(config)], tmp_path / "c.log")
+    status = eventually(lambda: (s := c.status())["reconciles"] >= 1 and s, 60, "a timed-out fetch")
+    assert status["source"]["reachable"] is False and status["lastReconcile"]["status"] == "failed"
+    code, body = c.get("/readyz")
+    assert code == 503
+    assert body.strip() == f"source unreachable: git fetch failed: {silent_remote} did not answer within 1 s (--git-timeout)"
+
+    # The flag wins over the config file; --once exits 1 with the same one line.
+    argv = [*_amlops_run_argv(), "--repo", silent_remote, "--branch", "main", "--state-dir", str(tmp_path / "once"),
+            "--once", "--listen", "127.0.0.1:0", "--config", str(config), "--git-timeout", "0.5"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "did not answer within 0.5 s (--git-timeout)" in done.stderr
