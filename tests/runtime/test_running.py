@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,33 +134,44 @@ def test_a_signed_webhook_wakes_the_loop_and_a_forged_one_does_not(
     repo: GitRepo, tmp_path: Path, controllers: Start
 ) -> None:
     (tmp_path / "secret").write_text(SECRET + "\n")
+    (tmp_path / "token").write_text(API_TOKEN + "\n")
     c = controllers(
-        repo_args(repo, tmp_path, "--interval", "600", "--webhook-secret-file", str(tmp_path / "secret")),
+        repo_args(repo, tmp_path, "--interval", "600", "--webhook-secret-file", str(tmp_path / "secret"),
+                  "--api-token-file", str(tmp_path / "token"), "--log-format", "json"),
         tmp_path / "c.log",
     )
     c.wait_ready()
-    first = c.wait_reconciles(1)["reconciles"]
-    new = repo.commit("empty change")
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def status() -> dict[str, Any]:
+        code, body = http("GET", c.base + "/api/status", headers=auth)
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    first = eventually(lambda: (s := status())["reconciles"] >= 1 and s, 60, "first reconcile")["reconciles"]
     body = b'{"ref": "refs/heads/main"}'
-
     assert http("POST", c.base + "/hooks/git", body, github(body, secret="forged"))[0] == 401
-    assert (
-        http(
-            "POST",
-            c.base + "/hooks/git",
-            b'{"ref": "refs/heads/other"}',
-            github(b'{"ref": "refs/heads/other"}', secret=SECRET),
-        )[0]
-        == 202
-    )
-    assert c.status()["source"]["lastFetchedRevision"] != new
+    other = b'{"ref": "refs/heads/other"}'
+    assert http("POST", c.base + "/hooks/git", other, github(other, secret=SECRET))[0] == 202
+    # A wake the ignored pushes caused would run a reconcile of its own or merge into the next one:
+    # after one more reconcile woken through the API, every trigger since the first must be "api".
+    assert http("POST", c.base + "/api/sync", b"", auth)[0] == 202
+    eventually(lambda: status()["reconciles"] >= first + 1, 30, "API sync")
+    assert _triggers(c)[first:] == ["api"]
+    assert status()["reconciles"] == first + 1
 
+    new = repo.commit("empty change")
     assert http("POST", c.base + "/hooks/git", body, github(body, secret=SECRET))[0] == 202
-    status = eventually(
-        lambda: (s := c.status())["lastReconcile"]["revision"] == new and s, 30, "webhook sync"
-    )
-    assert status["reconciles"] == first + 1
+    synced = eventually(lambda: (s := status())["lastReconcile"]["revision"] == new and s, 30, "webhook sync")
+    assert synced["reconciles"] == first + 2
+    assert _triggers(c)[first:] == ["api", "webhook:github"]
     assert SECRET not in c.log()
+
+
+def _triggers(c: Controller) -> list[str]:
+    """The trigger of each reconcile the controller started, in order (from its JSON log)."""
+    events = [json.loads(line) for line in c.log().splitlines() if line.startswith("{")]
+    return [str(e["trigger"]) for e in events if e.get("event") == "sync.started"]
 
 
 def test_api_sync_needs_the_token_and_sighup_rereads_it(
