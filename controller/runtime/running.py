@@ -40,6 +40,7 @@ from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.serving import Endpoints, HttpServer
+from controller.runtime.statedirs import state_dir_problem, state_dir_status
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import (
@@ -406,6 +407,12 @@ class Controller:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
         log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # State dir: nothing can be recorded without it; say so instead of failing at the first write.
+        problem = state_dir_problem(self.state_dir)
+        self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        if problem is not None:
+            self._state_dir_failed(problem, started)
+            return None
         # Fetch: a snapshot of one revision, never a tree that is still moving.
         try:
             snapshot = self.source.fetch()
@@ -448,12 +455,19 @@ class Controller:
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
+    def _state_dir_failed(self, message: str, started: float) -> None:
+        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        self._pass_failed(message, started)
+
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        self.metrics.reconciles.labels(status="failed").inc()
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
-        now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
+        self._pass_failed(message, started)
+
+    def _pass_failed(self, message: str, started: float) -> None:
+        self.metrics.reconciles.labels(status="failed").inc()
+        now = time.time()
         last = {
             "revision": None,
             "status": "failed",
