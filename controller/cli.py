@@ -7,6 +7,7 @@ Exit codes follow Terraform's ``-detailed-exitcode`` where a plan is involved: 0
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import desired_documents, load_desired_state
 from controller.sources.overlays import documents_yaml
-from controller.structs.errors import BackendError, PermanentError, ValidationFailed
+from controller.structs.errors import BackendError, PermanentError, StateDirFull, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
@@ -871,4 +872,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         global _REDACTOR
         _REDACTOR = configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except StateDirFull as exc:  # a write the state dir's filesystem had no room for: one line, no traceback
+        print(f"amlops {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"amlops {args.command}: state dir full: {_settings(args).state_dir}: cannot write "
+              f"{exc.filename or 'a file'} ({exc.strerror})", file=sys.stderr)
+        return EXIT_ERROR

@@ -41,9 +41,17 @@ from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
+from controller.runtime.statedirs import state_dir_problem, state_dir_status
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
+from controller.sources.gitting import (
+    GIT_TIMEOUT_S,
+    GitSource,
+    Snapshot,
+    SourceUnavailable,
+    looks_like_git_repo,
+    redact,
+)
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.notifications import Credentials, Notifications
@@ -93,6 +101,7 @@ class Reloadable:
     git_token: str | None
     notifications: Notifications = field(default_factory=Notifications)
     notification_credentials: dict[str, Credentials] = field(default_factory=dict)
+    git_timeout: float = GIT_TIMEOUT_S
 
     @property
     def secrets(self) -> list[str]:
@@ -135,6 +144,13 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         credentials = resolve_credentials(notifications)
     except ConfigError as exc:
         raise SystemExit(f"amlops run: --config: {exc}") from None
+    flag_timeout = getattr(args, "git_timeout", None)
+    try:
+        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
+    if git_timeout <= 0:
+        raise SystemExit("amlops run: --git-timeout must be positive")
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
@@ -142,6 +158,7 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
         notifications=notifications,
         notification_credentials=credentials,
+        git_timeout=git_timeout,
     )
 
 
@@ -159,6 +176,7 @@ def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable)
         branch=args.branch,
         token=settings.git_token,
         ssh_key_file=args.ssh_key_file,
+        timeout_s=settings.git_timeout,
     )
 
 
@@ -322,6 +340,7 @@ class Controller:
         self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
+            self.source.set_timeout(fresh.git_timeout)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
         log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
         self.wake("reload")
@@ -447,6 +466,12 @@ class Controller:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
         log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # State dir: nothing can be recorded without it; say so instead of failing at the first write.
+        problem = state_dir_problem(self.state_dir)
+        self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        if problem is not None:
+            self._state_dir_failed(problem, started)
+            return None
         # Fetch: a snapshot of one revision, never a tree that is still moving.
         try:
             snapshot = self.source.fetch()
@@ -491,12 +516,19 @@ class Controller:
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
+    def _state_dir_failed(self, message: str, started: float) -> None:
+        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        self._pass_failed(message, started)
+
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        self.metrics.reconciles.labels(status="failed").inc()
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
-        now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
+        self._pass_failed(message, started)
+
+    def _pass_failed(self, message: str, started: float) -> None:
+        self.metrics.reconciles.labels(status="failed").inc()
+        now = time.time()
         last = {
             "revision": None,
             "status": "failed",

@@ -63,6 +63,8 @@ class StatusBoard:
                 return False, role
             if self._doc["lastReconcile"] is None:
                 return False, "first reconcile not attempted yet"
+            if (self._doc.get("stateDir") or {}).get("error"):
+                return False, str(self._doc["stateDir"]["error"])
             if self._doc["source"]["reachable"] is False:
                 return False, "source unreachable: " + str(self._doc["source"]["lastFetchError"])
             last = self._doc["lastReconcile"]

@@ -88,7 +88,7 @@ class ScoringMetrics(Collector):
         self.run_errors[kind] = self.run_errors.get(kind, 0) + 1
 
     def count_queue_rejection(self, reason: str) -> None:
-        """One request answered 503 for a ``full`` queue or a ``wait`` past the limit."""
+        """One request answered 503 for a ``full`` queue, a ``wait`` past the limit or ``bytes`` over the body budget."""
         self.queue_rejections[reason] = self.queue_rejections.get(reason, 0) + 1
 
     def batch_recorder(self) -> Buckets:
@@ -118,7 +118,7 @@ class ScoringMetrics(Collector):
             errors.add_metric([kind], count)
         yield errors
         rejections = CounterMetricFamily("amlops_scoring_queue_rejections",
-                                         "Requests answered 503 because no slot freed up in time.", labels=["reason"])
+                                         "Requests answered 503: no slot freed up in time, or the body budget was spent.", labels=["reason"])
         for reason, count in list(self.queue_rejections.items()):
             rejections.add_metric([reason], count)
         yield rejections

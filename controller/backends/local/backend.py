@@ -44,6 +44,7 @@ from controller.backends.local.supervising import (
     FAILURE_LIMIT,
     bind_listener,
     database_path,
+    open_log,
     process_alive,
     read_status,
     service_dir,
@@ -53,6 +54,7 @@ from controller.backends.local.supervising import (
     utilization,
 )
 from controller.backends.local.supervising import log_path as replica_log_path
+from controller.backends.local.variables import child_environment
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import (
     AksClusterManifest,
@@ -561,9 +563,10 @@ class LocalBackend:
         if listener is not None:
             argv += ["--listen-fd", str(listener.fileno())]
             pass_fds = (listener.fileno(),)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = child_environment(os.environ, {"PYTHONPATH": os.pathsep.join(
+            [_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])})
         sdir = service_dir(self.state_dir, name)
-        with open(sdir / "supervisor.log", "ab") as out:
+        with open_log(sdir / "supervisor.log") as out:
             popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      pass_fds=pass_fds, start_new_session=True, cwd=str(sdir))
         self._supervisors[name] = popen

@@ -22,6 +22,11 @@ share one accept queue: a connection never lands on a replica that is not accept
 supervisor gets the socket back from any live replica's fd socket, and adopts the live replicas
 it finds recorded (pid + process start time), so its own death never restarts a healthy service.
 
+The state database may become unwritable (a full disk): the supervisor then keeps converging from
+what it knows (the last service row it read, the replicas it started), keeps its record writes
+pending, one per subject (a replica, the failure count, itself), and writes them once the
+database takes writes again. Supervising never waits on the disk.
+
 Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``local.py``
 writes for services with ``autoscale`` or with neither ``replicas`` nor ``autoscale``): every
 ``refreshSeconds`` the supervisor sums ``inFlight`` and ``capacity`` over the ready replicas'
@@ -46,20 +51,27 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
 from controller.backends.local.gpus import visible_devices
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.local.variables import child_environment
+from controller.structs.errors import StateDirFull
+
+Write = Callable[[sqlite3.Connection], object]
+UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
+"""What a record write raises when the state database cannot take it (a full disk, a broken file)."""
 
 log = logging.getLogger("amlops.supervisor")
 
@@ -71,6 +83,8 @@ MEMORY_CHECK_S = 1.0
 """How often replicas' memory is compared with the service's limit."""
 FAILURE_LIMIT = 3
 """Consecutive failed starts of a replica of the current generation before the service is Stalled."""
+RECORD_RETRY_S = 1.0
+"""How often pending record writes are retried while the database refuses them."""
 SCALE_DOWN_REFRESHES = 3
 """Autoscale refreshes in a row that must ask for fewer replicas before any is removed: one quiet
 sample between two bursts must not drain a replica the next burst needs (Azure also scales in
@@ -99,6 +113,13 @@ def socket_dir(state_dir: Path) -> Path:
 def log_path(state_dir: Path, service: str, slot: int) -> Path:
     """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
     return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
+
+
+def open_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, readable by its owner only (logs may hold request data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a log made before files were private
+    return os.fdopen(fd, "ab")
 
 
 def process_alive(pid: int | None, started: float | None) -> bool:
@@ -228,31 +249,72 @@ class Supervisor:
     low_refreshes: int = 0
     low_peak: int = 0
     next_memory_check: float = 0.0
+    pending: dict[tuple[object, ...], Write] = field(default_factory=dict)
+    next_record: float = 0.0
+    record_error: str | None = None
+    last_row: ServiceRow | None = None
+
+    def record(self, subject: tuple[object, ...], write: Write) -> None:
+        """Write to the state database now, or keep the write pending (the latest per ``subject``)."""
+        self.pending.pop(subject, None)
+        self.pending[subject] = write
+        self.flush()
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the pending records in one transaction; keep them if the database refuses."""
+        if not self.pending or (now is not None and now < self.next_record):
+            return
+        try:
+            with self.store.transaction() as conn:
+                for write in self.pending.values():
+                    write(conn)
+        except UNWRITABLE as exc:
+            self.next_record = time.monotonic() + RECORD_RETRY_S
+            if self.record_error is None:
+                log.warning("records_deferred service=%s pending=%d error=%r", self.service, len(self.pending), str(exc))
+            self.record_error = str(exc)
+            return
+        if self.record_error is not None:
+            log.info("records_written service=%s pending=%d", self.service, len(self.pending))
+        self.pending.clear()
+        self.record_error = None
 
     def adopt(self) -> None:
         """Track the live replicas recorded for this service; forget the dead ones."""
-        with self.store.transaction() as conn:
-            for row in self.store.replicas(conn, self.service):
-                if process_alive(row.pid, row.started):
-                    self.replicas[row.pid] = _Replica(row, None)
-                    log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
-                else:
-                    self.store.delete_replica(conn, self.service, row.pid)
+        with self.store.snapshot() as conn:
+            recorded = self.store.replicas(conn, self.service)
+        for row in recorded:
+            if process_alive(row.pid, row.started):
+                self.replicas[row.pid] = _Replica(row, None)
+                log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
+            else:
+                self.record(("replica", row.pid), _deleting(self.service, row.pid))
 
     def run(self) -> None:
         """Tick until SIGTERM or until the service row disappears or names another supervisor."""
         while not self.stopping:
-            with self.store.snapshot() as conn:
-                row = self.store.get_service(conn, self.service)
+            try:
+                with self.store.snapshot() as conn:
+                    row = self.store.get_service(conn, self.service)
+            except UNWRITABLE as exc:
+                # Unreadable now: supervise on from the last row read; a stale row beats no supervisor.
+                if self.last_row is None:
+                    raise
+                if self.record_error is None:
+                    log.warning("row_unreadable service=%s error=%r", self.service, str(exc))
+                    self.record_error = str(exc)
+                row = self.last_row
             if row is None or row.supervisor_pid not in (None, os.getpid()):
                 log.info("supervisor_exiting service=%s reason=%s", self.service, "deleted" if row is None else "replaced")
                 return
+            self.last_row = row
             self.tick(row)
             time.sleep(TICK_S)
 
     def tick(self, row: ServiceRow) -> None:
         """One convergence step."""
         now = time.monotonic()
+        self.flush(now)
         if row.generation != self.generation:
             # A new generation is new input: its replicas start with a clean failure count, no backoff.
             self.failures.clear()
@@ -335,9 +397,12 @@ class Supervisor:
                 self.low_refreshes = 0
         if count == row.replicas:
             return row
-        with self.store.transaction() as conn:
-            # Compare-and-set: an apply that rewrote the row in between wins; the next refresh re-decides.
-            changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
+        try:
+            with self.store.transaction() as conn:
+                # Compare-and-set: an apply that rewrote the row in between wins; the next refresh re-decides.
+                changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
+        except UNWRITABLE:
+            return row  # the count is the row's: an unrecorded one would be lost by a restarted supervisor
         if not changed:
             return row
         log.info("replicas_autoscaled service=%s from=%d to=%d utilization=%s target=%d",
@@ -393,10 +458,10 @@ class Supervisor:
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
                 "--defer-accept", "--status-file", status_file]
-        env = {**os.environ, **launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)}
+        env = child_environment(os.environ, {**launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)})
         logfile = log_path(self.state_dir, self.service, slot)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "ab") as out:
+        logfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open_log(logfile) as out:
             popen = subprocess.Popen(
                 argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 pass_fds=(self.listen_fd,), start_new_session=True,
@@ -407,8 +472,7 @@ class Supervisor:
             started = time.time()
         rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
         self.replicas[popen.pid] = _Replica(rep, popen)
-        with self.store.transaction() as conn:
-            self.store.put_replica(conn, rep)
+        self.record(("replica", popen.pid), lambda conn: self.store.put_replica(conn, rep))
         log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
                  self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
 
@@ -425,8 +489,7 @@ class Supervisor:
             if code is None:
                 continue
             del self.replicas[pid]
-            with self.store.transaction() as conn:
-                self.store.delete_replica(conn, self.service, pid)
+            self.record(("replica", pid), _deleting(self.service, pid))
             status = ({"error": rep.killed_for} if rep.killed_for is not None
                       else read_status(rep.row.status_file) if rep.error is None else {"error": rep.error})
             for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
@@ -447,8 +510,18 @@ class Supervisor:
         worst = max(self.failures.values(), default=0)
         error = self.last_error if worst else None
         if (worst, error) != (row.failures, row.last_error) or (worst and row.failure_generation != row.generation):
-            with self.store.transaction() as conn:
-                self.store.set_failures(conn, self.service, row.generation, worst, error)
+            if ("failures",) in self.pending and self.record_error is not None:
+                self.pending[("failures",)] = _failing(self.service, row.generation, worst, error)  # retried on its own
+                return
+            self.record(("failures",), _failing(self.service, row.generation, worst, error))
+
+
+def _deleting(service: str, pid: int) -> Write:
+    return lambda conn: LocalStore.delete_replica(conn, service, pid)
+
+
+def _failing(service: str, generation: int, failures: int, error: str | None) -> Write:
+    return lambda conn: LocalStore.set_failures(conn, service, generation, failures, error)
 
 
 def _listener_fd(store: LocalStore, service: str, given: int | None) -> int:
@@ -485,8 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with store.transaction() as conn:
-        store.set_supervisor(conn, args.service, os.getpid(), start_time(os.getpid()))
+    pid, started = os.getpid(), start_time(os.getpid())
+    sup.record(("supervisor",), lambda conn: store.set_supervisor(conn, args.service, pid, started))
     log.info("supervisor_started service=%s pid=%d", args.service, os.getpid())
     sup.adopt()
     sup.run()
