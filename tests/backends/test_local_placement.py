@@ -6,6 +6,10 @@ Every test names the GPUs it runs with, so the suite means the same on a machine
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -152,3 +156,34 @@ def test_a_service_added_later_gets_the_gpu_another_held_as_surge_spare(state_di
     apply_all(backend, repo, revision="r3")
     assert set(_ready_pids(backend, "svc-a").values()) == set(a.values())
     assert _ready_pids(backend, "svc-b") == b
+
+
+def test_status_names_each_replicas_gpu_and_an_apply_left_unschedulable_exits_1(
+        state_dir: Path, repo: Repo, tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path / "gpus.json", fake_gpus(1))
+    env = {**os.environ, INVENTORY_ENV: str(inventory)}
+
+    def amlops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "controller", *args, "--state-dir", str(state_dir)],
+                              cwd=repo.root, env=env, capture_output=True, text=True, timeout=240, check=False)
+
+    repo.service(replicas=1, gpu=1)
+    applied = amlops("apply", ".", "--yes", "--no-color")
+    assert applied.returncode == 2, applied.stderr
+    shown = amlops("status", "--path", ".")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"replica 0 \(pid \d+, generation 1\): GPU-fake-0000 \(Fake H200\)", shown.stdout), shown.stdout
+    rows = json.loads(amlops("status", "--path", ".", "--output", "json").stdout)["resources"]
+    placement = next(r for r in rows if r["name"] == "numpy-svc")["placement"]
+    assert [p["gpus"][0]["uuid"] for p in placement] == ["GPU-fake-0000"]
+
+    # Two replicas on a one-GPU machine: refused, not oversubscribed, and every later apply of
+    # the same input says so with a non-zero exit (the one replica keeps serving).
+    repo.service(replicas=2, gpu=1)
+    refused = amlops("apply", ".", "--yes", "--no-color")
+    assert refused.returncode == 1 and "Unschedulable" in refused.stderr, refused.stderr
+    again = amlops("apply", ".", "--yes", "--no-color")
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    assert "Webservice/numpy-svc is still stalled: Unschedulable" in again.stderr
+    rows = json.loads(amlops("status", "--path", ".", "--output", "json").stdout)["resources"]
+    assert next(r for r in rows if r["name"] == "numpy-svc")["replicas"] == {"ready": 1, "desired": 1}

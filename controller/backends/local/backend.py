@@ -769,7 +769,8 @@ class LocalBackend:
             "gpus": list(row.gpu_pool),
             "placement": [{"slot": r.row.slot, "pid": r.row.pid, "generation": r.row.generation,
                            "gpus": [self._gpu_label(g) for g in r.row.gpus]}
-                          for r in sorted(view.replicas, key=lambda r: (r.row.slot, r.row.generation))],
+                          for r in sorted(view.replicas, key=lambda r: (r.row.slot, r.row.generation))]
+                         if row.gpus_per_replica else [],
             "supervisor": {"pid": row.supervisor_pid, "alive": view.supervisor_alive},
             "lastError": row.last_error,
         }
