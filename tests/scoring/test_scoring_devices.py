@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from scoring_hosts import Host
+from pathlib import Path
+
+from scoring_hosts import Host, StartHost
 
 from controller.scoring.devices import short_name
 
@@ -14,6 +16,13 @@ def test_a_replica_without_tensorflow_reports_no_device_and_imports_none(echo_ho
     assert code == 200
     assert 'amlops_scoring_device_info{device="none",source="no-tensorflow"} 1.0' in body.decode()
     assert "devicesource=no-tensorflow" in echo_host.log().lower()
+
+
+def test_pre_forked_workers_report_their_device_through_the_parents_status_file(
+        start_host: StartHost, echo_dir: Path) -> None:
+    host = start_host("--entry-script", "score.py", "--source-dir", str(echo_dir), "--workers", "2")
+    status = host.status()
+    assert (status["device"], status["deviceSource"]) == ("none", "no-tensorflow"), status
 
 
 def test_tensorflow_device_names_are_shortened_to_type_and_index() -> None:
