@@ -187,3 +187,27 @@ def test_status_names_each_replicas_gpu_and_an_apply_left_unschedulable_exits_1(
     assert "Webservice/numpy-svc is still stalled: Unschedulable" in again.stderr
     rows = json.loads(amlops("status", "--path", ".", "--output", "json").stdout)["resources"]
     assert next(r for r in rows if r["name"] == "numpy-svc")["replicas"] == {"ready": 1, "desired": 1}
+
+
+@pytest.mark.gpu
+def test_on_this_machines_gpus_each_replica_sees_exactly_its_own(state_dir: Path, repo: Repo) -> None:
+    from controller.backends.local.gpus import probe_nvml
+
+    real = probe_nvml()
+    backend = LocalBackend(state_dir, "test-controller", ready_timeout=90, gpus=real)
+    replicas = min(len(real), 2)
+    repo.service(replicas=replicas, gpu=1)
+    apply_all(backend, repo)
+    pids = _ready_pids(backend, "numpy-svc")
+    assert len(pids) == replicas and len(set(pids.values())) == replicas
+    assert set(pids.values()) <= {g.uuid for g in real}
+
+
+@pytest.mark.gpu
+def test_nvml_lists_the_gpus_nvidia_smi_lists() -> None:
+    from controller.backends.local.gpus import probe_nvml
+
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True,
+                         check=True, timeout=30)
+    whole = {g.uuid for g in probe_nvml() if g.mig_parent is None} | {g.mig_parent for g in probe_nvml() if g.mig_parent}
+    assert whole == {line.strip() for line in smi.stdout.splitlines() if line.strip()}
