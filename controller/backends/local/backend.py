@@ -37,7 +37,14 @@ import psutil
 from controller.backends.base import ApplyContext
 from controller.backends.keys import KeyName, ensure_keys, ensure_token_key, read_keys, regenerate, token_for
 from controller.backends.local.environments import Resolution, current_interpreter, resolve_environment
-from controller.backends.local.gpus import Allocation, Gpu, GpuInventory, allocate_pool, discover_gpus
+from controller.backends.local.gpus import (
+    Gpu,
+    GpuInventory,
+    allocate_pool,
+    allocations,
+    discover_gpus,
+    pending_gpus,
+)
 from controller.backends.local.registries import content_hash, delete_model, register_model, resolve_model
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.supervising import (
@@ -198,38 +205,6 @@ def _autoscale_policy(spec: WebserviceSpec, held: int) -> dict[str, int] | None:
     auto = spec.autoscale or Autoscale()
     return {"min": auto.minReplicas, "max": max(auto.minReplicas, min(auto.maxReplicas, held)),
             "target": auto.targetUtilization, "refreshSeconds": auto.refreshSeconds}
-
-
-def _allocations(services: Sequence[ServiceRow], replicas: Sequence[ReplicaRow], but: str) -> dict[str, Allocation]:
-    """Every other service's GPU pool, how much of it its replicas need, and what they run on now."""
-    held: dict[str, set[str]] = {}
-    for rep in replicas:
-        held.setdefault(rep.service, set()).update(rep.gpus)
-    found = {}
-    for row in services:
-        if row.name == but:
-            continue
-        policy = row.launch.get("autoscale")
-        count = int(policy.get("max", row.replicas)) if isinstance(policy, dict) else row.replicas
-        found[row.name] = Allocation(row.cluster, row.gpu_pool, count * row.gpus_per_replica,
-                                     frozenset(held.get(row.name, ())))
-    return found
-
-
-def _pending_gpus(ctx: ApplyContext, name: str, cluster: str, others: Mapping[str, Allocation], physical: bool) -> int:
-    """GPUs the other declared services need and do not hold yet (what a surge spare must leave free)."""
-    pending = 0
-    for resource in ctx.desired:
-        manifest = resource.manifest
-        if not isinstance(manifest, WebserviceManifest) or manifest.name == name or not manifest.spec.resources.gpu:
-            continue
-        spec = manifest.spec
-        if not physical and spec.cluster != cluster:
-            continue  # virtual GPUs are per cluster
-        count = spec.replicas if spec.replicas is not None else spec.max_replicas()
-        holding = others.get(manifest.name)
-        pending += max(0, count * spec.resources.gpu - (len(holding.ids) if holding else 0))
-    return pending
 
 
 def _manifest_dir(resource: DesiredResource, ctx: ApplyContext) -> Path:
@@ -493,8 +468,8 @@ class LocalBackend:
         try:
             with self.store.transaction() as conn:
                 existing = self.store.get_service(conn, name)
-                others = _allocations(self.store.all_services(conn), self.store.replicas(conn), name)
-                pending = _pending_gpus(ctx, name, spec.cluster, others, bool(self.gpus))
+                others = allocations(self.store.all_services(conn), self.store.replicas(conn), but=name)
+                pending = pending_gpus(ctx.desired, name, spec.cluster, others, physical=bool(self.gpus))
                 cspec = cluster["spec"]
                 # Ids our live replicas run on first, so a re-placement keeps them where they are.
                 current = [g for r in self.store.replicas(conn, name) for g in r.gpus]

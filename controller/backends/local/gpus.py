@@ -25,12 +25,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.backends.local.stores import ReplicaRow, ServiceRow
 from controller.structs.errors import PermanentError
+from controller.structs.manifests import WebserviceManifest
+from controller.structs.states import DesiredResource
 
 INVENTORY_ENV = "AMLOPS_GPU_INVENTORY"
 """Names a JSON file listing the GPUs to place on, instead of asking NVML."""
@@ -196,6 +199,39 @@ class Allocation:
     def locked(self) -> frozenset[str]:
         """Ids nobody else may take: the pool less its spare, plus whatever a replica still runs on."""
         return (frozenset(self.ids) - frozenset(self.spare())) | self.held
+
+
+def allocations(services: Sequence[ServiceRow], replicas: Sequence[ReplicaRow], *, but: str) -> dict[str, Allocation]:
+    """Every service's GPU pool but ``but``'s: how much of it its replicas need, and what they run on now."""
+    held: dict[str, set[str]] = {}
+    for rep in replicas:
+        held.setdefault(rep.service, set()).update(rep.gpus)
+    found = {}
+    for row in services:
+        if row.name == but:
+            continue
+        policy = row.launch.get("autoscale")
+        count = int(policy.get("max", row.replicas)) if isinstance(policy, dict) else row.replicas
+        found[row.name] = Allocation(row.cluster, row.gpu_pool, count * row.gpus_per_replica,
+                                     frozenset(held.get(row.name, ())))
+    return found
+
+
+def pending_gpus(desired: Iterable[DesiredResource], name: str, cluster: str, others: Mapping[str, Allocation], *,
+                 physical: bool) -> int:
+    """GPUs the declared services other than ``name`` need and do not hold yet (what a surge spare must leave free)."""
+    pending = 0
+    for resource in desired:
+        manifest = resource.manifest
+        if not isinstance(manifest, WebserviceManifest) or manifest.name == name or not manifest.spec.resources.gpu:
+            continue
+        spec = manifest.spec
+        if not physical and spec.cluster != cluster:
+            continue  # virtual GPUs are per cluster
+        count = spec.replicas if spec.replicas is not None else spec.max_replicas()
+        holding = others.get(manifest.name)
+        pending += max(0, count * spec.resources.gpu - (len(holding.ids) if holding else 0))
+    return pending
 
 
 def candidate_ids(cluster: str, capacity: int, physical: Sequence[Gpu], gpus_per_replica: int = 1) -> list[str]:
