@@ -359,7 +359,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{len(outcome.errors)} error(s); nothing applied", file=sys.stderr)
         return EXIT_ERROR
     if outcome.status is ReconcileStatus.NO_CHANGES:
-        return EXIT_OK
+        # Nothing to do can still mean a resource is stuck on this very input (Unschedulable, ...).
+        stalled = [c for c in outcome.plan.changes if c.reason.startswith("stalled")] if outcome.plan else []
+        for change in stalled:
+            print(f"amlops apply: {change.id} is still {change.reason.splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR if stalled else EXIT_OK
     if outcome.status is ReconcileStatus.HELD:
         print("amlops apply: nothing applied", file=sys.stderr)
         return EXIT_ERROR
@@ -435,6 +439,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if resource.details.get("placement"):
+            row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
     return row
 
 
@@ -506,6 +512,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
+            for replica in row.get("placement") or []:
+                gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
+                print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "
+                      f"{gpus or 'no GPU'}")
         for condition in row["conditions"]:
             if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")

@@ -658,7 +658,7 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     replicas = details.get("replicas")
     if isinstance(replicas, dict) and "ready" in replicas:
         shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus"):
+    for key in ("modelVersions", "models", "version", "gpus", "placement"):
         if details.get(key):
             shown[key] = details[key]
     return shown

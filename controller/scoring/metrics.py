@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.scoring.devices import DeviceReport
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -71,6 +73,7 @@ class ScoringMetrics(Collector):
         self.run_errors: dict[str, int] = {}
         self.queue_rejections: dict[str, int] = {}
         self.batch_sizes: list[Buckets] = []
+        self.device: DeviceReport | None = None  # set once, after init()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -126,6 +129,13 @@ class ScoringMetrics(Collector):
         buckets, total = merged(list(self.batch_sizes), BATCH_BUCKETS)
         batch.add_metric([], buckets, total)
         yield batch
+        device = self.device
+        if device is not None:
+            info = GaugeMetricFamily("amlops_scoring_device_info",
+                                     "The device TensorFlow placed the model on (1 for the one in use).",
+                                     labels=["device", "source"])
+            info.add_metric([device.device, device.source], 1)
+            yield info
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

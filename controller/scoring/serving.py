@@ -40,6 +40,7 @@ import httptools
 import orjson
 
 from controller.scoring.budgets import BodyBudget, fix_mmap_threshold, return_free_memory
+from controller.scoring.devices import observe_device
 from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
 from controller.scoring.importing import EntryPoint, load_entry_script
 from controller.scoring.keys import KeyRing
@@ -539,7 +540,8 @@ class ScoringApp:
             await self.listen(listener)
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
         gpus = tensorflow_gpus()  # the status file's load updates repeat it: each write replaces the file
-        report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **load),
+        device = self.metrics.device.to_status() if self.metrics.device is not None else {}
+        report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **device, **load),
                     lambda: None if self.draining else self.metrics.registry.get_sample_value("amlops_scoring_in_flight"),
                     self.options.max_concurrent)
         log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))
@@ -551,6 +553,8 @@ class ScoringApp:
         try:
             entry = load_entry(self.options)
             entry.init()
+            self.metrics.device = observe_device()  # where TensorFlow put the model, asked here off the loop
+            log_event("device_observed", **self.metrics.device.to_status())
         except BaseException as exc:
             loop.call_soon_threadsafe(_settle, result, None, exc)
         else:

@@ -420,3 +420,22 @@ def test_two_sources_under_one_controller_name_on_one_workspace_never_delete_eac
     assert not {"Webservice/svc-b", "Model/tiny-b"} & set(gone["actual"]), gone
     assert {"Webservice/svc-tiny", "Model/tiny", "AksCluster/aks-gpu"} <= set(gone["actual"])
     _converged(reconcile, repo)
+
+
+def test_services_that_fill_every_gpu_of_the_cluster_are_all_deployed_and_still_roll(
+        repo: Repo, reconcile: Reconciler) -> None:
+    # 3 × Standard_NC6 = 3 GPUs: svc-tiny 2 × 1 and svc-big 1 × 1 fit, as AKS schedules them. The
+    # data plane must not keep svc-tiny's third GPU as rolling-update surge and refuse svc-big.
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    _converged(reconcile, repo)
+    repo.service("svc-big", replicas=1, gpu=1)
+    out = reconcile(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert out["actual"]["Webservice/svc-big"]["details"]["state"] == "Healthy", out["actual"]["Webservice/svc-big"]
+    # With no GPU to surge into, a new model version rolls svc-tiny one replica at a time.
+    repo.weights([[1.0], [4.0]])
+    rolled = reconcile(repo, read_back=True, predict=[[1, 1]])
+    assert rolled["status"] == "applied", rolled
+    assert rolled["predict"]["status"] == 200 and rolled["predict"]["body"] == [[5.0]], rolled["predict"]
+    assert rolled["actual"]["Webservice/svc-tiny"]["details"]["state"] == "Healthy"

@@ -13,7 +13,8 @@ pool) and converges the processes to it, like a tiny ReplicaSet controller:
 * extra replicas (scale in) get SIGTERM and drain;
 * replicas of an older generation are rolled one at a time: a new replica starts, and only when
   its status file says ``ready`` does the old one get SIGTERM. When the GPU pool has no spare
-  replica's worth, the old replica is stopped first (the others keep serving). A new version
+  replica's worth (surge only goes into GPUs no declared service needs, ``gpus.py``), the old
+  replica is stopped first (the others keep serving). A new version
   that fails to start is retried with the same backoff, never rolling further; after
   ``FAILURE_LIMIT`` failures the roll stops and the old replicas keep serving.
 
@@ -64,7 +65,7 @@ from typing import Any, BinaryIO
 
 import psutil
 
-from controller.backends.local.gpus import visible_devices
+from controller.backends.local.gpus import replica_environment
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
@@ -458,23 +459,49 @@ class Supervisor:
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
                 "--defer-accept", "--status-file", status_file]
-        env = child_environment(os.environ, {**launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)})
+        declared = launch.get("env", {})
+        env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
         logfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open_log(logfile) as out:
-            popen = subprocess.Popen(
-                argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(self.listen_fd,), start_new_session=True,
-            )
+
+        def spawn() -> _Replica:
+            with open_log(logfile) as out:
+                popen = subprocess.Popen(
+                    argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, pass_fds=(self.listen_fd,), start_new_session=True,
+                )
+            try:
+                started = start_time(popen.pid)
+            except psutil.NoSuchProcess:
+                started = time.time()
+            rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
+            self.replicas[popen.pid] = _Replica(rep, popen)
+            log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
+                     self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+            return self.replicas[popen.pid]
+
+        if not gpus:
+            rep = spawn().row
+            self.record(("replica", rep.pid), lambda conn: self.store.put_replica(conn, rep))
+            return
+        # A GPU replica checks the pool and is recorded in one write transaction: another service's
+        # placement (which may take an unused spare GPU of ours) sees either this replica or the pool
+        # without that GPU, never a GPU both of us think is free. While the state database refuses
+        # writes no GPU replica starts (the next tick tries again): a GPU is never shared.
+        started: _Replica | None = None
         try:
-            started = start_time(popen.pid)
-        except psutil.NoSuchProcess:
-            started = time.time()
-        rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
-        self.replicas[popen.pid] = _Replica(rep, popen)
-        self.record(("replica", popen.pid), lambda conn: self.store.put_replica(conn, rep))
-        log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
-                 self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+            with self.store.transaction() as conn:
+                latest = self.store.get_service(conn, self.service)
+                if latest is None or not set(gpus) <= set(latest.gpu_pool):
+                    return  # the pool changed under us: the next tick re-reads it
+                started = spawn()
+                self.store.put_replica(conn, started.row)
+        except UNWRITABLE as exc:
+            log.warning("gpu_replica_deferred service=%s slot=%d error=%r", self.service, slot, str(exc))
+            if started is not None and started.popen is not None:  # unrecorded, so its GPU looks free: stop it
+                self.replicas.pop(started.row.pid, None)
+                started.popen.kill()
+                started.popen.wait()
 
     def _terminate(self, rep: _Replica, now: float) -> None:
         if rep.terminating_since is None:
