@@ -60,7 +60,7 @@ DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_USAGE: Final = 64  # EX_USAGE, as the other commands; never 2, which means "changes"
 EXIT_HELD: Final = 3
 
 
@@ -224,6 +224,7 @@ class Controller:
         self.redactor = redactor
         self.name = settings.controller_name
         self.state_dir = settings.state_dir
+        self.log_format = settings.log_format
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = load_reloadable(args)
         self.metrics = ControllerMetrics()
@@ -520,8 +521,13 @@ class Controller:
             if (change.id.kind is Kind.WEBSERVICE and change.status is ChangeStatus.SUCCEEDED
                     and change.action is not Action.DELETE and resource is not None
                     and resource.details.get("scoringUri")):
-                print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
-                      flush=True)
+                banner = service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None)
+                if self.log_format == "json":  # stdout carries JSON lines only in JSON mode
+                    log.info("service.ready", extra={"fields": {"service": change.id.name,
+                                                                "scoringUri": resource.details["scoringUri"],
+                                                                "howToCall": banner}})
+                else:
+                    print(banner, flush=True)
 
     def _publish_resources(self, observed: dict[ResourceId, ActualResource] | None = None) -> None:
         """Per-resource status for the page, the API and the gauges: the recorder's conditions,

@@ -61,7 +61,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m controller.scoring``."""
     parser = argparse.ArgumentParser(
-        prog="python -m controller.scoring",
+        # `amlops serve` execs this module and says so, so --help names the command the user typed.
+        prog=os.environ.get("AMLOPS_PROG", "python -m controller.scoring"),
         description="Serve an Azure ML entry script (init/run) or a TensorFlow SavedModel over HTTP.",
     )
     add = parser.add_argument
@@ -69,22 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
         "without it the built-in TensorFlow SavedModel scorer serves the model dir")
     add("--source-dir", help="put on sys.path and used as cwd (default: the entry script's folder)")
     add("--model-dir", help="exported as AZUREML_MODEL_DIR before init()")
-    add("--host", default="127.0.0.1")
-    add("--port", type=int, default=5001)
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    add("--port", type=int, default=5001, help="TCP port to listen on (default 5001; 0: any)")
     add("--listen-fd", type=int, help="serve an inherited listening TCP socket instead of binding")
     add("--fd-socket", help="unix socket path that hands out the listening socket (SCM_RIGHTS)")
     add("--defer-accept", action="store_true", help="accept nothing until init() has finished")
     add("--workers", type=_positive, default=1, help="pre-forked processes sharing the socket")
     add("--service-name", help="also serve /api/v1/service/NAME/score")
-    add("--auth", choices=("key", "token", "none"), default="none")
+    add("--auth", choices=("key", "token", "none"), default="none",
+        help="what a scoring request must carry: a key, a token, or nothing (default none)")
     add("--keys-file", help='JSON {"primaryKey","secondaryKey"} (or {"token"}), re-read on change')
-    add("--scoring-timeout-ms", type=_positive, default=60000)
+    add("--scoring-timeout-ms", type=_positive, default=60000, help="run() time limit; 504 after it (default 60000)")
     add("--max-concurrent", type=_positive, default=1, help="concurrent run() calls per process")
-    add("--max-queue-wait-ms", type=_positive, default=500)
-    add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024)
+    add("--max-queue-wait-ms", type=_positive, default=500,
+        help="longest wait for a free run() slot; 503 after it (default 500)")
+    add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024,
+        help="largest request body accepted; 413 above it (default 100 MiB)")
     add("--status-file", help="JSON status, replaced atomically on each change")
-    add("--tensorflow-compat", choices=("v1", "none"), default="none")
-    add("--log-format", choices=("text", "json"), default="text")
+    add("--tensorflow-compat", choices=("v1", "none"), default="none",
+        help="v1: `import tensorflow` in the entry script gives tensorflow.compat.v1")
+    add("--log-format", choices=("text", "json"), default="text", help="log lines on stderr as text or JSON")
     return parser
 
 

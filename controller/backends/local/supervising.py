@@ -60,8 +60,14 @@ import psutil
 
 from controller.backends.local.gpus import visible_devices
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
+from controller.structs.logformats import JsonLogFormatter
 
 log = logging.getLogger("amlops.supervisor")
+
+
+def _log(level: int, event: str, **fields: Any) -> None:
+    """One structured line: the event name and its fields (JSON on the supervisor's stderr)."""
+    log.log(level, event, extra={"fields": fields})
 
 TICK_S = 0.2
 BACKOFF_START_S = 0.5
@@ -235,7 +241,7 @@ class Supervisor:
             for row in self.store.replicas(conn, self.service):
                 if process_alive(row.pid, row.started):
                     self.replicas[row.pid] = _Replica(row, None)
-                    log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
+                    _log(logging.INFO, "replica_adopted", service=self.service, pid=row.pid, slot=row.slot)
                 else:
                     self.store.delete_replica(conn, self.service, row.pid)
 
@@ -245,7 +251,7 @@ class Supervisor:
             with self.store.snapshot() as conn:
                 row = self.store.get_service(conn, self.service)
             if row is None or row.supervisor_pid not in (None, os.getpid()):
-                log.info("supervisor_exiting service=%s reason=%s", self.service, "deleted" if row is None else "replaced")
+                _log(logging.INFO, "supervisor_exiting", service=self.service, reason="deleted" if row is None else "replaced")
                 return
             self.tick(row)
             time.sleep(TICK_S)
@@ -304,8 +310,8 @@ class Supervisor:
             if used > limit:
                 rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
                                   f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
-                log.warning("replica_oom_killed service=%s pid=%d slot=%d rss_mib=%d limit_mib=%d", self.service,
-                            rep.row.pid, rep.row.slot, used // 2**20, limit // 2**20)
+                _log(logging.WARNING, "replica_oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
+                     rss_mib=used // 2**20, limit_mib=limit // 2**20)
                 kill_group(rep.row.pid)
 
     def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
@@ -340,8 +346,8 @@ class Supervisor:
             changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
         if not changed:
             return row
-        log.info("replicas_autoscaled service=%s from=%d to=%d utilization=%s target=%d",
-                 self.service, row.replicas, count, "-" if used is None else f"{used:.2f}", target)
+        _log(logging.INFO, "replicas_autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
+             utilization=None if used is None else round(used, 2), target=target)
         return replace(row, replicas=count)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
@@ -409,15 +415,15 @@ class Supervisor:
         self.replicas[popen.pid] = _Replica(rep, popen)
         with self.store.transaction() as conn:
             self.store.put_replica(conn, rep)
-        log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
-                 self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+        _log(logging.INFO, "replica_started", service=self.service, pid=popen.pid, slot=slot, generation=row.generation,
+             gpus=",".join(gpus) or "-")
 
     def _terminate(self, rep: _Replica, now: float) -> None:
         if rep.terminating_since is None:
             rep.terminating_since = now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rep.row.pid, signal.SIGTERM)
-            log.info("replica_stopping service=%s pid=%d slot=%d", self.service, rep.row.pid, rep.row.slot)
+            _log(logging.INFO, "replica_stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
 
     def _reap(self, row: ServiceRow, now: float) -> None:
         for pid, rep in list(self.replicas.items()):
@@ -433,7 +439,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
             if rep.terminating_since is not None:
-                log.info("replica_stopped service=%s pid=%d slot=%d", self.service, pid, rep.row.slot)
+                _log(logging.INFO, "replica_stopped", service=self.service, pid=pid, slot=rep.row.slot)
                 continue
             # An unexpected exit: count it, and back off before the slot restarts.
             error = status.get("error") or f"replica exited (code {code if code is not True else 'unknown'})"
@@ -441,7 +447,7 @@ class Supervisor:
             n = self.failures.get(rep.row.slot, 0) + 1
             self.failures[rep.row.slot] = n
             self.next_start[rep.row.slot] = now + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_MAX_S)
-            log.warning("replica_died service=%s pid=%d slot=%d failures=%d", self.service, pid, rep.row.slot, n)
+            _log(logging.WARNING, "replica_died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
 
     def _record_failures(self, row: ServiceRow) -> None:
         worst = max(self.failures.values(), default=0)
@@ -474,7 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--service", required=True)
     parser.add_argument("--listen-fd", type=int)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())  # one JSON object per line, as the replicas' logs
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     state_dir = Path(args.state_dir)
     store = LocalStore(database_path(state_dir))
     sup = Supervisor(state_dir, args.service, _listener_fd(store, args.service, args.listen_fd), store)
@@ -487,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     with store.transaction() as conn:
         store.set_supervisor(conn, args.service, os.getpid(), start_time(os.getpid()))
-    log.info("supervisor_started service=%s pid=%d", args.service, os.getpid())
+    _log(logging.INFO, "supervisor_started", service=args.service, pid=os.getpid())
     sup.adopt()
     sup.run()
     return 0
