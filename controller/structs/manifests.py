@@ -29,6 +29,8 @@ BASE_IMAGE_ALIASES: Final[dict[str, str]] = {
 }
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+# The string forms of a model reference, ``name`` and ``name:version``, as the exported schema states them.
+MODEL_REF_PATTERN: Final = r"^[^:]+(:[1-9][0-9]*)?$"
 
 
 class Kind(StrEnum):
@@ -327,9 +329,23 @@ class Rollout(_Strict):
 class WebserviceSpec(_Strict):
     """A web service on AKS (``AksWebservice.deploy_configuration`` + ``InferenceConfig`` + ``Model.deploy``)."""
 
+    # The rules of _deploy_configuration_rules, stated for JSON Schema validators (editors, check-jsonschema).
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"not": {"required": ["replicas", "autoscale"],
+                 "properties": {"replicas": {"type": "integer"}, "autoscale": {"type": "object"}}},
+         "description": "set replicas or autoscale, not both"},
+        {"if": {"not": {"required": ["entryScript"]}},
+         "then": {"required": ["models"], "properties": {"models": {"minItems": 1, "maxItems": 1}}},
+         "description": "a service without entryScript (no-code deployment) needs exactly one model"},
+    ]})
+
     workspace: str | None = None
     cluster: str
-    models: list[Annotated[ModelRef, BeforeValidator(_parse_model_ref)]] = Field(default_factory=list)
+    # ``name`` or ``name:version`` (a string) or the mapping form; the schema shows both.
+    models: list[Annotated[ModelRef, BeforeValidator(
+        _parse_model_ref,
+        json_schema_input_type=Annotated[str, Field(pattern=MODEL_REF_PATTERN, description="name or name:version")] | ModelRef,
+    )]] = Field(default_factory=list)
     environment: str | None = None
     entryScript: str | None = None
     sourceDirectory: str | None = None
@@ -407,6 +423,9 @@ class ModelManifest(_Envelope):
 
 class ServiceMetadata(Metadata):
     """Metadata of a web service, whose name Azure ML restricts further (it becomes a host name part)."""
+
+    # The validator below gives the readable message; the pattern tells JSON Schema validators the same rule.
+    name: str = Field(json_schema_extra={"pattern": _SERVICE_NAME.pattern})
 
     @field_validator("name")
     @classmethod
