@@ -32,6 +32,7 @@ from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
 from controller.core.recording import Recorder, ResourceStatus
 from controller.core.rendering import (
+    JSON_FORMAT_VERSION,
     render_json,
     render_markdown,
     render_text,
@@ -41,6 +42,7 @@ from controller.core.rendering import (
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
+from controller.runtime.statuses import mark_sync
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import load_desired_state
 from controller.structs.errors import BackendError, ManifestError, PermanentError, ValidationFailed
@@ -457,7 +459,8 @@ def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[
 
 
 def _state_word(row: dict[str, Any]) -> str:
-    conditions = {c["type"]: c for c in row["conditions"] or row["recordedConditions"]}
+    live = [c for c in row["conditions"] if c["type"] != "Synced"]  # Synced is shown on its own
+    conditions = {c["type"]: c for c in live or row["recordedConditions"]}
     if conditions.get("Stalled", {}).get("status"):
         return f"Stalled ({conditions['Stalled']['reason']})"
     ready = conditions.get("Ready")
@@ -484,9 +487,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"amlops status: {error}", file=sys.stderr)
     code = EXIT_ERROR if errors else EXIT_OK
     source = Recorder(settings.state_dir).source_status()
+    # The same out-of-sync marking as the status page: an invalid or held latest revision ran nowhere.
+    last = {"status": source.last_status, "revision": source.last_attempted_revision, "errors": list(source.last_errors)}
+    for row in rows:
+        row["status"] = _state_word(row)  # the same one-word summary as /api/status gives
+        mark_sync(row, last)
     if args.output == "json":
-        payload = {"lastAppliedRevision": source.last_applied_revision, "lastAttemptedRevision": source.last_attempted_revision,
-                   "lastStatus": source.last_status, "resources": rows}
+        payload = {"formatVersion": JSON_FORMAT_VERSION, "lastAppliedRevision": source.last_applied_revision,
+                   "lastAttemptedRevision": source.last_attempted_revision, "lastStatus": source.last_status,
+                   "lastErrors": list(source.last_errors), "resources": rows}
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
         return code
     print(f"last applied revision: {source.last_applied_revision or '-'}   last attempted: "
@@ -495,7 +504,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no resources")
         return code
     for row in rows:
-        line = f"{row['kind'] + '/' + row['name']:<40} {_state_word(row):<28} rev {row['lastAppliedRevision'] or '-'}"
+        line = f"{row['kind'] + '/' + row['name']:<40} {row['status']:<28} rev {row['lastAppliedRevision'] or '-'}"
         if not row["managed"]:
             line += "  (not managed)"
         print(line)
@@ -506,7 +515,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
         for condition in row["conditions"]:
-            if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
+            if condition["message"] and (not condition["status"] or condition["type"] not in ("Ready", "Synced")):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
     return code
 

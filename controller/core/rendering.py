@@ -13,6 +13,9 @@ from typing import Any, Final
 from controller.structs.errors import ManifestError
 from controller.structs.plans import Action, Change, FieldDiff, Plan
 
+# The version of every JSON document amlops prints (plan, status, validate): bumped on a breaking change.
+JSON_FORMAT_VERSION: Final = 1
+
 _VERBS: Final = {
     Action.CREATE: "create",
     Action.UPDATE: "update in place",
@@ -176,7 +179,7 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
     """The plan as plain data (the shape ``render_json`` prints and history stores); ``no_ops=False`` leaves no-ops out."""
     return {
         "revision": plan.revision,
-        "base_revision": plan.base_revision,
+        "baseRevision": plan.base_revision,
         "held": plan.held,
         "warnings": list(plan.warnings),
         "summary": {
@@ -191,10 +194,10 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
                 "name": c.id.name,
                 "action": c.action.value,
                 "reason": c.reason,
-                "manifest_file": c.manifest_file,
-                "depends_on": [str(d) for d in c.depends_on],
+                "manifestFile": c.manifest_file,
+                "dependsOn": [str(d) for d in c.depends_on],
                 "diffs": [
-                    {"path": d.path, "before": d.before, "after": d.after, "forces_replace": d.forces_replace}
+                    {"path": d.path, "before": d.before, "after": d.after, "forcesReplace": d.forces_replace}
                     for d in c.diffs
                 ],
             }
@@ -205,14 +208,13 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
-    """The plan as indented, key-sorted JSON text."""
-    return json.dumps(plan_to_json(plan), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    """The plan as indented, key-sorted JSON text (camelCase keys and a ``formatVersion``, as status and validate)."""
+    document = {"formatVersion": JSON_FORMAT_VERSION, **plan_to_json(plan)}
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
 
 
 # --- validation results ---------------------------------------------------------------------------
 
-# The version of every JSON document amlops prints (plan, status, validate): bumped on a breaking change.
-JSON_FORMAT_VERSION: Final = 1
 
 
 def manifest_error_to_json(error: ManifestError) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.serving import Endpoints, HttpServer
-from controller.runtime.statuses import StatusBoard
+from controller.runtime.statuses import StatusBoard, mark_sync
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
 from controller.sources.watching import FolderSource
@@ -434,6 +434,7 @@ class Controller:
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
         self.metrics.reconciles.labels(status="failed").inc()
+        self.metrics.reconciled(ReconcileStatus.FAILED.value)
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
         now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
@@ -460,6 +461,7 @@ class Controller:
         status = outcome.status.value
         self.metrics.reconcile_seconds.labels(status=status).observe(duration)
         self.metrics.reconciles.labels(status=status).inc()
+        self.metrics.reconciled(status)
         for change in outcome.changes:
             self.metrics.changes.labels(action=change.action.value, outcome=change.status.value).inc()
         if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
@@ -550,13 +552,13 @@ class Controller:
                 entry["details"] = resource_details(live)
             ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
             entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
+            mark_sync(entry, self.status.get("lastReconcile") or {})
             resources.append(entry)
         self.status.update(resources=resources)
-        self.metrics.set_resources(
-            ResourceCondition(r["kind"], c["type"], bool(c["status"]))
-            for r in resources
-            for c in r["conditions"]
-        )
+        conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
+                      for r in resources for c in r["conditions"]]
+        self.metrics.set_resources(conditions)
+        self.metrics.set_resource_conditions(conditions)
 
 
 def resource_details(resource: ActualResource) -> dict[str, Any]:
