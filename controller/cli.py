@@ -39,6 +39,7 @@ from controller.core.rendering import (
     render_validation_github,
     render_validation_json,
 )
+from controller.core.reviewing import changed_files, with_changed_files
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
@@ -264,8 +265,20 @@ def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
                 head = load_desired_state(head_root, manifests, revision=head_sha)
             except ValidationFailed as exc:
                 return _print_validation(exc)
+            files = changed_files(base, head, base_root, head_root)  # while both trees are on disk
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        print(f"amlops plan: {repo_dir} is not a Git repository (--repo names one)", file=sys.stderr)
+        return EXIT_ERROR
+    except (git.BadName, git.BadObject) as exc:
+        # An unknown ref is a user's typo or a branch not fetched yet: one line, never a traceback.
+        print(f"amlops plan: {exc} in {repo_dir} (is the branch fetched? git fetch origin <branch>)", file=sys.stderr)
+        return EXIT_ERROR
+    except git.GitCommandError as exc:
+        detail = " ".join(str(exc.stderr or exc).replace("stderr:", "").split()).strip("'\" ")
+        print(f"amlops plan: git {exc.command[1] if len(exc.command) > 1 else ''} failed: {detail}", file=sys.stderr)
+        return EXIT_ERROR
     except (git.GitError, ValueError) as exc:
-        print(f"amlops plan: {exc}", file=sys.stderr)
+        print(f"amlops plan: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     the_plan = plan(
         head,
@@ -275,6 +288,7 @@ def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
         base_revision=base_sha,
         allow_mass_delete=args.allow_mass_delete,
     )
+    the_plan = with_changed_files(the_plan, files)
     sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
     return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
 
