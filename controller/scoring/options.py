@@ -32,6 +32,10 @@ class ScoringOptions:
     status_file: str | None
     tensorflow_compat: str
     log_format: str
+    metrics_dir: str | None = None
+    replica: str = "0"
+    version: str = ""
+    worker: int = 0  # set for each pre-forked worker, not a flag
 
     @property
     def entry_path(self) -> str | None:
@@ -90,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tensorflow-compat", choices=("v1", "none"), default="none",
         help="v1: `import tensorflow` in the entry script gives tensorflow.compat.v1")
     add("--log-format", choices=("text", "json"), default="text", help="log lines on stderr as text or JSON")
+    add("--metrics-dir", help="folder the service's processes share: each writes its metrics there and "
+        "/metrics answers for all of them")
+    add("--replica", default="0", help="this replica's name, the replica label of its metrics (default 0)")
+    add("--version", default="", help="what this replica serves (model versions), the version label of its metrics")
     return parser
 
 
@@ -99,9 +107,9 @@ def parse_options(argv: Sequence[str]) -> ScoringOptions:
     ns = parser.parse_args(list(argv))
     if ns.auth != "none" and not ns.keys_file:
         parser.error(f"--auth {ns.auth} needs --keys-file")
-    values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__}
+    values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__ if hasattr(ns, name)}
     # Absolute paths now: the entry script later runs with --source-dir as its working directory.
-    for name in ("source_dir", "model_dir", "keys_file", "status_file", "fd_socket"):
+    for name in ("source_dir", "model_dir", "keys_file", "status_file", "fd_socket", "metrics_dir"):
         if values[name]:
             values[name] = os.path.abspath(values[name])
     options = ScoringOptions(**values)

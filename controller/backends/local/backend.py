@@ -520,7 +520,9 @@ class LocalBackend:
                 "--scoring-timeout-ms", str(spec.scoringTimeoutMs),
                 "--max-concurrent", str(spec.maxConcurrentRequestsPerReplica),
                 "--max-queue-wait-ms", str(spec.maxQueueWaitMs),
-                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json"]
+                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json",
+                # One /metrics for all replicas, each series labelled with its replica and what it serves.
+                "--metrics-dir", str(sdir / "metrics"), "--version", ",".join(f"{m.name}:{m.version}" for m in models)]
         if spec.auth == "key":
             argv += ["--keys-file", str(self._keys_path(name))]
         elif spec.auth == "token":

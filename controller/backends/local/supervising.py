@@ -398,7 +398,7 @@ class Supervisor:
         status_file = str(run_dir / f"replica-{uniq}.status.json")
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
-                "--defer-accept", "--status-file", status_file]
+                "--defer-accept", "--status-file", status_file, "--replica", str(slot)]
         env = {**os.environ, **launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)}
         logfile = log_path(self.state_dir, self.service, slot)
         logfile.parent.mkdir(parents=True, exist_ok=True)
