@@ -45,7 +45,8 @@ from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.statuses import mark_sync
 from controller.settings import Settings, resolve_settings
-from controller.sources.loading import load_desired_state
+from controller.sources.loading import desired_documents, load_desired_state
+from controller.sources.overlays import documents_yaml
 from controller.structs.errors import BackendError, ManifestError, PermanentError, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
@@ -64,6 +65,10 @@ def _root_and_path(target: str) -> tuple[Path, str]:
         return cwd, absolute.relative_to(cwd).as_posix() or "."
     except ValueError:
         base = absolute if absolute.is_dir() else absolute.parent
+        # An overlay reaches into its repository (../base): the boundary is the Git work tree's top.
+        top = next((p for p in (base, *base.parents) if (p / ".git").exists()), None)
+        if top is not None:
+            return top, absolute.relative_to(top).as_posix() or "."
         return base, "." if absolute.is_dir() else absolute.name
 
 
@@ -72,15 +77,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     as GitHub Actions ``::error`` annotations with ``--output github``)."""
     errors: list[ManifestError] = []
     total = 0
+    output = getattr(args, "output", "text")
     for target in args.paths:
         root, path = _root_and_path(target)
+        if getattr(args, "render", False) and output == "text":  # json and github keep stdout to one format
+            _print_rendered(root, path)
         try:
             state = load_desired_state(root, path)
         except ValidationFailed as exc:
             errors.extend(_relative_to_cwd(error, root) for error in exc.errors)
             continue
         total += len(state)
-    output = getattr(args, "output", "text")
     if output == "json":
         sys.stdout.write(render_validation_json(total, errors))
     elif output == "github":
@@ -102,6 +109,28 @@ def _relative_to_cwd(error: ManifestError, root: Path) -> ManifestError:
     except ValueError:
         return error
     return dataclasses.replace(error, file=shown)
+
+
+def _print_rendered(root: Path, path: str) -> None:
+    """The documents ``path`` renders to (an overlay's kustomization applied), as YAML on stdout."""
+    documents, _ = desired_documents(root, root / path)
+    sys.stdout.write(documents_yaml(documents))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print what a folder renders to (overlays applied), then validate it; exit 1 on any error."""
+    args.render = True
+    failed = False
+    for target in args.paths:
+        root, path = _root_and_path(target)
+        _print_rendered(root, path)
+        try:
+            load_desired_state(root, path)
+        except ValidationFailed as exc:
+            failed = True
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -818,7 +847,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--output", choices=("text", "json", "github"), default="text",
                           help="text (errors on stderr), json (a document on stdout), or github "
                                "(::error annotations for GitHub Actions, on stdout)")
+    validate.add_argument("--render", action="store_true",
+                          help="also print the manifests as rendered (an overlay's kustomization applied)")
     validate.set_defaults(handler=cmd_validate)
+
+    render = command("render", "print manifests as rendered (overlays applied), then validate them",
+                     _exit_codes("0   rendered and valid", "1   an error (each printed with file and line)"))
+    render.add_argument("paths", nargs="+", metavar="PATH",
+                        help="files or folders of manifests (a folder with a kustomization.yaml is rendered)")
+    render.set_defaults(handler=cmd_render)
 
     schemas = command("schemas", "JSON Schemas of the manifest kinds")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser, metavar="ACTION")
