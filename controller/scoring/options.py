@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--metrics-dir", help="folder the service's processes share: each writes its metrics there and "
         "/metrics answers for all of them")
     add("--replica", default="0", help="this replica's name, the replica label of its metrics (default 0)")
-    add("--version", default="", help="what this replica serves (model versions), the version label of its metrics")
+    add("--version-label", dest="version", default="",
+        help="what this replica serves (its model versions), the version label of its metrics")
     return parser
 
 
