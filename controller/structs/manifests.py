@@ -67,6 +67,8 @@ class Metadata(_Strict):
 class SecretRef(_Strict):
     """Where a secret is read from at run time; the value itself never appears in a manifest."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["fromEnv"]}, {"required": ["fromFile"]}]})
+
     fromEnv: str | None = None
     fromFile: str | None = None
 
@@ -79,6 +81,8 @@ class SecretRef(_Strict):
 
 class ValueRef(_Strict):
     """A non-secret value given inline or by reference."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["value"]}, {"required": ["fromEnv"]}, {"required": ["fromFile"]}]})
 
     value: str | None = None
     fromEnv: str | None = None
@@ -93,6 +97,11 @@ class ValueRef(_Strict):
 
 class Credentials(_Strict):
     """How the azureml backend logs in: a service principal, a managed identity or the Azure CLI."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"type": {"const": "servicePrincipal"}}},
+        "then": {"required": ["tenantId", "clientId", "clientSecret"]},
+    })
 
     type: Literal["servicePrincipal", "managedIdentity", "azureCli"] = "servicePrincipal"
     tenantId: ValueRef | None = None
@@ -110,6 +119,11 @@ class Credentials(_Strict):
 
 class WorkspaceSpec(_Strict):
     """An Azure ML workspace (``Workspace.get``) and the backend that reaches it."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"backend": {"const": "azureml"}}, "required": ["backend"]},
+        "then": {"required": ["subscriptionId", "resourceGroup"]},
+    })
 
     backend: Literal["local", "azureml"] = "local"
     subscriptionId: str | None = None
@@ -162,6 +176,11 @@ class AksClusterSpec(_Strict):
 
 class EnvironmentSpec(_Strict):
     """A runtime environment (``Environment.from_conda_specification`` / ``from_pip_requirements``)."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"not": {"required": ["condaFile", "conda"]}, "description": "set condaFile or conda, not both"},
+        {"not": {"required": ["pipRequirements", "pip"]}, "description": "set pipRequirements or pip, not both"},
+    ]})
 
     workspace: str | None = None
     condaFile: str | None = None
@@ -285,6 +304,11 @@ class SampleRequest(_Strict):
     ``compareWithLive`` is set, the live version's answer to the same request.
     """
 
+    model_config = ConfigDict(json_schema_extra={
+        **{"oneOf": [{"required": ["file"]}, {"required": ["body"]}]},
+        "not": {"required": ["expect", "expectFile"]},
+    })
+
     file: str | None = None
     body: str | None = None
     expect: str | None = None
@@ -307,6 +331,13 @@ class Rollout(_Strict):
     traffic until it is ready and has passed its checks, then all of it; ``canary`` walks ``steps``
     and judges each with ``analysis``, rolling back at the first failed check.
     """
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"strategy": {"const": "canary"}}, "required": ["strategy"]},
+        "then": {"required": ["steps"], "properties": {"steps": {"minItems": 1}}},
+        "else": {"not": {"anyOf": [{"required": ["steps"], "properties": {"steps": {"minItems": 1}}},
+                                   {"required": ["analysis"], "properties": {"analysis": {"type": "object"}}}]}},
+    })
 
     strategy: Literal["rolling", "blueGreen", "canary"] = "rolling"
     steps: list[RolloutStep] = Field(default_factory=list)

@@ -26,6 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
 SERVICE = "manifests/services/aks-dnn-mnist.yaml"
 CLUSTER = "manifests/clusters/aks-gpu.yaml"
+WORKSPACE = "manifests/workspace.yaml"
+ENVIRONMENT_FILE = "manifests/environments/myenv.yaml"
+AZUREML = "backend: azureml\n  subscriptionId: sub\n  resourceGroup: rg\n"
 
 
 def _validator(name: str) -> Draft202012Validator:
@@ -79,6 +82,8 @@ ACCEPTED = {
     "a quoted number where text is wanted": _service("  auth: key\n", "  auth: key\n  tags: {release: '3'}\n"),
     "autoscale without replicas": _service("  replicas: 3\n", "  autoscale: {minReplicas: 1, maxReplicas: 3}\n"),
     "two documents of two kinds in one file": (CLUSTER, lambda text: text + ENVIRONMENT),
+    "a canary with steps": _service("  auth: key\n", "  auth: key\n  rollout:\n    strategy: canary\n"
+                                    "    steps: [{weight: 10}, {weight: 100}]\n"),
 }
 
 REJECTED = {
@@ -91,6 +96,20 @@ REJECTED = {
     "model version 0": (_service("    - tf-dnn-mnist\n", "    - tf-dnn-mnist:0\n"), "spec.models"),
     "no entry script and two models": ((SERVICE, lambda text: text.replace("  entryScript: score.py\n", "").replace(
         "    - tf-dnn-mnist\n", "    - tf-dnn-mnist\n    - tf-dnn-mnist:1\n")), "spec"),
+    "a secret given two ways": ((WORKSPACE, lambda text: text.replace("backend: local\n", AZUREML + (
+        "  credentials:\n    tenantId: {value: t}\n    clientId: {value: c}\n"
+        "    clientSecret: {fromEnv: SECRET, fromFile: secret.txt}\n"))), "clientSecret"),
+    "a service principal without its secret": ((WORKSPACE, lambda text: text.replace("backend: local\n", AZUREML + (
+        "  credentials:\n    tenantId: {value: t}\n    clientId: {value: c}\n"))), "credentials"),
+    "an azureml workspace without a subscription": ((WORKSPACE, lambda text: text.replace(
+        "backend: local\n", "backend: azureml\n  resourceGroup: rg\n")), "spec"),
+    "a conda file and inline conda": ((ENVIRONMENT_FILE, lambda text: text.replace(
+        "  condaFile: myenv.yml\n", "  condaFile: myenv.yml\n  conda: {dependencies: [python=3.11]}\n")), "spec"),
+    "steps without a canary": (_service("  auth: key\n", "  auth: key\n  rollout:\n    strategy: blueGreen\n"
+                                        "    steps: [{weight: 50}]\n"), "spec.rollout"),
+    "a canary without steps": (_service("  auth: key\n", "  auth: key\n  rollout: {strategy: canary}\n"), "spec.rollout"),
+    "a sample request with no body": (_service("  auth: key\n", "  auth: key\n  rollout:\n"
+                                               "    sampleRequest: {compareWithLive: true}\n"), "sampleRequest"),
     "a broken second document": ((CLUSTER, lambda text: text + "---\n" + text.replace("name: aks-gpu", "name: aks-two")
                                   .replace("agentCount: 3", "agentCount: '2'")), "spec.agentCount"),
 }
