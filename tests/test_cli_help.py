@@ -61,11 +61,14 @@ def test_top_level_help_lists_serve_emulator_and_completion() -> None:
     assert "2   changes (plan; apply --detailed-exitcode)" in result.stdout
 
 
-def test_serve_help_names_amlops_serve() -> None:
+def test_serve_help_names_amlops_serve_and_lists_its_exit_codes() -> None:
     result = subprocess.run([*AMLOPS, "serve", "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.startswith("usage: amlops serve ")
     assert "controller.scoring" not in result.stdout
+    assert "exit codes:" in result.stdout and "64  usage error" in result.stdout
+    wrong = subprocess.run([*AMLOPS, "serve", "--no-such-flag"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 64 and "amlops serve: error: unrecognized arguments: --no-such-flag" in wrong.stderr
 
 
 def _complete(script: str, line: str) -> list[str]:

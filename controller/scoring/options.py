@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,23 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 (EX_USAGE), as every amlops command's do."""
+
+    def error(self, message: str) -> Any:  # argparse types this NoReturn
+        self.print_usage(sys.stderr)
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m controller.scoring``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         # `amlops serve` execs this module and says so, so --help names the command the user typed.
         prog=os.environ.get("AMLOPS_PROG", "python -m controller.scoring"),
         description="Serve an Azure ML entry script (init/run) or a TensorFlow SavedModel over HTTP.",
+        epilog="exit codes:\n  0   drained after SIGTERM\n  1   init() failed or the port could not be opened\n"
+               "  64  usage error (unknown flag, missing argument)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
     add("--entry-script", help="score.py path, relative to --source-dir or absolute; "
@@ -103,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(argv: Sequence[str]) -> ScoringOptions:
-    """Parse and check the command line (exits with status 2 on a usage error, like argparse)."""
+    """Parse and check the command line (exits with status 64, EX_USAGE, on a usage error)."""
     parser = build_parser()
     ns = parser.parse_args(list(argv))
     if ns.auth != "none" and not ns.keys_file:
