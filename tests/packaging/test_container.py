@@ -67,3 +67,11 @@ def test_dependencies_are_installed_before_the_source_is_copied_and_everything_i
 def test_dockerignore_keeps_the_context_small_and_secret_free() -> None:
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".state", "tests", "**/__pycache__"} <= ignored
+
+
+def test_the_image_installs_the_version_pyproject_builds() -> None:
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    args = [a for w, a in _instructions() if w == "ARG" and a.startswith("VERSION=")]
+    assert args == [f"VERSION={version}"]
