@@ -70,4 +70,5 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     srv.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="default $AMLOPS_LOG_FORMAT or text"
     )
-    srv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    srv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                     help="least severe level logged (default info)")

@@ -42,7 +42,7 @@ from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
 from controller.runtime.statedirs import state_dir_problem, state_dir_status
-from controller.runtime.statuses import StatusBoard
+from controller.runtime.statuses import StatusBoard, mark_sync
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import (
     GIT_TIMEOUT_S,
@@ -70,7 +70,7 @@ DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_USAGE: Final = 64  # EX_USAGE, as the other commands; never 2, which means "changes"
 EXIT_HELD: Final = 3
 
 
@@ -254,6 +254,7 @@ class Controller:
         self.redactor = redactor
         self.name = settings.controller_name
         self.state_dir = settings.state_dir
+        self.log_format = settings.log_format
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = load_reloadable(args)
         self.metrics = ControllerMetrics()
@@ -528,6 +529,7 @@ class Controller:
 
     def _pass_failed(self, message: str, started: float) -> None:
         self.metrics.reconciles.labels(status="failed").inc()
+        self.metrics.reconciled(ReconcileStatus.FAILED.value)
         now = time.time()
         last = {
             "revision": None,
@@ -552,6 +554,7 @@ class Controller:
         status = outcome.status.value
         self.metrics.reconcile_seconds.labels(status=status).observe(duration)
         self.metrics.reconciles.labels(status=status).inc()
+        self.metrics.reconciled(status)
         for change in outcome.changes:
             self.metrics.changes.labels(action=change.action.value, outcome=change.status.value).inc()
         if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
@@ -613,8 +616,13 @@ class Controller:
             if (change.id.kind is Kind.WEBSERVICE and change.status is ChangeStatus.SUCCEEDED
                     and change.action is not Action.DELETE and resource is not None
                     and resource.details.get("scoringUri")):
-                print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
-                      flush=True)
+                banner = service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None)
+                if self.log_format == "json":  # stdout carries JSON lines only in JSON mode
+                    log.info("service.ready", extra={"fields": {"service": change.id.name,
+                                                                "scoringUri": resource.details["scoringUri"],
+                                                                "howToCall": banner}})
+                else:
+                    print(banner, flush=True)
 
     def _publish_resources(self, observed: dict[ResourceId, ActualResource] | None = None) -> None:
         """Per-resource status for the page, the API and the gauges: the recorder's conditions,
@@ -640,13 +648,13 @@ class Controller:
                 entry["details"] = resource_details(live)
             ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
             entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
+            mark_sync(entry, self.status.get("lastReconcile") or {})
             resources.append(entry)
         self.status.update(resources=resources)
-        self.metrics.set_resources(
-            ResourceCondition(r["kind"], c["type"], bool(c["status"]))
-            for r in resources
-            for c in r["conditions"]
-        )
+        conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
+                      for r in resources for c in r["conditions"]]
+        self.metrics.set_resources(conditions)
+        self.metrics.set_resource_conditions(conditions)
 
 
 def resource_details(resource: ActualResource) -> dict[str, Any]:

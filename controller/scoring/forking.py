@@ -9,6 +9,7 @@ child fails or dies unexpectedly, so the supervisor restarts the whole replica.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -37,7 +38,7 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                  write_status: Callable[..., None], start_fd_server: Callable[[], Callable[[], None]]) -> int:
     """Fork ``options.workers`` children on ``listener`` and supervise them; returns the exit status."""
     pipes: dict[int, int] = {}
-    for _ in range(options.workers):
+    for worker in range(options.workers):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -46,7 +47,9 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                 os.close(other)
             code = 1
             try:
-                code = serve_process(options, listener, _pipe_reporter(write_fd), lambda: None)
+                # Each worker keeps its own counters: its metrics carry its index.
+                code = serve_process(dataclasses.replace(options, worker=worker), listener,
+                                     _pipe_reporter(write_fd), lambda: None)
             finally:
                 os._exit(code)
         os.close(write_fd)

@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from controller.structs.logformats import log_document
+
 _format = "text"
 _status_unwritten = False
 
@@ -31,11 +33,12 @@ def configure_events(log_format: str) -> None:
 
 def log_event(event: str, **fields: Any) -> None:
     """Write one structured line for ``event`` to stderr."""
-    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event, "pid": os.getpid()}
-    record.update(fields)
-    if _format == "json":
-        line = orjson.dumps(record, default=str).decode()
+    now = time.time()
+    if _format == "json":  # the same keys as the controller's and the supervisor's JSON lines
+        level = "error" if event.endswith("failed") else "info"
+        line = orjson.dumps(log_document(now, level, event, {"pid": os.getpid(), **fields}), default=str).decode()
     else:
+        record: dict[str, Any] = {"ts": round(now, 3), "event": event, "pid": os.getpid(), **fields}
         line = " ".join(f"{key}={_text_value(value)}" for key, value in record.items())
     try:
         sys.stderr.write(line + "\n")

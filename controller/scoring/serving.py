@@ -333,7 +333,11 @@ class ScoringApp:
         self.options = options
         self.report = report
         self.on_drain = on_drain
-        self.metrics = ScoringMetrics()
+        self.metrics = ScoringMetrics(
+            {"service": options.service_name or "", "version": options.version, "replica": options.replica,
+             "worker": str(options.worker)},
+            options.metrics_dir,
+        )
         self.keys = (KeyRing(options.keys_file, options.auth, options.service_name)
                      if options.auth != "none" and options.keys_file else None)
         self.max_request_bytes = options.max_request_bytes
@@ -542,12 +546,22 @@ class ScoringApp:
         gpus = tensorflow_gpus()  # the status file's load updates repeat it: each write replaces the file
         device = self.metrics.device.to_status() if self.metrics.device is not None else {}
         report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **device, **load),
-                    lambda: None if self.draining else self.metrics.registry.get_sample_value("amlops_scoring_in_flight"),
+                    lambda: None if self.draining else self.metrics.in_flight,
                     self.options.max_concurrent)
+        if self.options.metrics_dir:
+            self._share_metrics(loop)
         log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))
         code = await self.stopped
         self.dispatcher.stop()
+        self.metrics.remove_snapshot()
         return code
+
+    def _share_metrics(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write this process's metrics snapshot for the service's other processes, now and every second."""
+        if self.stopped is not None and self.stopped.done():
+            return
+        self.metrics.write_snapshot()
+        loop.call_later(METRICS_SHARE_INTERVAL_S, self._share_metrics, loop)
 
     def _initialise(self, loop: asyncio.AbstractEventLoop, result: asyncio.Future[EntryPoint]) -> None:
         try:
@@ -562,6 +576,7 @@ class ScoringApp:
 
 
 _STARTED = time.monotonic()
+METRICS_SHARE_INTERVAL_S = 1.0
 
 
 def _settle(future: asyncio.Future[EntryPoint], value: EntryPoint | None, error: BaseException | None) -> None:

@@ -69,7 +69,7 @@ def test_run_once_exits_1_on_an_invalid_commit(repo: GitRepo, tmp_path: Path) ->
     argv = [*_amlops_run_argv(), *repo_args(repo, tmp_path, "--once", "--listen", "127.0.0.1:0", "--log-format", "json")]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
-    assert "manifests/clusters/cpu.yaml:" in done.stderr and '"event": "sync.finished"' in done.stderr
+    assert "manifests/clusters/cpu.yaml:" in done.stderr and '"msg": "sync.finished"' in done.stderr
 
 
 def test_a_second_controller_stands_by_and_takes_over_when_the_first_is_killed(
@@ -251,7 +251,7 @@ def test_an_unreachable_source_is_not_ready_counts_errors_and_never_logs_the_tok
         if line.startswith("amlops_source_fetch_errors_total ")
     )
     assert fetch_errors >= 2
-    assert '"event": "source.fetch.failed"' in c.log()
+    assert '"msg": "source.fetch.failed"' in c.log()
     for text in (c.log(), json.dumps(c.status()), c.get("/")[1], c.get("/readyz")[1]):
         assert token not in text
 

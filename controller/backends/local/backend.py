@@ -535,7 +535,9 @@ class LocalBackend:
                 "--scoring-timeout-ms", str(spec.scoringTimeoutMs),
                 "--max-concurrent", str(spec.maxConcurrentRequestsPerReplica),
                 "--max-queue-wait-ms", str(spec.maxQueueWaitMs),
-                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json"]
+                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json",
+                # One /metrics for all replicas, each series labelled with its replica and what it serves.
+                "--metrics-dir", str(sdir / "metrics"), "--version-label", ",".join(f"{m.name}:{m.version}" for m in models)]
         if spec.auth == "key":
             argv += ["--keys-file", str(self._keys_path(name))]
         elif spec.auth == "token":
@@ -579,7 +581,10 @@ class LocalBackend:
         row = self._row(name)
         if process_alive(row.supervisor_pid, row.supervisor_started):
             return None
-        argv = [sys.executable, "-m", "controller.backends.local.supervising", "--state-dir", str(self.state_dir), "--service", name]
+        # -c, not -m: the package imports this module, and runpy would warn so in plain text first
+        # on a log whose every line is JSON.
+        argv = [sys.executable, "-c", "from controller.backends.local.supervising import main; raise SystemExit(main())",
+                "--state-dir", str(self.state_dir), "--service", name]
         pass_fds: tuple[int, ...] = ()
         if listener is not None:
             argv += ["--listen-fd", str(listener.fileno())]

@@ -69,12 +69,19 @@ from controller.backends.local.gpus import replica_environment
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
+from controller.structs.logformats import JsonLogFormatter
 
 Write = Callable[[sqlite3.Connection], object]
 UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
 """What a record write raises when the state database cannot take it (a full disk, a broken file)."""
 
 log = logging.getLogger("amlops.supervisor")
+
+
+def _log(level: int, event: str, **fields: Any) -> None:
+    """One structured line: the event name and its fields (JSON on the supervisor's stderr)."""
+    log.log(level, event, extra={"fields": fields})
+
 
 TICK_S = 0.2
 BACKOFF_START_S = 0.5
@@ -272,11 +279,11 @@ class Supervisor:
         except UNWRITABLE as exc:
             self.next_record = time.monotonic() + RECORD_RETRY_S
             if self.record_error is None:
-                log.warning("records_deferred service=%s pending=%d error=%r", self.service, len(self.pending), str(exc))
+                _log(logging.WARNING, "records_deferred", service=self.service, pending=len(self.pending), error=str(exc))
             self.record_error = str(exc)
             return
         if self.record_error is not None:
-            log.info("records_written service=%s pending=%d", self.service, len(self.pending))
+            _log(logging.INFO, "records_written", service=self.service, pending=len(self.pending))
         self.pending.clear()
         self.record_error = None
 
@@ -287,7 +294,7 @@ class Supervisor:
         for row in recorded:
             if process_alive(row.pid, row.started):
                 self.replicas[row.pid] = _Replica(row, None)
-                log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
+                _log(logging.INFO, "replica_adopted", service=self.service, pid=row.pid, slot=row.slot)
             else:
                 self.record(("replica", row.pid), _deleting(self.service, row.pid))
 
@@ -302,11 +309,11 @@ class Supervisor:
                 if self.last_row is None:
                     raise
                 if self.record_error is None:
-                    log.warning("row_unreadable service=%s error=%r", self.service, str(exc))
+                    _log(logging.WARNING, "row_unreadable", service=self.service, error=str(exc))
                     self.record_error = str(exc)
                 row = self.last_row
             if row is None or row.supervisor_pid not in (None, os.getpid()):
-                log.info("supervisor_exiting service=%s reason=%s", self.service, "deleted" if row is None else "replaced")
+                _log(logging.INFO, "supervisor_exiting", service=self.service, reason="deleted" if row is None else "replaced")
                 return
             self.last_row = row
             self.tick(row)
@@ -367,8 +374,8 @@ class Supervisor:
             if used > limit:
                 rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
                                   f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
-                log.warning("replica_oom_killed service=%s pid=%d slot=%d rss_mib=%d limit_mib=%d", self.service,
-                            rep.row.pid, rep.row.slot, used // 2**20, limit // 2**20)
+                _log(logging.WARNING, "replica_oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
+                     rss_mib=used // 2**20, limit_mib=limit // 2**20)
                 kill_group(rep.row.pid)
 
     def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
@@ -406,8 +413,8 @@ class Supervisor:
             return row  # the count is the row's: an unrecorded one would be lost by a restarted supervisor
         if not changed:
             return row
-        log.info("replicas_autoscaled service=%s from=%d to=%d utilization=%s target=%d",
-                 self.service, row.replicas, count, "-" if used is None else f"{used:.2f}", target)
+        _log(logging.INFO, "replicas_autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
+             utilization=None if used is None else round(used, 2), target=target)
         return replace(row, replicas=count)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
@@ -458,7 +465,7 @@ class Supervisor:
         status_file = str(run_dir / f"replica-{uniq}.status.json")
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
-                "--defer-accept", "--status-file", status_file]
+                "--defer-accept", "--status-file", status_file, "--replica", str(slot)]
         declared = launch.get("env", {})
         env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
@@ -476,8 +483,8 @@ class Supervisor:
                 started = time.time()
             rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
             self.replicas[popen.pid] = _Replica(rep, popen)
-            log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
-                     self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+            _log(logging.INFO, "replica_started", service=self.service, pid=popen.pid, slot=slot,
+                 generation=row.generation, gpus=",".join(gpus) or "-")
             return self.replicas[popen.pid]
 
         if not gpus:
@@ -497,7 +504,7 @@ class Supervisor:
                 started = spawn()
                 self.store.put_replica(conn, started.row)
         except UNWRITABLE as exc:
-            log.warning("gpu_replica_deferred service=%s slot=%d error=%r", self.service, slot, str(exc))
+            _log(logging.WARNING, "gpu_replica_deferred", service=self.service, slot=slot, error=str(exc))
             if started is not None and started.popen is not None:  # unrecorded, so its GPU looks free: stop it
                 self.replicas.pop(started.row.pid, None)
                 started.popen.kill()
@@ -508,7 +515,7 @@ class Supervisor:
             rep.terminating_since = now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rep.row.pid, signal.SIGTERM)
-            log.info("replica_stopping service=%s pid=%d slot=%d", self.service, rep.row.pid, rep.row.slot)
+            _log(logging.INFO, "replica_stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
 
     def _reap(self, row: ServiceRow, now: float) -> None:
         for pid, rep in list(self.replicas.items()):
@@ -523,7 +530,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
             if rep.terminating_since is not None:
-                log.info("replica_stopped service=%s pid=%d slot=%d", self.service, pid, rep.row.slot)
+                _log(logging.INFO, "replica_stopped", service=self.service, pid=pid, slot=rep.row.slot)
                 continue
             # An unexpected exit: count it, and back off before the slot restarts.
             error = status.get("error") or f"replica exited (code {code if code is not True else 'unknown'})"
@@ -531,7 +538,7 @@ class Supervisor:
             n = self.failures.get(rep.row.slot, 0) + 1
             self.failures[rep.row.slot] = n
             self.next_start[rep.row.slot] = now + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_MAX_S)
-            log.warning("replica_died service=%s pid=%d slot=%d failures=%d", self.service, pid, rep.row.slot, n)
+            _log(logging.WARNING, "replica_died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
 
     def _record_failures(self, row: ServiceRow) -> None:
         worst = max(self.failures.values(), default=0)
@@ -574,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--service", required=True)
     parser.add_argument("--listen-fd", type=int)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())  # one JSON object per line, as the replicas' logs
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     state_dir = Path(args.state_dir)
     store = LocalStore(database_path(state_dir))
     sup = Supervisor(state_dir, args.service, _listener_fd(store, args.service, args.listen_fd), store)
@@ -587,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     pid, started = os.getpid(), start_time(os.getpid())
     sup.record(("supervisor",), lambda conn: store.set_supervisor(conn, args.service, pid, started))
-    log.info("supervisor_started service=%s pid=%d", args.service, os.getpid())
+    _log(logging.INFO, "supervisor_started", service=args.service, pid=os.getpid())
     sup.adopt()
     sup.run()
     return 0
