@@ -154,8 +154,8 @@ class ScoringMetrics(Collector):
         if device is not None:
             info = GaugeMetricFamily("amlops_scoring_device_info",
                                      "The device TensorFlow placed the model on (1 for the one in use).",
-                                     labels=["device", "source"])
-            info.add_metric([device.device, device.source], 1)
+                                     labels=[*names, "device", "source"])
+            info.add_metric([*ident, device.device, device.source], 1)
             yield info
 
     # The shared view ---------------------------------------------------------------------------
