@@ -101,6 +101,11 @@ class ControllerMetrics:
             ["status"],
             registry=self.registry,
         )
+        self.state_dir_writable = Gauge(
+            "amlops_state_dir_writable",
+            "1 while the state dir takes writes (checked before each reconcile); 0 when full or read-only.",
+            registry=self.registry,
+        )
 
     def applied(self, revision: str, when: float) -> None:
         """Record ``revision`` as the last one applied."""

@@ -470,6 +470,7 @@ class Controller:
         # State dir: nothing can be recorded without it; say so instead of failing at the first write.
         problem = state_dir_problem(self.state_dir)
         self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        self.metrics.state_dir_writable.set(0 if problem else 1)
         if problem is not None:
             self._state_dir_failed(problem, started)
             return None

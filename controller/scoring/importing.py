@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from controller.scoring.options import ScoringOptions
+
 # TensorFlow 1 sessions execute their ops in the thread that calls ``Session.run`` rather than on
 # TensorFlow's inter-op pool (a negative ``TF_NUM_INTEROP_THREADS`` is TensorFlow's own switch for
 # that). In a scoring host that thread is a run() slot, and concurrency comes from the slots: for the
@@ -147,3 +149,18 @@ def load_entry_script(path: str, source_dir: str, tensorflow_compat: str) -> Ent
         run_batch=run_batch if callable(run_batch) else None,
         module=module,
     )
+
+
+def load_entry(options: ScoringOptions) -> EntryPoint:
+    """The entry script named by the options, or the built-in SavedModel scorer without one."""
+    working_dir = options.working_dir
+    if working_dir:
+        os.chdir(working_dir)
+    entry_path = options.entry_path
+    if entry_path is None:
+        from controller.scoring.savedmodels import SavedModelScorer
+
+        if not options.model_dir:
+            raise ValueError("without --entry-script, --model-dir must name a folder with a SavedModel")
+        return SavedModelScorer(options.model_dir).entry_point()
+    return load_entry_script(entry_path, working_dir or os.path.dirname(entry_path), options.tensorflow_compat)

@@ -42,7 +42,7 @@ import orjson
 from controller.scoring.budgets import BodyBudget, fix_mmap_threshold, return_free_memory
 from controller.scoring.devices import observe_device
 from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
-from controller.scoring.importing import EntryPoint, load_entry_script
+from controller.scoring.importing import EntryPoint, load_entry
 from controller.scoring.keys import KeyRing
 from controller.scoring.metrics import ScoringMetrics
 from controller.scoring.options import ScoringOptions
@@ -68,6 +68,10 @@ FRESH_GRACE_S = 1.0
 QUEUE_PER_SLOT = 256
 MAX_URL_BYTES = 16 * 1024
 """The request target's limit (414 past it); headers have ``--max-header-bytes``."""
+LINGER_S = 2.0
+"""How long a connection answered before its request was read keeps draining it before closing."""
+BODY_LINGER_S = 10.0
+"""The same for a body refused for lack of budget: a client sending 100 MB must get to read its 503."""
 CONNECTION_SWEEP_S = 0.5
 """How often connections are checked against the header and keep-alive timeouts."""
 TRIM_DELAY_S = 0.1
@@ -228,17 +232,17 @@ class Connection(asyncio.Protocol):
     def reject_oversize(self) -> None:
         """Answer 413 before the body is read, then drop the rest of it."""
         self.respond(413, b"request body larger than --max-request-bytes", TEXT, False, route="score",
-                     linger=True)
+                     linger=LINGER_S)
 
     def reject_busy(self) -> None:
         """Answer 503 + Retry-After: the bodies already held use the process's budget."""
         self.app.metrics.count_queue_rejection("bytes")
         self.respond(503, b"too many request bytes in flight (--max-body-bytes-in-flight)", TEXT, False,
-                     RETRY_AFTER, route="score", linger=True)
+                     RETRY_AFTER, route="score", linger=BODY_LINGER_S)
 
     def reject(self, status: int, message: bytes) -> None:
         """Answer a request whose head breaks a limit, and read nothing more of it."""
-        self.respond(status, message, TEXT, False, route="other", linger=True)
+        self.respond(status, message, TEXT, False, route="other", linger=LINGER_S)
         if self.transport is not None:
             self.transport.pause_reading()  # a client still sending is held back by its own socket buffer
 
@@ -256,7 +260,7 @@ class Connection(asyncio.Protocol):
 
     def respond(self, status: int, body: bytes, content_type: bytes, keep_alive: bool,
                 extra: bytes = b"", route: str = "score", started: float | None = None,
-                linger: bool = False) -> None:
+                linger: float = 0.0) -> None:
         """Write one response; close afterwards when the client or a drain asks for it."""
         app = self.app
         keep = keep_alive and not app.draining
@@ -271,10 +275,11 @@ class Connection(asyncio.Protocol):
                 self.closing = True
                 if linger:
                     # Closing with unread request bytes would reset the connection and could
-                    # destroy the 413 before the client reads it: half-close, then close later.
+                    # destroy the 413 before the client reads it: half-close, read and drop what
+                    # still comes for ``linger`` seconds (a client that read the answer closes first).
                     with contextlib.suppress(OSError, RuntimeError):
                         transport.write_eof()
-                    asyncio.get_running_loop().call_later(2.0, transport.close)
+                    asyncio.get_running_loop().call_later(linger, transport.close)
                 else:
                     transport.close()
         now = self.since = time.monotonic()
@@ -586,21 +591,6 @@ def _settle(future: asyncio.Future[EntryPoint], value: EntryPoint | None, error:
         future.set_exception(error)
     else:
         future.set_result(value)  # type: ignore[arg-type]
-
-
-def load_entry(options: ScoringOptions) -> EntryPoint:
-    """The entry script named by the options, or the built-in SavedModel scorer without one."""
-    working_dir = options.working_dir
-    if working_dir:
-        os.chdir(working_dir)
-    entry_path = options.entry_path
-    if entry_path is None:
-        from controller.scoring.savedmodels import SavedModelScorer
-
-        if not options.model_dir:
-            raise ValueError("without --entry-script, --model-dir must name a folder with a SavedModel")
-        return SavedModelScorer(options.model_dir).entry_point()
-    return load_entry_script(entry_path, working_dir or os.path.dirname(entry_path), options.tensorflow_compat)
 
 
 def tensorflow_gpus() -> list[str] | None:

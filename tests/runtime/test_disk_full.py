@@ -110,6 +110,7 @@ def test_a_full_state_dir_keeps_services_supervised_is_reported_and_catches_up(
     assert body.startswith(f"state dir full: {state}") and "source unreachable" not in body, body
     status = c.status()
     assert status["stateDir"]["full"] is True and "No space left on device" in status["stateDir"]["error"]
+    assert "amlops_state_dir_writable 0.0" in c.get("/metrics")[1]
     # Every command answers with one line, never a traceback.
     # Every command answers (reads need no space), or says in one line that the state dir is full.
     for args in (("status",), ("history",), ("plan", str(repo.root / "manifests")), ("keys", SERVICE)):
@@ -130,6 +131,7 @@ def test_a_full_state_dir_keeps_services_supervised_is_reported_and_catches_up(
     (state / "ballast").unlink()
     c.wait_ready(timeout=60)
     eventually(lambda: c.status()["stateDir"]["full"] is False, 60, "state dir writable again")
+    assert "amlops_state_dir_writable 1.0" in c.get("/metrics")[1]
 
     def recorded_pids() -> set[int]:
         with backend.store.snapshot() as conn:

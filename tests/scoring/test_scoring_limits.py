@@ -189,3 +189,48 @@ def _in_flight(host: Host) -> int:
         if line.startswith("amlops_scoring_in_flight "):
             return int(float(line.split()[-1]))
     return -1
+
+
+def test_a_burst_of_large_bodies_gets_answers_within_the_budget_never_resets(
+    start_host: StartHost, size_dir: Path
+) -> None:
+    # Eight clients at once, 30 MB each, against a 64 MiB budget: some are scored, the rest told
+    # to retry; none loses its connection, and the process never holds all eight bodies.
+    host = start_host("--entry-script", "score.py", "--source-dir", str(size_dir), "--max-concurrent", "8",
+                      "--max-body-bytes-in-flight", str(64 * 1024 * 1024))
+    process = psutil.Process(host.process.pid)
+    assert host.score("warm")[0] == 200
+    baseline = process.memory_info().rss
+    peak = [baseline]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.005):
+            with suppress(psutil.Error):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    size = 30 * 1000 * 1000
+    answers: list[object] = []
+
+    def client() -> None:
+        try:
+            status, headers, body = host.score("z" * size, timeout=60)
+            answers.append((status, headers.get("retry-after"), body if status == 200 else b""))
+        except Exception as exc:  # a reset or a broken pipe is a lost request
+            answers.append(repr(exc))
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(90)
+    finally:
+        stop.set()
+        sampler.join(10)
+    assert len(answers) == 8 and all(isinstance(a, tuple) for a in answers), answers
+    assert set(answers) <= {(200, None, str(size).encode()), (503, "1", b"")}, answers
+    assert (200, None, str(size).encode()) in answers and (503, "1", b"") in answers
+    assert peak[0] - baseline < 320 * 1024 * 1024, (peak[0] - baseline) >> 20
