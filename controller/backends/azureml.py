@@ -88,6 +88,28 @@ def _warn_end_of_support() -> None:
                     "advice='SDK v1 gets no fixes; plan a move to azure-ai-ml (v2)'")
 
 
+SDK_RETRIES: Final = 0
+"""Retries azureml-core may make on its own: none. Left alone it retries a 429 three times with a
+32 s base back-off, ignoring Retry-After, underneath the executor's retries; the executor retries
+instead, waiting at least what the server's Retry-After asks (``TransientError.retry_after``)."""
+SDK_BACKOFF_S: Final = 1
+"""azureml-core's back-off base for the retries its own REST clients still make (a 429 used 32 s)."""
+
+
+def bound_sdk_retries() -> None:
+    """Make the backend the owner of retries: azureml-core's own retry loop is turned off.
+
+    Its defaults are module globals, read when each call is made (``AZUREML_DEFAULT_RETRIES``
+    only sets them at import), so setting them here holds for every call after the first connect.
+    """
+    from azureml._restclient import clientbase
+
+    clientbase.DEFAULT_RETRIES = SDK_RETRIES
+    clientbase.DEFAULT_BACKOFF = SDK_BACKOFF_S
+    clientbase.DEFAULT_500_BACKOFF = SDK_BACKOFF_S
+    clientbase.DEFAULT_503_BACKOFF = SDK_BACKOFF_S
+
+
 def _resolve(ref: Any, environ: Mapping[str, str], what: str) -> str:
     if ref is None:
         raise PermanentError(f"{what} is not set", reason="InvalidCredentials")
@@ -209,6 +231,7 @@ class AzureMLBackend:
             if self._ws is None:
                 from azureml.core import Workspace
 
+                bound_sdk_retries()
                 spec = self.manifest.spec
                 self._ws = self._call("connect to workspace", lambda: Workspace(
                     subscription_id=spec.subscriptionId, resource_group=spec.resourceGroup,

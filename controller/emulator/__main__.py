@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy-wait", type=float, default=120.0,
                    help="seconds a create/update request waits for the deployment before answering 202")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds replicas get to become ready")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="least severe level logged (default INFO)")
     return p
 
 

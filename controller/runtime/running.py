@@ -41,9 +41,17 @@ from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
-from controller.runtime.statuses import StatusBoard
+from controller.runtime.statedirs import state_dir_problem, state_dir_status
+from controller.runtime.statuses import StatusBoard, mark_sync
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
+from controller.sources.gitting import (
+    GIT_TIMEOUT_S,
+    GitSource,
+    Snapshot,
+    SourceUnavailable,
+    looks_like_git_repo,
+    redact,
+)
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.notifications import Credentials, Notifications
@@ -62,7 +70,7 @@ DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_USAGE: Final = 64  # EX_USAGE, as the other commands; never 2, which means "changes"
 EXIT_HELD: Final = 3
 
 
@@ -93,6 +101,7 @@ class Reloadable:
     git_token: str | None
     notifications: Notifications = field(default_factory=Notifications)
     notification_credentials: dict[str, Credentials] = field(default_factory=dict)
+    git_timeout: float = GIT_TIMEOUT_S
 
     @property
     def secrets(self) -> list[str]:
@@ -135,6 +144,13 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         credentials = resolve_credentials(notifications)
     except ConfigError as exc:
         raise SystemExit(f"amlops run: --config: {exc}") from None
+    flag_timeout = getattr(args, "git_timeout", None)
+    try:
+        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
+    if git_timeout <= 0:
+        raise SystemExit("amlops run: --git-timeout must be positive")
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
@@ -142,6 +158,7 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
         notifications=notifications,
         notification_credentials=credentials,
+        git_timeout=git_timeout,
     )
 
 
@@ -159,6 +176,7 @@ def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable)
         branch=args.branch,
         token=settings.git_token,
         ssh_key_file=args.ssh_key_file,
+        timeout_s=settings.git_timeout,
     )
 
 
@@ -236,6 +254,7 @@ class Controller:
         self.redactor = redactor
         self.name = settings.controller_name
         self.state_dir = settings.state_dir
+        self.log_format = settings.log_format
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = load_reloadable(args)
         self.metrics = ControllerMetrics()
@@ -322,6 +341,7 @@ class Controller:
         self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
+            self.source.set_timeout(fresh.git_timeout)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
         log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
         self.wake("reload")
@@ -447,6 +467,12 @@ class Controller:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
         log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # State dir: nothing can be recorded without it; say so instead of failing at the first write.
+        problem = state_dir_problem(self.state_dir)
+        self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        if problem is not None:
+            self._state_dir_failed(problem, started)
+            return None
         # Fetch: a snapshot of one revision, never a tree that is still moving.
         try:
             snapshot = self.source.fetch()
@@ -491,12 +517,20 @@ class Controller:
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
+    def _state_dir_failed(self, message: str, started: float) -> None:
+        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        self._pass_failed(message, started)
+
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        self.metrics.reconciles.labels(status="failed").inc()
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
-        now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
+        self._pass_failed(message, started)
+
+    def _pass_failed(self, message: str, started: float) -> None:
+        self.metrics.reconciles.labels(status="failed").inc()
+        self.metrics.reconciled(ReconcileStatus.FAILED.value)
+        now = time.time()
         last = {
             "revision": None,
             "status": "failed",
@@ -520,6 +554,7 @@ class Controller:
         status = outcome.status.value
         self.metrics.reconcile_seconds.labels(status=status).observe(duration)
         self.metrics.reconciles.labels(status=status).inc()
+        self.metrics.reconciled(status)
         for change in outcome.changes:
             self.metrics.changes.labels(action=change.action.value, outcome=change.status.value).inc()
         if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
@@ -581,8 +616,13 @@ class Controller:
             if (change.id.kind is Kind.WEBSERVICE and change.status is ChangeStatus.SUCCEEDED
                     and change.action is not Action.DELETE and resource is not None
                     and resource.details.get("scoringUri")):
-                print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
-                      flush=True)
+                banner = service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None)
+                if self.log_format == "json":  # stdout carries JSON lines only in JSON mode
+                    log.info("service.ready", extra={"fields": {"service": change.id.name,
+                                                                "scoringUri": resource.details["scoringUri"],
+                                                                "howToCall": banner}})
+                else:
+                    print(banner, flush=True)
 
     def _publish_resources(self, observed: dict[ResourceId, ActualResource] | None = None) -> None:
         """Per-resource status for the page, the API and the gauges: the recorder's conditions,
@@ -608,13 +648,13 @@ class Controller:
                 entry["details"] = resource_details(live)
             ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
             entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
+            mark_sync(entry, self.status.get("lastReconcile") or {})
             resources.append(entry)
         self.status.update(resources=resources)
-        self.metrics.set_resources(
-            ResourceCondition(r["kind"], c["type"], bool(c["status"]))
-            for r in resources
-            for c in r["conditions"]
-        )
+        conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
+                      for r in resources for c in r["conditions"]]
+        self.metrics.set_resources(conditions)
+        self.metrics.set_resource_conditions(conditions)
 
 
 def resource_details(resource: ActualResource) -> dict[str, Any]:
@@ -626,7 +666,7 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     replicas = details.get("replicas")
     if isinstance(replicas, dict) and "ready" in replicas:
         shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus"):
+    for key in ("modelVersions", "models", "version", "gpus", "placement"):
         if details.get(key):
             shown[key] = details[key]
     return shown

@@ -63,6 +63,22 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
             self._resolved[key] = tag
         return tag
 
+
+# YAML 1.2's core schema for plain scalars, as editors' YAML servers and check-jsonschema read files:
+# only true/false are booleans (``yes``, ``on``, ``no`` stay strings), ``010`` is ten, ``1:30`` is text.
+_BOOL_TAG, _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"),
+)
+
 FieldPath = tuple[str | int, ...]
 
 
@@ -135,6 +151,9 @@ def _scalar(node: yaml.Node) -> Any:
         return value
     if tag == "tag:yaml.org,2002:int" and _PLAIN_INT.match(value):
         return int(value)
+    if tag == "tag:yaml.org,2002:int":  # YAML 1.2: 0o17, 0x1F, 007 (decimal)
+        prefix = value[:2].lower()
+        return int(value[2:], 8) if prefix == "0o" else int(value[2:], 16) if prefix == "0x" else int(value, 10)
     if tag == "tag:yaml.org,2002:null":
         return None
     if tag == "tag:yaml.org,2002:bool":

@@ -179,7 +179,8 @@ class _Builder:
             return
         model = MANIFEST_TYPES[kind]
         try:
-            manifest = model.model_validate(doc.data)
+            # Strict: "3" is not a number and "yes" not a boolean, as for the JSON Schemas editors check with.
+            manifest = model.model_validate(doc.data, strict=True)
         except ValidationError as exc:
             self.errors.extend(_schema_errors(doc, kind.value, name, model, exc))
             return

@@ -130,9 +130,8 @@ class Reconciler:
         if predict is not None:
             args["predict"] = {"service": service, "rows": predict}
         script = f"import runpy, sys; sys.argv = ['driver', {json.dumps(args)!r}]; runpy.run_path({str(DRIVER)!r}, run_name='__main__')"
-        done = self.emulator.sdk(script, self.workdir, timeout=240, extra_env={
-            # The executor is under test, not the SDK's own retry loop.
-            "AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(emulators.REPO)})
+        # No AZUREML_DEFAULT_RETRIES here: the backend itself turns the SDK's own retry loop off.
+        done = self.emulator.sdk(script, self.workdir, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         assert lines, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
         return dict(json.loads(lines[-1].removeprefix("RESULT ")))
@@ -170,10 +169,23 @@ def _change(out: dict[str, Any], rid: str) -> dict[str, Any]:
     return dict(found[0])
 
 
+@pytest.fixture
+def empty_workspace(tmp_path: Path) -> Iterator[Any]:
+    """An emulator of its own: the workspace holds nothing, whichever tests ran before."""
+    running = emulators.start_emulator(tmp_path / "state")
+    yield running
+    running.stop()
+
+
 def test_applying_the_manifests_creates_the_cluster_environment_model_and_service(
-        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
-    out = reconcile(repo, read_back=True)
-    assert out["status"] in ("applied", "no-changes"), out
+        empty_workspace: Any, tmp_path: Path) -> None:
+    config = json.loads((empty_workspace.state_dir / "config.json").read_text())
+    repo = Repo(tmp_path / "repo", config)
+    out = Reconciler(empty_workspace, tmp_path)(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert sorted((c["id"], c["action"], c["status"]) for c in out["changes"]) == [
+        ("AksCluster/aks-gpu", "create", "succeeded"), ("Environment/myenv", "create", "succeeded"),
+        ("Model/tiny", "create", "succeeded"), ("Webservice/svc-tiny", "create", "succeeded")]
     actual = out["actual"]
     assert actual["AksCluster/aks-gpu"]["spec"]["vmSize"] == "Standard_NC6"
     assert actual["AksCluster/aks-gpu"]["details"]["provisioningState"] == "Succeeded"
@@ -258,6 +270,27 @@ def test_throttling_and_server_errors_are_retried_by_the_executor_until_converge
     assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 2}  # the 429 and the one that passed
     assert out["actual"]["Webservice/svc-tiny"]["spec"]["replicas"] == 1
     assert out["resources"]["Webservice/svc-tiny"][0][:3] == ["Ready", True, "ReconciliationSucceeded"]
+
+
+def test_azure_retry_after_is_honoured_by_the_executor_not_hidden_under_the_sdks_own_backoff(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    emulator.reset_counts()
+    # Two 429s with Retry-After: 2. azureml-core alone would retry them itself, 32 s then 64 s later.
+    emulator.set_faults([{"route": "PATCH *", "status": 429, "count": 2, "retryAfter": 2}])
+    try:
+        out = reconcile(repo, read_back=True)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "applied", out
+    change = _change(out, "Webservice/svc-tiny")
+    # Each attempt of the executor is exactly one PATCH: the SDK retried nothing underneath it.
+    assert change["status"] == "succeeded" and change["attempts"] == 3, change
+    assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 3}
+    assert out["actual"]["Webservice/svc-tiny"]["spec"]["replicas"] == 2
+    repo.service(replicas=1)
+    _converged(reconcile, repo)
 
 
 def test_a_gpu_request_no_node_can_hold_ends_unschedulable_and_is_not_retried_on_the_same_input(
@@ -387,3 +420,22 @@ def test_two_sources_under_one_controller_name_on_one_workspace_never_delete_eac
     assert not {"Webservice/svc-b", "Model/tiny-b"} & set(gone["actual"]), gone
     assert {"Webservice/svc-tiny", "Model/tiny", "AksCluster/aks-gpu"} <= set(gone["actual"])
     _converged(reconcile, repo)
+
+
+def test_services_that_fill_every_gpu_of_the_cluster_are_all_deployed_and_still_roll(
+        repo: Repo, reconcile: Reconciler) -> None:
+    # 3 × Standard_NC6 = 3 GPUs: svc-tiny 2 × 1 and svc-big 1 × 1 fit, as AKS schedules them. The
+    # data plane must not keep svc-tiny's third GPU as rolling-update surge and refuse svc-big.
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    _converged(reconcile, repo)
+    repo.service("svc-big", replicas=1, gpu=1)
+    out = reconcile(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert out["actual"]["Webservice/svc-big"]["details"]["state"] == "Healthy", out["actual"]["Webservice/svc-big"]
+    # With no GPU to surge into, a new model version rolls svc-tiny one replica at a time.
+    repo.weights([[1.0], [4.0]])
+    rolled = reconcile(repo, read_back=True, predict=[[1, 1]])
+    assert rolled["status"] == "applied", rolled
+    assert rolled["predict"]["status"] == 200 and rolled["predict"]["body"] == [[5.0]], rolled["predict"]
+    assert rolled["actual"]["Webservice/svc-tiny"]["details"]["state"] == "Healthy"

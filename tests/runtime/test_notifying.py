@@ -206,7 +206,7 @@ def test_a_token_written_inline_is_refused_with_file_line_and_field(tmp_path: Pa
          "--config", str(cfg), "--once", "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 2
+    assert done.returncode == 64  # EX_USAGE: a bad --config is a usage error (2 means "changes")
     assert (f"{cfg}:7: notifications.receivers[0].token: must be a reference, {{fromEnv: NAME}} or {{fromFile: PATH}}, "
             "never the value itself") in done.stderr
     assert "ghp-inline-secret" not in done.stderr
@@ -222,7 +222,7 @@ def test_a_missing_token_variable_is_refused_by_name(tmp_path: Path) -> None:
          "--config", str(cfg), "--once", "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 2
+    assert done.returncode == 64
     assert "receiver gl: token: environment variable T_NOT_SET_ANYWHERE is not set" in done.stderr
 
 
