@@ -67,7 +67,7 @@ def test_a_standby_for_another_source_is_refused_with_a_clear_error(world: World
     standby = _controller_on(world, other, "standby")
     code = standby.proc.wait(60)
     log = standby.log()
-    assert code == 2, log
+    assert code == 64, log  # EX_USAGE
     assert f"follows {world.repo.root}//manifests" in log and f"this one follows {other.root}//manifests" in log, log
     assert "--state-dir" in log
     assert leader.proc.poll() is None and world.score([1], key) == (200, [3.0])
