@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from controller.scoring.devices import DeviceReport
+
 IDENTITY_LABELS = ("service", "version", "replica", "worker")
 SNAPSHOT_SUFFIX = ".prom"
 
@@ -88,6 +90,7 @@ class ScoringMetrics(Collector):
         self.run_errors: dict[str, int] = {}
         self.queue_rejections: dict[str, int] = {}
         self.batch_sizes: list[Buckets] = []
+        self.device: DeviceReport | None = None  # set once, after init()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -105,7 +108,7 @@ class ScoringMetrics(Collector):
         self.run_errors[kind] = self.run_errors.get(kind, 0) + 1
 
     def count_queue_rejection(self, reason: str) -> None:
-        """One request answered 503 for a ``full`` queue or a ``wait`` past the limit."""
+        """One request answered 503 for a ``full`` queue, a ``wait`` past the limit or ``bytes`` over the body budget."""
         self.queue_rejections[reason] = self.queue_rejections.get(reason, 0) + 1
 
     def batch_recorder(self) -> Buckets:
@@ -138,7 +141,7 @@ class ScoringMetrics(Collector):
             errors.add_metric([*ident, kind], count)
         yield errors
         rejections = CounterMetricFamily("amlops_scoring_queue_rejections",
-                                         "Requests answered 503 because no slot freed up in time.", labels=[*names, "reason"])
+                                         "Requests answered 503: no slot freed up in time, or the body budget was spent.", labels=[*names, "reason"])
         for reason, count in list(self.queue_rejections.items()):
             rejections.add_metric([*ident, reason], count)
         yield rejections
@@ -147,6 +150,13 @@ class ScoringMetrics(Collector):
         buckets, total = merged(list(self.batch_sizes), BATCH_BUCKETS)
         batch.add_metric(ident, buckets, total)
         yield batch
+        device = self.device
+        if device is not None:
+            info = GaugeMetricFamily("amlops_scoring_device_info",
+                                     "The device TensorFlow placed the model on (1 for the one in use).",
+                                     labels=["device", "source"])
+            info.add_metric([device.device, device.source], 1)
+            yield info
 
     # The shared view ---------------------------------------------------------------------------
 
