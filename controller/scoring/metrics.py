@@ -152,6 +152,7 @@ class ScoringMetrics(Collector):
         yield batch
         device = self.device
         if device is not None:
+            # Identity labels too: merged with the other processes' snapshots, each series stays unique.
             info = GaugeMetricFamily("amlops_scoring_device_info",
                                      "The device TensorFlow placed the model on (1 for the one in use).",
                                      labels=[*names, "device", "source"])

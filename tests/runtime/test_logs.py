@@ -11,7 +11,8 @@ from pathlib import Path
 from controller.backends.local.supervising import JsonLogFormatter
 from controller.scoring.reporting import configure_events, log_event
 
-from .conftest import _amlops_run_argv
+from .conftest import SCORE_PY, GitRepo, _amlops_run_argv, doc, npy, stop_local_services
+from .test_end_to_end import SERVICE, service_spec
 from .test_running import repo_args, small_repo
 
 RFC3339 = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -36,6 +37,28 @@ def test_run_in_json_mode_writes_only_conventional_json_lines(tmp_path: Path) ->
     assert lines
     events = [_conventional(line)["msg"] for line in lines]
     assert "sync.finished" in events
+
+
+def test_a_deployed_service_is_announced_as_a_log_line_not_on_stdout_in_json_mode(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("manifests/workspace.yaml", doc("Workspace", "local", {"backend": "local"}))
+    repo.write("manifests/clusters/cpu.yaml",
+               doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": 1, "gpusPerNode": 0}))
+    repo.write("manifests/models/scaler/scale.npy", npy(3.0))
+    repo.write("manifests/models/scaler.yaml", doc("Model", "scaler", {"path": "scaler"}))
+    repo.write("manifests/src/score.py", SCORE_PY)
+    repo.write("manifests/services/svc.yaml", doc("Webservice", SERVICE, service_spec(1)))
+    repo.commit("deploy")
+    argv = [*_amlops_run_argv(), *repo_args(repo, tmp_path, "--once", "--listen", "127.0.0.1:0", "--log-format", "json")]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    finally:
+        stop_local_services(tmp_path / "st")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""  # the ready-to-paste curl went to the log instead
+    ready = [d for d in map(_conventional, done.stderr.splitlines()) if d["msg"] == "service.ready"]
+    assert [d["service"] for d in ready] == [SERVICE]
+    assert str(ready[0]["scoringUri"]).startswith("http://127.0.0.1:") and "curl" in str(ready[0]["howToCall"])
 
 
 def test_scoring_hosts_and_supervisors_write_the_same_keys(capsys: object) -> None:

@@ -171,7 +171,7 @@ def test_a_signed_webhook_wakes_the_loop_and_a_forged_one_does_not(
 def _triggers(c: Controller) -> list[str]:
     """The trigger of each reconcile the controller started, in order (from its JSON log)."""
     events = [json.loads(line) for line in c.log().splitlines() if line.startswith("{")]
-    return [str(e["trigger"]) for e in events if e.get("event") == "sync.started"]
+    return [str(e["trigger"]) for e in events if e.get("msg") == "sync.started"]
 
 
 def test_api_sync_needs_the_token_and_sighup_rereads_it(

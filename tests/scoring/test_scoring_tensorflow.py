@@ -6,7 +6,6 @@ Each host here imports TensorFlow (seconds on a small machine), so these tests a
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,13 +34,15 @@ NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 """What the local backend gives a replica without a GPU: whatever this machine has, TensorFlow sees none."""
 
 
-def device_metric(host: Host) -> str:
+def device_metric(host: Host) -> tuple[str, str, float]:
+    """(device, source, value) of the replica's ``amlops_scoring_device_info`` sample."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     code, _headers, body = host.request("GET", "/metrics")
     assert code == 200
-    line = next(line for line in body.decode().splitlines() if line.startswith("amlops_scoring_device_info{"))
-    found = re.search(r'device="([^"]*)".*source="([^"]*)".*\} 1\.0$', line)
-    assert found, line
-    return f'device="{found.group(1)}",source="{found.group(2)}"'
+    [sample] = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples
+                if s.name == "amlops_scoring_device_info"]
+    return sample.labels["device"], sample.labels["source"], float(sample.value)
 
 
 def test_the_walkthrough_score_py_runs_unchanged_on_the_shipped_model(start_host: StartHost) -> None:
@@ -51,7 +52,7 @@ def test_the_walkthrough_score_py_runs_unchanged_on_the_shipped_model(start_host
     assert status["tensorflowGpus"] == []  # the replica was given no GPU; TF was asked cheaply
     # Graph mode: the TF1 session's variables carry no device, so TensorFlow is asked where it places an op.
     assert (status["device"], status["deviceSource"]) == ("CPU:0", "probe"), status
-    assert device_metric(host) == 'device="CPU:0",source="probe"'
+    assert device_metric(host) == ("CPU:0", "probe", 1.0)
     rows, labels = held_out()
     predicted: list[int] = []
     for start in range(0, len(rows), 60):
@@ -141,6 +142,6 @@ def test_on_a_gpu_both_workloads_place_the_model_on_the_gpu_they_were_given(
     build("savedmodel", tmp_path / "models" / "tiny" / "1")
     saved = start_host("--model-dir", str(tmp_path / "models"), timeout=120, env=one_gpu)
     assert (saved.status()["device"], saved.status()["deviceSource"]) == ("GPU:0", "variables"), saved.status()
-    assert device_metric(saved) == 'device="GPU:0",source="variables"'
+    assert device_metric(saved) == ("GPU:0", "variables", 1.0)
     code, _headers, body = saved.score({"data": one_hot_rows([5, 2])})
     assert (code, json.loads(body)) == (200, [5, 2])
