@@ -17,9 +17,10 @@ from types import FrameType
 
 from controller.emulator.authorities import load_authority
 from controller.emulator.deploying import DataPlane, LocalDataPlane, RecordOnlyDataPlane
+from controller.emulator.emulating import Emulator
 from controller.emulator.faults import Faults, parse_flag
 from controller.emulator.logins import Issuer, Principal, new_principal
-from controller.emulator.routes import Emulator, WorkspaceRef
+from controller.emulator.records import WorkspaceRef
 from controller.emulator.serving import ProxyServer
 from controller.emulator.stores import Store
 

@@ -16,10 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from controller.emulator.authorities import Authority
+from controller.emulator.emulating import Emulator
 from controller.emulator.faults import FaultRule
 from controller.emulator.logins import TokenError
-from controller.emulator.routes import Emulator, attach_verdict
-from controller.emulator.routing import Request, Response, arm_error, json_response, parse_target
+from controller.emulator.records import attach_verdict
+from controller.emulator.routetables import Request, Response, arm_error, json_response, parse_target
 
 log = logging.getLogger(__name__)
 
