@@ -1,4 +1,10 @@
-"""Blob storage: SAS-checked Put Blob, Put Block + Put Block List, Get and Head Blob, on files in the state folder."""
+"""Blob storage: SAS-checked Put Blob, Put Block + Put Block List, Get and Head Blob, on files in the state folder.
+
+A SAS is signed for one blob (``sr=b``, v1 artifact links) or one container (``sr=c``, v2
+datastore secrets and pending uploads). Put Blob with ``If-None-Match: *`` on an existing blob is
+``409 BlobAlreadyExists``; ``?comp=metadata`` sets ``x-ms-meta-*``, which Head Blob returns (the
+v2 SDK's "already uploaded" check reads ``upload_status`` there).
+"""
 
 from __future__ import annotations
 
@@ -25,14 +31,19 @@ class BlobRoutes(EmulatorBase):
         r("HEAD", "blob", "/{container}/{blob+}", self.head_blob, authenticated=False)
         r("GET", "blob", "/{container}/{blob+}", self.get_blob, authenticated=False)
 
-    def _sas(self, blob_path: str) -> str:
+    def _sas(self, path: str, resource: str = "b") -> str:
+        """A SAS query string for one blob (``resource="b"``, ``path`` = container/blob) or one container
+        (``resource="c"``, ``path`` = container)."""
         expiry = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        sig = base64.b64encode(hmac.new(self._sas_key, f"{blob_path}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
-        return f"skoid=emulator&sv=2019-07-07&st={quote(now_iso()[:19] + 'Z')}&se={quote(expiry)}&sr=b&sp=rcw&sig={quote(sig, safe='')}"
+        sig = base64.b64encode(hmac.new(self._sas_key, f"{path}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
+        perms = "rcwl" if resource == "c" else "rcw"
+        return (f"skoid=emulator&sv=2019-07-07&st={quote(now_iso()[:19] + 'Z')}&se={quote(expiry)}&sr={resource}"
+                f"&sp={perms}&sig={quote(sig, safe='')}")
 
     def _sas_ok(self, blob_path: str, query: dict[str, str]) -> bool:
         expiry, sig = query.get("se", ""), query.get("sig", "")
-        expected = base64.b64encode(hmac.new(self._sas_key, f"{blob_path}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
+        signed = blob_path.split("/", 1)[0] if query.get("sr") == "c" else blob_path
+        expected = base64.b64encode(hmac.new(self._sas_key, f"{signed}\n{expiry}".encode(), hashlib.sha256).digest()).decode()
         if not hmac.compare_digest(expected.encode(), sig.encode()):
             return False
         try:
@@ -63,6 +74,16 @@ class BlobRoutes(EmulatorBase):
         if not self._sas_ok(blob_path, req.query):
             return self._blob_denied()
         comp = req.query.get("comp")
+        if comp == "metadata":
+            if not self._blob_file(blob_path).is_file():
+                return Response(404, b"", {"x-ms-error-code": "BlobNotFound"})
+            meta = {k.lower(): v for k, v in req.headers.items() if k.lower().startswith("x-ms-meta-")}
+            self.store.put("blobmeta", blob_path, meta)
+            return Response(200, b"", self._blob_headers(self._blob_file(blob_path).read_bytes()))
+        if req.header("If-None-Match") == "*" and comp != "block" and self._blob_file(blob_path).is_file():
+            return Response(409, b'<?xml version="1.0" encoding="utf-8"?><Error><Code>BlobAlreadyExists</Code>'
+                            b"<Message>The specified blob already exists.</Message></Error>",
+                            {"Content-Type": "application/xml", "x-ms-error-code": "BlobAlreadyExists"})
         if comp == "block":
             with self._lock:
                 self._blocks.setdefault(blob_path, {})[req.query.get("blockid", "")] = req.body
@@ -82,6 +103,11 @@ class BlobRoutes(EmulatorBase):
         target = self._blob_file(blob_path)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
+        meta = {k.lower(): v for k, v in req.headers.items() if k.lower().startswith("x-ms-meta-")}
+        if meta:
+            self.store.put("blobmeta", blob_path, meta)
+        else:
+            self.store.delete("blobmeta", blob_path)
         return Response(201, b"", {**self._blob_headers(data), "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
                                    "x-ms-request-server-encrypted": "true"})
 
@@ -99,7 +125,8 @@ class BlobRoutes(EmulatorBase):
         data = self._stored_blob(req)
         if isinstance(data, Response):
             return data
-        return Response(200, b"", {**self._blob_headers(data), "Content-Length": str(len(data)),
+        meta = self.store.get("blobmeta", f"{req.params['container']}/{req.params['blob']}") or {}
+        return Response(200, b"", {**self._blob_headers(data), **meta, "Content-Length": str(len(data)),
                                    "x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream",
                                    "x-ms-creation-time": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime()),
                                    "x-ms-lease-state": "available", "x-ms-lease-status": "unlocked",

@@ -131,7 +131,7 @@ class EmulatorBase:
                 "keyVault": f"{arm}/Microsoft.KeyVault/vaults/amlopsemulatorkv",
                 "applicationInsights": f"{arm}/Microsoft.Insights/components/amlopsemulatorai",
                 "containerRegistry": None, "hbiWorkspace": False, "allowPublicAccessWhenBehindVnet": False,
-                "v1LegacyMode": True, "publicNetworkAccess": "Enabled",
+                "v1LegacyMode": False, "publicNetworkAccess": "Enabled",
                 "mlFlowTrackingUri": f"azureml://{self.region}.api.azureml.ms/mlflow/v1.0{ws.scope}",
             },
         }
