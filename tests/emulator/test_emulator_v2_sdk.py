@@ -149,3 +149,25 @@ def test_the_sdk_survives_throttling_and_server_errors_on_v2_routes(v2: RunningE
     assert counts["GET arm {WS}/onlineEndpoints"] == 2
     assert counts["GET arm /subscriptions/{sub}/providers/Microsoft.MachineLearningServices/locations/{loc}/"
                   "mfeOperationsStatus/{op}"] >= 2
+
+
+def test_assets_version_as_the_sdk_expects_and_large_files_upload_in_blocks(v2: RunningEmulator, tmp_path: Path) -> None:
+    work = _workdir(tmp_path, v2)
+    (work / "bigmodel").mkdir()
+    big = np.random.default_rng(7).integers(0, 255, size=65 * 2**20 + 5, dtype=np.uint8).tobytes()
+    (work / "bigmodel" / "weights.bin").write_bytes(big)  # over 64 MiB: Put Block + Put Block List
+    v2.reset_counts()
+    out = _result(v2.sdk(scripts.ASSETS, work, timeout=300))
+
+    # same body: the latest version is kept; a changed body: 409 on the latest, then the next version
+    assert out["environment_versions"] == ["1", "1", "2"] and out["environment_latest"] == "img:2"
+    # a model's content uploads once (HEAD sees upload_status=completed), but each registration is a version
+    assert out["model_versions"] == ["1", "2"] and out["model_paths_equal"] is True
+    assert out["default_datastore"] == "workspaceblobstore"
+    status, version = v2.arm("GET", f"{v2.workspace_id()}/models/big/versions/1?api-version=2023-08-01-preview")
+    assert status == 200 and version["properties"]["flavors"] == {}  # the SDK's _from_rest_object needs an object
+    assert out["second_upload"] == "BlobAlreadyExists" and out["blob_content"] == "first"
+    counts = v2.counts()
+    assert counts["PUT arm {WS}/environments/{name}/versions/{version}"] == 4  # 1, 1 again, 1 → 409, 2
+    stored = [p for p in (v2.state_dir / "blobs").rglob("weights.bin")]
+    assert len(stored) == 1 and stored[0].read_bytes() == big

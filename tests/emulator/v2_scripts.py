@@ -223,3 +223,37 @@ out["wrong_token"] = session.post(endpoint.scoring_uri, data="{}", headers={"Aut
 ml_client.online_endpoints.begin_delete("fault-ep").result()
 print("RESULT " + json.dumps(out))
 '''
+
+ASSETS = PRELUDE + '''
+from azure.storage.blob import BlobClient
+from azure.core.exceptions import ResourceExistsError
+
+env1 = ml_client.environments.create_or_update(Environment(name="assets-env", image="img:1", conda_file="env.yml"))
+env_same = ml_client.environments.create_or_update(Environment(name="assets-env", image="img:1", conda_file="env.yml"))
+env2 = ml_client.environments.create_or_update(Environment(name="assets-env", image="img:2", conda_file="env.yml"))
+out["environment_versions"] = [env1.version, env_same.version, env2.version]
+out["environment_latest"] = ml_client.environments.get("assets-env", label="latest").image
+
+m1 = ml_client.models.create_or_update(Model(name="big", path="bigmodel"))
+m2 = ml_client.models.create_or_update(Model(name="big", path="bigmodel"))
+out["model_versions"] = [m1.version, m2.version]
+out["model_paths_equal"] = m1.path == m2.path
+out["default_datastore"] = ml_client.datastores.get_default().name
+
+# the storage SDK itself: a second upload without overwrite is refused (If-None-Match: *)
+arm_token = credential.get_token("https://management.azure.com/.default").token
+ws_id = ml_client.workspaces.get(cfg["workspace_name"]).id
+store = ml_client.datastores.get("workspaceblobstore")
+sas = session.post("https://management.azure.com" + ws_id + "/datastores/workspaceblobstore/listSecrets",
+                   params={"api-version": "2024-10-01-preview"}, json={"expirableSecret": True, "expireAfterHours": 1},
+                   headers={"Authorization": "Bearer " + arm_token}).json()["sasToken"]
+url = f"https://{store.account_name}.blob.core.windows.net/{store.container_name}/probe/once.txt?{sas}"
+BlobClient.from_blob_url(url).upload_blob(b"first")
+try:
+    BlobClient.from_blob_url(url).upload_blob(b"second")
+    out["second_upload"] = "accepted"
+except ResourceExistsError as exc:
+    out["second_upload"] = exc.error_code
+out["blob_content"] = BlobClient.from_blob_url(url).download_blob().readall().decode()
+print("RESULT " + json.dumps(out))
+'''
