@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import v2_scripts as scripts
 from emulators import V2_ARGS, RunningEmulator, start_emulator
 
@@ -171,3 +172,29 @@ def test_assets_version_as_the_sdk_expects_and_large_files_upload_in_blocks(v2: 
     assert counts["PUT arm {WS}/environments/{name}/versions/{version}"] == 4  # 1, 1 again, 1 → 409, 2
     stored = [p for p in (v2.state_dir / "blobs").rglob("weights.bin")]
     assert len(stored) == 1 and stored[0].read_bytes() == big
+
+
+def test_v1_and_v2_objects_live_side_by_side_and_v2_survives_a_restart(tmp_path: Path) -> None:
+    first = start_emulator(tmp_path / "state", *V2_ARGS)
+    second: RunningEmulator | None = None
+    try:
+        work = _workdir(tmp_path, first)
+        v1 = _result(first.sdk(scripts.V1_SERVICE, work, timeout=300))
+        assert v1["state"] == "Healthy"
+        out = _result(first.sdk(scripts.V2_BESIDE_V1, work, {"V1_KEY": str(v1["key"]), "V1_URI": str(v1["uri"])}, 300))
+        # one workspace holds the v1 AKS compute and service beside the v2 Kubernetes compute and endpoint
+        # (azure-ai-ml lists a v1 AKS compute as "*** unsupported compute type ***", as it does on Azure)
+        assert [c[0] for c in out["computes"]] == ["aks-v1", "k8s"] and out["computes"][1][1] == "kubernetes"  # type: ignore[index]
+        assert out["set_key"] == 202 and out["listed_key_is_v1"] is True
+        assert out["v2"] == [200, "blue", "[[3.0],[2.0]]"] and out["v1"] == "[[3.0],[2.0]]"  # same key, same answer
+        assert first.local_services() == ["svc-v1", "v2-beside-ep-blue"]
+        first.stop(keep_services=True)
+
+        # a restarted emulator re-adopts the replicas and routes the same URI with the same key again
+        second = start_emulator(tmp_path / "state", *V2_ARGS)
+        uri = str(out["uri"]).replace(f":{first.port}/", f":{second.port}/")
+        answer = requests.post(uri, json={"data": [[1, 1]]}, timeout=30, proxies={"http": ""},
+                               headers={"Authorization": f"Bearer {v1['key']}"})
+        assert (answer.status_code, answer.text, answer.headers["azureml-model-deployment"]) == (200, "[[3.0]]", "blue")
+    finally:
+        (second or first).stop()

@@ -257,3 +257,51 @@ except ResourceExistsError as exc:
 out["blob_content"] = BlobClient.from_blob_url(url).download_blob().readall().decode()
 print("RESULT " + json.dumps(out))
 '''
+
+V1_SERVICE = """
+import json, os, requests
+from azureml.core import Workspace
+from azureml.core.authentication import ServicePrincipalAuthentication
+from azureml.core.compute import ComputeTarget, AksCompute
+from azureml.core.model import Model, InferenceConfig
+from azureml.core.environment import Environment
+from azureml.core.webservice import AksWebservice
+
+auth = ServicePrincipalAuthentication(tenant_id=os.environ["AZURE_TENANT_ID"],
+                                      service_principal_id=os.environ["AZURE_CLIENT_ID"],
+                                      service_principal_password=os.environ["AZURE_CLIENT_SECRET"])
+ws = Workspace.from_config(auth=auth)
+aks = ComputeTarget.create(ws, "aks-v1", AksCompute.provisioning_configuration(vm_size="Standard_D3_v2", agent_count=1))
+aks.wait_for_completion()
+env = Environment.from_conda_specification(name="v1env", file_path="env.yml")
+model = Model.register(ws, model_path="model", model_name="tiny")
+service = Model.deploy(ws, "svc-v1", [model], InferenceConfig(entry_script="score.py", source_directory="src", environment=env),
+                       AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, cpu_cores=0.1, memory_gb=0.5),
+                       aks)
+service.wait_for_deployment()
+print("RESULT " + json.dumps({"state": service.state, "uri": service.scoring_uri, "key": service.get_keys()[0]}))
+"""
+
+V2_BESIDE_V1 = PRELUDE + '''
+attach()
+model = ml_client.models.create_or_update(Model(name="tiny", path="model"))
+env = ml_client.environments.create_or_update(Environment(name="score-env", image="img:1", conda_file="env.yml"))
+endpoint = ml_client.online_endpoints.begin_create_or_update(
+    KubernetesOnlineEndpoint(name="beside-ep", compute="k8s", auth_mode="key")).result()
+ml_client.online_deployments.begin_create_or_update(deployment("blue", "beside-ep", model, env)).result()
+endpoint.traffic = {"blue": 100}
+endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+# carry the v1 key over: regenerateKeys with keyValue sets the primary key (a plain ARM call)
+arm_token = credential.get_token("https://management.azure.com/.default").token
+resp = session.post("https://management.azure.com" + endpoint.id + "/regenerateKeys",
+                    params={"api-version": "2023-04-01-preview"}, json={"keyType": "Primary", "keyValue": os.environ["V1_KEY"]},
+                    headers={"Authorization": "Bearer " + arm_token})
+out["set_key"] = resp.status_code
+out["listed_key_is_v1"] = ml_client.online_endpoints.get_keys("beside-ep").primary_key == os.environ["V1_KEY"]
+out["v2"] = score(endpoint.scoring_uri, os.environ["V1_KEY"], [[1, 1], [2, 0]])
+out["v1"] = session.post(os.environ["V1_URI"], data=json.dumps({"data": [[1, 1], [2, 0]]}),
+                         headers={"Content-Type": "application/json", "Authorization": "Bearer " + os.environ["V1_KEY"]}).text
+out["uri"] = endpoint.scoring_uri
+out["computes"] = sorted((c.name, c.type) for c in ml_client.compute.list())
+print("RESULT " + json.dumps(out))
+'''
