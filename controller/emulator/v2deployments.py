@@ -316,6 +316,7 @@ class V2DeploymentRoutes(V2EndpointRoutes, V2ComputeRoutes):
                              "message": f"The deployment's containers did not become ready: {detail}. "
                                         "Check the deployment logs (get_logs) for the init() failure."}
         keys = self.dataplane.keys(rec["_local"]) if error is None else None
+        self.await_release(op_id)
         with self._lock:
             rec = self.store.get("deployment", key)
             if rec is None:
@@ -368,6 +369,7 @@ class V2DeploymentRoutes(V2EndpointRoutes, V2ComputeRoutes):
         self.frontend.set_upstream(rec["_endpoint"], rec["name"], None)
 
         def work() -> None:
+            self.await_release(op_id)
             self.dataplane.delete(rec["_local"])
             self.store.delete("deployment", key)
             self._finish_operation(op_id, "Succeeded")

@@ -64,8 +64,10 @@ class V2EndpointRoutes(V2AssetRoutes):
     def mfe_operation(self, params: dict[str, str], prefix: str, req: Request, **extra: Any) -> tuple[str, dict[str, str]]:
         """A new running operation and the LRO headers that point at it."""
         op_id = f"{prefix}:{uuid.uuid4()}:{uuid.uuid4()}"
-        self.store.put("operation", op_id, {"id": op_id, "kind": "mfe", "state": "Running",
-                                            "pendingPolls": req_verdict(req).pending_polls, "createdTime": now_iso(),
+        # A ``pendingPolls`` fault holds the operation InProgress for that many status polls: its work
+        # (a traffic switch, a deployment becoming routable) waits for them (``await_release``).
+        self.store.put("operation", op_id, {"id": op_id, "kind": "mfe", "state": "Running", "pendingPolls": 0,
+                                            "holdPolls": req_verdict(req).pending_polls, "createdTime": now_iso(),
                                             "endTime": None, "error": None, **extra})
         ws = self._workspace(params) or {}
         base = f"https://{ARM_HOST}/subscriptions/{params['sub']}/providers/Microsoft.MachineLearningServices/" \
@@ -74,8 +76,25 @@ class V2EndpointRoutes(V2AssetRoutes):
                        "Location": f"{base}/mfeOperationResults/{op_id}?api-version=2023-04-01-preview",
                        "retry-after-ms": str(self.poll_ms), "x-ms-async-operation-timeout": "PT1H"}
 
+    def _poll_mfe(self, op_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            op = self.store.get("operation", op_id)
+            if op is not None and op["state"] not in TERMINAL and op.get("holdPolls", 0) > 0:
+                op["holdPolls"] -= 1
+                self.store.put("operation", op_id, op)
+            return op
+
+    def await_release(self, op_id: str, limit_s: float = 600.0) -> None:
+        """Block until the operation's held polls (a ``pendingPolls`` fault) have all been made."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            op = self.store.get("operation", op_id)
+            if op is None or op.get("holdPolls", 0) <= 0:
+                return
+            time.sleep(0.02)
+
     def mfe_operation_status(self, req: Request) -> Response:
-        op = self._poll_operation(req.params["op"])
+        op = self._poll_mfe(req.params["op"])
         if op is None or op.get("kind") != "mfe":
             return arm_error(404, "NotFound", f"Operation {req.params['op']} was not found.")
         status = "InProgress" if op["state"] not in TERMINAL else op["state"]
@@ -88,7 +107,7 @@ class V2EndpointRoutes(V2AssetRoutes):
         return json_response(200, body, {"retry-after-ms": str(self.poll_ms)})
 
     def mfe_operation_result(self, req: Request) -> Response:
-        op = self._poll_operation(req.params["op"])
+        op = self._poll_mfe(req.params["op"])
         if op is None or op.get("kind") != "mfe":
             return arm_error(404, "NotFound", f"Operation {req.params['op']} was not found.")
         if op["state"] not in TERMINAL:
@@ -243,6 +262,7 @@ class V2EndpointRoutes(V2AssetRoutes):
     def _settle_endpoint(self, key: str, op_id: str, fail: str | None) -> None:
         """End an endpoint PUT: the traffic table switches in the same step as the operation succeeds."""
         time.sleep(self.lro_delay_s)
+        self.await_release(op_id)
         with self._lock:
             rec = self.store.get("endpoint", key)
             if rec is None:
@@ -272,6 +292,7 @@ class V2EndpointRoutes(V2AssetRoutes):
         self.frontend.remove_endpoint(rec["name"])
 
         def work() -> None:
+            self.await_release(op_id)
             for dep in self.store.list("deployment", key + "/"):
                 self.stop_deployment(dep)
                 self.store.delete("deployment", f"{key}/{dep['name'].lower()}")

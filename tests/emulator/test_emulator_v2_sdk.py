@@ -92,6 +92,8 @@ def test_plain_azure_ai_ml_code_deploys_splits_rekeys_and_deletes(v2: RunningEmu
     assert out["old_key_after_regen"] == 401 and out["new_key_after_regen"] == 200
     assert "==> replica 0 <==" in str(out["logs"]) and '"event":"ready"' in str(out["logs"])
     assert out["deployments"] == ["blue", "green"]
+    # the traffic table switches when the endpoint's operation succeeds, not before
+    assert out["traffic_switch"] == [200, "100", "InProgress", {"blue": 10, "green": 10}, {"green": 20}]
     assert out["after_blue_delete"] == ["green"] and out["after_blue_delete_score"] == [200, "green"]
     assert out["endpoints_after_delete"] == [] and out["after_delete_status"] == 404
     assert out["computes_after_detach"] == []
@@ -145,8 +147,9 @@ def test_the_sdk_survives_throttling_and_server_errors_on_v2_routes(v2: RunningE
     assert out["state"] == "Succeeded" and out["listed"] == ["fault-ep"]  # listed after one 503
     assert out["token_type"] == "EndpointAuthToken"
     assert out["no_deployment"] == 503 and out["wrong_token"] == 401
+    assert "quota exceeded in this region" in str(out["doomed"]) and out["doomed_state"] == "Failed"
     counts = v2.counts()
-    assert counts["PUT arm {WS}/onlineEndpoints/{name}"] == 2  # the throttled attempt and its retry
+    assert counts["PUT arm {WS}/onlineEndpoints/{name}"] == 3  # fault-ep throttled + its retry, doomed-ep
     assert counts["GET arm {WS}/onlineEndpoints"] == 2
     assert counts["GET arm /subscriptions/{sub}/providers/Microsoft.MachineLearningServices/locations/{loc}/"
                   "mfeOperationsStatus/{op}"] >= 2

@@ -147,8 +147,22 @@ out["old_key_after_regen"] = score(uri, keys.primary_key, [[1, 1]])[0]
 out["new_key_after_regen"] = score(uri, new_keys.primary_key, [[1, 1]])[0]
 out["logs"] = ml_client.online_deployments.get_logs("blue", "tiny-ep", lines=50)
 out["deployments"] = sorted(d.name for d in ml_client.online_deployments.list("tiny-ep"))
-endpoint.traffic = {"green": 100}
-ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+# The last traffic change as a plain ARM PUT whose operation the script polls itself, held InProgress
+# for 3 polls by an emulator fault: until it has Succeeded the old 50/50 table serves; then only green.
+session.post(os.environ["AMLOPS_EMULATOR_ADMIN"] + "/faults",
+             json={"faults": [{"route": "PUT arm {WS}/onlineEndpoints/{name}", "pendingPolls": 3, "count": 1}]})
+api, auth_h = {"api-version": "2022-02-01-preview"}, {"Authorization": "Bearer " + arm_token}
+ep_url = "https://management.azure.com" + endpoint.id
+current = session.get(ep_url, params=api, headers=auth_h).json()
+current["properties"]["traffic"] = {"green": 100}
+put = session.put(ep_url, params=api, headers=auth_h, json={"location": current["location"], "properties": current["properties"]})
+status_url = put.headers["Azure-AsyncOperation"]
+first_status = session.get(status_url, headers=auth_h).json()["status"]
+during = collections.Counter(score(uri, new_keys.primary_key, [[1, 1]])[1] for _ in range(20))
+while session.get(status_url, headers=auth_h).json()["status"] == "InProgress":
+    pass
+after = collections.Counter(score(uri, new_keys.primary_key, [[1, 1]])[1] for _ in range(20))
+out["traffic_switch"] = [put.status_code, put.headers.get("retry-after-ms"), first_status, during, after]
 ml_client.online_deployments.begin_delete("blue", "tiny-ep").result()
 out["after_blue_delete"] = sorted(d.name for d in ml_client.online_deployments.list("tiny-ep"))
 out["after_blue_delete_score"] = score(uri, new_keys.primary_key, [[1, 1]])[:2]
@@ -221,6 +235,17 @@ out["no_deployment"] = session.post(endpoint.scoring_uri, data="{}",
                                     headers={"Authorization": "Bearer " + token.access_token}).status_code
 out["wrong_token"] = session.post(endpoint.scoring_uri, data="{}", headers={"Authorization": "Bearer x.y"}).status_code
 ml_client.online_endpoints.begin_delete("fault-ep").result()
+# an operation the emulator is told to fail ends Failed, and the SDK raises its error
+session.post(os.environ["AMLOPS_EMULATOR_ADMIN"] + "/faults", json={"faults": [
+    {"route": "PUT arm {WS}/onlineEndpoints/{name}", "failOperation": "quota exceeded in this region", "count": 1}]})
+try:
+    ml_client.online_endpoints.begin_create_or_update(
+        KubernetesOnlineEndpoint(name="doomed-ep", compute="k8s", auth_mode="key")).result()
+    out["doomed"] = "succeeded"
+except HttpResponseError as exc:
+    out["doomed"] = str(exc)
+out["doomed_state"] = ml_client.online_endpoints.get("doomed-ep").provisioning_state
+ml_client.online_endpoints.begin_delete("doomed-ep").result()
 print("RESULT " + json.dumps(out))
 '''
 
