@@ -34,10 +34,11 @@ def _result(done: object) -> dict[str, object]:
 def _workdir(tmp_path: Path, emulator: RunningEmulator) -> Path:
     """A user's folder: score.py (two variants), a broken score.py, a numpy model folder, a conda file."""
     work = tmp_path / "work"
-    for folder in ("src", "src2", "broken", "model"):
+    for folder in ("src", "src2", "src10", "broken", "model"):
         (work / folder).mkdir(parents=True)
     (work / "src" / "score.py").write_text(scripts.SCORE)
     (work / "src2" / "score.py").write_text(scripts.SCORE + "\n# the green variant\n")
+    (work / "src10" / "score.py").write_text(scripts.SCORE.replace("(data @ W)", "(data @ W * 10)"))
     (work / "broken" / "score.py").write_text(scripts.BROKEN_SCORE)
     (work / "env.yml").write_text(scripts.CONDA)
     (work / "config.json").write_text((emulator.state_dir / "config.json").read_text())
@@ -201,3 +202,12 @@ def test_v1_and_v2_objects_live_side_by_side_and_v2_survives_a_restart(tmp_path:
         assert (answer.status_code, answer.text, answer.headers["azureml-model-deployment"]) == (200, "[[3.0]]", "blue")
     finally:
         (second or first).stop()
+
+
+def test_updating_a_deployment_in_place_keeps_answering(v2: RunningEmulator, tmp_path: Path) -> None:
+    out = _result(v2.sdk(scripts.UPDATE_IN_PLACE, _workdir(tmp_path, v2), timeout=300))
+
+    assert out["updated"] == ["Succeeded", 2]
+    seen = dict(out["seen"])  # type: ignore[call-overload]
+    assert set(seen) == {"200 [[3.0]]", "200 [[30.0]]"}  # every request answered, by the old code or the new
+    assert out["last"] == ["200 [[30.0]]"]  # once the update has succeeded, only the new code answers

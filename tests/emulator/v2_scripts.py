@@ -330,3 +330,42 @@ out["uri"] = endpoint.scoring_uri
 out["computes"] = sorted((c.name, c.type) for c in ml_client.compute.list())
 print("RESULT " + json.dumps(out))
 '''
+
+UPDATE_IN_PLACE = PRELUDE + '''
+import threading
+attach()
+model = ml_client.models.create_or_update(Model(name="tiny", path="model"))
+env = ml_client.environments.create_or_update(Environment(name="score-env", image="img:1", conda_file="env.yml"))
+endpoint = ml_client.online_endpoints.begin_create_or_update(
+    KubernetesOnlineEndpoint(name="upd-ep", compute="k8s", auth_mode="key")).result()
+ml_client.online_deployments.begin_create_or_update(deployment("blue", "upd-ep", model, env)).result()
+endpoint.traffic = {"blue": 100}
+endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+key = ml_client.online_endpoints.get_keys("upd-ep").primary_key
+seen, stop = [], threading.Event()
+
+def loop():
+    client = requests.Session()
+    while not stop.is_set():
+        try:
+            resp = client.post(endpoint.scoring_uri, data=json.dumps({"data": [[1, 1]]}), timeout=30,
+                               headers={"Content-Type": "application/json", "Authorization": "Bearer " + key})
+            seen.append(f"{resp.status_code} {resp.text}")
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+
+worker = threading.Thread(target=loop)
+worker.start()
+updated = ml_client.online_deployments.begin_create_or_update(
+    deployment("blue", "upd-ep", model, env, code="src10", instances=2)).result()
+after = len(seen)
+while len(seen) < after + 20:
+    pass
+stop.set()
+worker.join()
+out["updated"] = [updated.provisioning_state, updated.instance_count]
+out["seen"] = collections.Counter(seen)
+out["last"] = sorted(set(seen[-20:]))
+ml_client.online_endpoints.begin_delete("upd-ep").result()
+print("RESULT " + json.dumps(out))
+'''
