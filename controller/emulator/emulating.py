@@ -37,7 +37,7 @@ class Emulator(IdentityRoutes, V2DeploymentRoutes, V1ServiceRoutes, InsightRoute
                  dataplane: DataPlane, region: str = "westeurope", deploy_wait_s: float = 120.0,
                  poll_ms: int = 1000, lro_delay_s: float = 0.2) -> None:
         super().__init__(state_dir, store, issuer, faults, dataplane, region, deploy_wait_s)
-        self.frontend = Frontend()
+        self.frontend = Frontend(self._aad_audience)
         self.poll_ms = poll_ms
         self.lro_delay_s = lro_delay_s
         self._register_identities(self.router)
@@ -50,6 +50,12 @@ class Emulator(IdentityRoutes, V2DeploymentRoutes, V1ServiceRoutes, InsightRoute
         self._register_v2_deployments(self.router)
         self._register_insights(self.router)
         self._register_blobs(self.router)
+
+    def _aad_audience(self, authorization: str) -> str | None:
+        try:
+            return str(self.issuer.check(authorization).get("aud"))
+        except logins.TokenError:
+            return None
 
     def close(self) -> None:
         """Wait briefly for deployments in flight (they run in daemon threads)."""

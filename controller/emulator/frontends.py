@@ -2,7 +2,8 @@
 
 An endpoint's ``scoringUri`` is ``http://127.0.0.1:{emulator port}/api/v1/endpoint/{name}/score``,
 one stable address per endpoint, served on the emulator's own loopback port. Per request the
-router checks the endpoint's key (``Authorization: Bearer <primary|secondary>``) or AML token,
+router checks the endpoint's key (``Authorization: Bearer <primary|secondary>``), AML token, or
+(managed endpoints with ``AADToken``) an Entra token for ``https://ml.azure.com``,
 picks a deployment (the ``azureml-model-deployment`` header when given, else the traffic table by
 smooth weighted round robin, so a 50/50 table splits 50/50), and forwards to that deployment's
 real scoring replicas with the deployment's own key. The answer carries the
@@ -25,6 +26,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Final
 from urllib.parse import urlsplit
@@ -105,8 +107,11 @@ def _error(status: int, message: str, deployment: str | None = None) -> Answer:
 class Frontend:
     """Routes scoring requests of every v2 endpoint; thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, aad_audiences: Callable[[str], str | None] | None = None) -> None:
+        """``aad_audiences(authorization header)``: the audience of a valid Entra token, else None
+        (AADToken endpoints accept tokens for ``https://ml.azure.com``)."""
         self.base_url = "http://127.0.0.1:0"
+        self._aad = aad_audiences
         self._lock = threading.Lock()
         self._routes: dict[str, Route] = {}
         self._balancers: dict[str, _Balancer] = {}
@@ -205,11 +210,13 @@ class Frontend:
         self._count(endpoint, deployment, answer.status, (time.monotonic() - started) * 1000.0)
         return answer
 
-    @staticmethod
-    def _authorized(route: Route, endpoint: str, header: str) -> bool:
+    def _authorized(self, route: Route, endpoint: str, header: str) -> bool:
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential:
             return False
+        if route.auth_mode.lower() == "aadtoken":
+            audience = self._aad(header) if self._aad is not None else None
+            return audience is not None and audience.rstrip("/") == "https://ml.azure.com"
         if route.auth_mode.lower() == "key":
             given = credential.strip().encode()
             return any(k and hmac.compare_digest(given, k.encode()) for k in route.keys)

@@ -99,6 +99,8 @@ def test_plain_azure_ai_ml_code_deploys_splits_rekeys_and_deletes(v2: RunningEmu
     assert out["endpoints_after_delete"] == [] and out["after_delete_status"] == 404
     assert out["computes_after_detach"] == []
     assert v2.local_services() == []  # deleting the endpoint stopped every replica
+    cluster = v2.workspace_id().split("/providers/")[0] + "/providers/Microsoft.ContainerService/managedClusters/aks1"
+    assert v2.arm("GET", cluster + "?api-version=2024-05-01")[0] == 200  # detaching keeps the AKS cluster
 
     counts = v2.counts()
     assert counts["PUT arm {WS}/onlineEndpoints/{endpoint}/deployments/{name}"] == 2
@@ -211,3 +213,11 @@ def test_updating_a_deployment_in_place_keeps_answering(v2: RunningEmulator, tmp
     seen = dict(out["seen"])  # type: ignore[call-overload]
     assert set(seen) == {"200 [[3.0]]", "200 [[30.0]]"}  # every request answered, by the old code or the new
     assert out["last"] == ["200 [[30.0]]"]  # once the update has succeeded, only the new code answers
+
+
+def test_a_managed_endpoint_with_entra_tokens_accepts_only_tokens_for_azure_ml(v2: RunningEmulator, tmp_path: Path) -> None:
+    out = _result(v2.sdk(scripts.MANAGED, _workdir(tmp_path, v2), timeout=300))
+
+    assert out["kind"] == ["ManagedOnlineEndpoint", "aad_token"]
+    assert out["entra"] == [200, "blue", "[[3.0]]"]
+    assert out["arm_token"] == 401  # a token for ARM is not a token for the endpoint

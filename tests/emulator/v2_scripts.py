@@ -369,3 +369,23 @@ out["last"] = sorted(set(seen[-20:]))
 ml_client.online_endpoints.begin_delete("upd-ep").result()
 print("RESULT " + json.dumps(out))
 '''
+
+MANAGED = PRELUDE + '''
+from azure.ai.ml.entities import ManagedOnlineEndpoint, ManagedOnlineDeployment
+model = ml_client.models.create_or_update(Model(name="tiny", path="model"))
+env = ml_client.environments.create_or_update(Environment(name="score-env", image="img:1", conda_file="env.yml"))
+endpoint = ml_client.online_endpoints.begin_create_or_update(
+    ManagedOnlineEndpoint(name="managed-ep", auth_mode="aad_token")).result()
+ml_client.online_deployments.begin_create_or_update(ManagedOnlineDeployment(
+    name="blue", endpoint_name="managed-ep", model=model, environment=env, instance_type="Standard_DS3_v2",
+    instance_count=1, code_configuration=CodeConfiguration(code="src", scoring_script="score.py"))).result()
+endpoint.traffic = {"blue": 100}
+endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
+out["kind"] = [type(endpoint).__name__, endpoint.auth_mode]
+entra = credential.get_token("https://ml.azure.com/.default").token
+arm = credential.get_token("https://management.azure.com/.default").token
+out["entra"] = score(endpoint.scoring_uri, entra, [[1, 1]])
+out["arm_token"] = score(endpoint.scoring_uri, arm, [[1, 1]])[0]
+ml_client.online_endpoints.begin_delete("managed-ep").result()
+print("RESULT " + json.dumps(out))
+'''
