@@ -21,6 +21,8 @@ from controller.emulator.records import ARM_HOST, WorkspaceRef, now_iso, workspa
 from controller.emulator.routetables import WS_TEMPLATE, Request, Response, Router, arm_error, json_response
 
 ASSET_KINDS: Final = {"models": "model", "environments": "environment", "codes": "code"}
+# Store kinds of their own: v1's MMS models and environment-service environments keep theirs.
+STORE_KINDS: Final = {"models": "v2model", "environments": "v2environment", "codes": "v2code"}
 DATASTORE: Final = "workspaceblobstore"
 # Fields of a version body that are the asset's content: a re-PUT that changes any of them is a conflict.
 _CONTENT_FIELDS: Final = {
@@ -112,7 +114,7 @@ class V2AssetRoutes(BlobRoutes):
         return f"{workspace_key(params)}/{params['name'].lower()}/"
 
     def _versions(self, plural: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        return self.store.list(ASSET_KINDS[plural], self._asset_prefix(plural, params))
+        return self.store.list(STORE_KINDS[plural], self._asset_prefix(plural, params))
 
     def _container_body(self, plural: str, params: dict[str, str], versions: list[dict[str, Any]]) -> dict[str, Any]:
         numeric = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
@@ -136,7 +138,7 @@ class V2AssetRoutes(BlobRoutes):
         if self._workspace(req.params) is None:
             return self._no_workspace(req.params)
         groups: dict[str, list[dict[str, Any]]] = {}
-        for rec in self.store.list(ASSET_KINDS[plural], workspace_key(req.params) + "/"):
+        for rec in self.store.list(STORE_KINDS[plural], workspace_key(req.params) + "/"):
             groups.setdefault(rec["id"].split("/")[-3].lower(), []).append(rec)
         return json_response(200, {"value": [self._container_body(plural, {**req.params, "name": n}, v)
                                              for n, v in groups.items()]})
@@ -152,7 +154,7 @@ class V2AssetRoutes(BlobRoutes):
     def delete_asset_container(self, plural: str, req: Request) -> Response:
         versions = self._versions(plural, req.params)
         for rec in versions:
-            self.store.delete(ASSET_KINDS[plural], self._asset_prefix(plural, req.params) + str(rec["name"]))
+            self.store.delete(STORE_KINDS[plural], self._asset_prefix(plural, req.params) + str(rec["name"]))
         return Response(200 if versions else 204)
 
     def list_asset_versions(self, plural: str, req: Request) -> Response:
@@ -173,7 +175,7 @@ class V2AssetRoutes(BlobRoutes):
     def get_asset_version(self, plural: str, req: Request) -> Response:
         if self._workspace(req.params) is None:
             return self._no_workspace(req.params)
-        rec = self.store.get(ASSET_KINDS[plural], self._asset_prefix(plural, req.params) + req.params["version"])
+        rec = self.store.get(STORE_KINDS[plural], self._asset_prefix(plural, req.params) + req.params["version"])
         if rec is None:
             return self._asset_missing(plural, req.params, req.params["version"])
         return json_response(200, rec)
@@ -184,7 +186,7 @@ class V2AssetRoutes(BlobRoutes):
         if len(parts) < 12 or parts[-2].lower() != "versions" or parts[-4].lower() not in ASSET_KINDS:
             return None
         params = {"sub": parts[1], "rg": parts[3], "ws": parts[7], "name": parts[-3]}
-        return self.store.get(ASSET_KINDS[parts[-4].lower()], self._asset_prefix(parts[-4].lower(), params) + parts[-1])
+        return self.store.get(STORE_KINDS[parts[-4].lower()], self._asset_prefix(parts[-4].lower(), params) + parts[-1])
 
     def put_asset_version(self, plural: str, req: Request) -> Response:
         if self._workspace(req.params) is None:
@@ -194,7 +196,7 @@ class V2AssetRoutes(BlobRoutes):
         except (ValueError, KeyError, TypeError):
             return arm_error(400, "UserError", "The request body must be an asset version with 'properties'.")
         key = self._asset_prefix(plural, req.params) + req.params["version"]
-        existing = self.store.get(ASSET_KINDS[plural], key)
+        existing = self.store.get(STORE_KINDS[plural], key)
         if plural == "environments" and not props.get("image") and not props.get("build"):
             return arm_error(400, "UserError", "An environment needs an image or a build context.")
         if plural == "models" and not props.get("modelUri"):
@@ -228,11 +230,11 @@ class V2AssetRoutes(BlobRoutes):
                   "name": req.params["version"],
                   "type": f"Microsoft.MachineLearningServices/workspaces/{plural}/versions",
                   "systemData": system_data(created, now_iso()), "properties": props}
-        self.store.put(ASSET_KINDS[plural], key, record)
+        self.store.put(STORE_KINDS[plural], key, record)
         return json_response(200 if existing else 201, record)
 
     def delete_asset_version(self, plural: str, req: Request) -> Response:
-        gone = self.store.delete(ASSET_KINDS[plural], self._asset_prefix(plural, req.params) + req.params["version"])
+        gone = self.store.delete(STORE_KINDS[plural], self._asset_prefix(plural, req.params) + req.params["version"])
         return Response(200 if gone else 204)
 
     def start_pending_upload(self, plural: str, req: Request) -> Response:

@@ -140,7 +140,7 @@ class V2ComputeRoutes(WorkspaceRoutes):
         record = {
             "id": f"{WorkspaceRef(req.params['sub'], req.params['rg'], req.params['ws']).scope}/computes/{name}", "name": name,
             "type": "Microsoft.MachineLearningServices/workspaces/computes", "location": location,
-            "tags": body.get("tags") or {}, "identity": body.get("identity"),
+            "tags": body.get("tags") or {},
             "properties": {
                 "computeType": "Kubernetes", "computeLocation": location, "description": props.get("description"),
                 "createdOn": existing["properties"]["createdOn"] if existing else now_iso(), "modifiedOn": now_iso(),
@@ -152,6 +152,8 @@ class V2ComputeRoutes(WorkspaceRoutes):
                                "extensionInstanceReleaseTrain": "stable", "vcName": None},
             },
         }
+        if body.get("identity"):  # ARM omits an absent identity (azureml-core reads it when present)
+            record["identity"] = body["identity"]
         self.store.put("compute", key, record)
         op = self._new_operation("compute", "Failed" if failed else "Succeeded", req_verdict(req).pending_polls,
                                  error={"code": "AttachFailed", "message": failed} if failed else None)

@@ -194,6 +194,11 @@ def test_v1_and_v2_objects_live_side_by_side_and_v2_survives_a_restart(tmp_path:
         assert out["set_key"] == 202 and out["listed_key_is_v1"] is True
         assert out["v2"] == [200, "blue", "[[3.0],[2.0]]"] and out["v1"] == "[[3.0],[2.0]]"  # same key, same answer
         assert first.local_services() == ["svc-v1", "v2-beside-ep-blue"]
+        # azureml-core still reads its own objects with the v2 ones beside them
+        listed = _result(first.sdk(scripts.V1_LISTS, work, timeout=300))
+        assert listed["models"] == ["tiny:1"] and listed["services"] == ["svc-v1"]
+        assert "v1env" in listed["environments"]  # type: ignore[operator]
+        assert [c[0] for c in listed["computes"]] == ["aks-v1", "k8s"]  # type: ignore[union-attr]
         first.stop(keep_services=True)
 
         # a restarted emulator re-adopts the replicas and routes the same URI with the same key again

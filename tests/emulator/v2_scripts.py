@@ -298,7 +298,7 @@ auth = ServicePrincipalAuthentication(tenant_id=os.environ["AZURE_TENANT_ID"],
 ws = Workspace.from_config(auth=auth)
 aks = ComputeTarget.create(ws, "aks-v1", AksCompute.provisioning_configuration(vm_size="Standard_D3_v2", agent_count=1))
 aks.wait_for_completion()
-env = Environment.from_conda_specification(name="v1env", file_path="env.yml")
+env = Environment.from_conda_specification(name="v1env", file_path="env.yml").register(ws)
 model = Model.register(ws, model_path="model", model_name="tiny")
 service = Model.deploy(ws, "svc-v1", [model], InferenceConfig(entry_script="score.py", source_directory="src", environment=env),
                        AksWebservice.deploy_configuration(autoscale_enabled=False, num_replicas=1, cpu_cores=0.1, memory_gb=0.5),
@@ -389,3 +389,23 @@ out["arm_token"] = score(endpoint.scoring_uri, arm, [[1, 1]])[0]
 ml_client.online_endpoints.begin_delete("managed-ep").result()
 print("RESULT " + json.dumps(out))
 '''
+
+V1_LISTS = """
+import json, os
+from azureml.core import Workspace, Environment
+from azureml.core.authentication import ServicePrincipalAuthentication
+from azureml.core.compute import ComputeTarget
+from azureml.core.model import Model
+from azureml.core.webservice import Webservice
+
+auth = ServicePrincipalAuthentication(tenant_id=os.environ["AZURE_TENANT_ID"],
+                                      service_principal_id=os.environ["AZURE_CLIENT_ID"],
+                                      service_principal_password=os.environ["AZURE_CLIENT_SECRET"])
+ws = Workspace.from_config(auth=auth)
+print("RESULT " + json.dumps({
+    "models": sorted(f"{m.name}:{m.version}" for m in Model.list(ws)),
+    "environments": sorted(Environment.list(ws)),
+    "services": sorted(s.name for s in Webservice.list(ws)),
+    "computes": sorted((c.name, c.type) for c in ComputeTarget.list(ws)),
+}))
+"""
