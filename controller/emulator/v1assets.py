@@ -169,6 +169,8 @@ class V1AssetRoutes(BlobRoutes):
                 self.store.get("asset", f"{workspace_key(req.params)}/{url.removeprefix('aml://asset/')}") is None:
             return mms_error(400, "BadRequest", f"Asset {url} does not exist.")
         version = self.store.next_value(f"model-version:{workspace_key(req.params)}/{name}")
+        while self.store.get("v2model", f"{workspace_key(req.params)}/{name.lower()}/{version}") is not None:
+            version = self.store.next_value(f"model-version:{workspace_key(req.params)}/{name}")  # one registry with v2
         created = now_iso()
         record = {
             "id": f"{name}:{version}", "name": name, "version": version, "framework": body.get("framework") or "Custom",

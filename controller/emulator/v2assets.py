@@ -4,8 +4,10 @@ Shapes follow what azure-ai-ml 1.35 reads (``_from_rest_object``): a model versi
 ``flavors`` (an object), an environment version PUT again with a different body is a 409 (the
 SDK's "overwrite latest, else next version" fallback depends on it), and a code version can be
 looked up by content hash. ``startPendingUpload`` hands out a container SAS in the workspace's
-blob store. Assets of v1 (MMS models, environment-service environments) live beside these, as
-they do in one Azure workspace.
+blob store. Models are one registry, as in Azure: a model registered with azureml-core (MMS) is also a v2
+model version (its ``modelUri`` the blob folder v1 uploaded), and v1 numbers its next
+registration after every v2 version. Environments of the v1 environment service and v2
+environment versions live side by side, unshared.
 """
 
 from __future__ import annotations
@@ -114,7 +116,41 @@ class V2AssetRoutes(BlobRoutes):
         return f"{workspace_key(params)}/{params['name'].lower()}/"
 
     def _versions(self, plural: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        return self.store.list(STORE_KINDS[plural], self._asset_prefix(plural, params))
+        found = self.store.list(STORE_KINDS[plural], self._asset_prefix(plural, params))
+        if plural == "models":  # one model registry: v1 registrations are v2 versions too
+            have = {str(v["name"]) for v in found}
+            found += [m for m in self._v1_models(params) if str(m["name"]) not in have]
+            found.sort(key=lambda v: (v["systemData"]["createdAt"], str(v["name"])))
+        return found
+
+    def _version(self, plural: str, params: dict[str, str], version: str) -> dict[str, Any] | None:
+        rec = self.store.get(STORE_KINDS[plural], self._asset_prefix(plural, params) + version)
+        if rec is None and plural == "models":
+            rec = next((m for m in self._v1_models(params) if str(m["name"]) == version), None)
+        return rec
+
+    def _v1_models(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        """The v1 (MMS) registrations of model ``params['name']``, in the v2 shape."""
+        out = []
+        for model in self.store.list("model", workspace_key(params) + "/"):
+            if str(model["name"]).lower() != params["name"].lower():
+                continue
+            uri = None
+            url = str(model.get("url") or "")
+            asset = self.store.get("asset", f"{workspace_key(params)}/{url.removeprefix('aml://asset/')}") \
+                if url.startswith("aml://asset/") else None
+            prefix = str(((asset or {}).get("artifacts") or [{}])[0].get("prefix", ""))
+            parts = prefix.split("/", 2)
+            if len(parts) == 3:  # where v1's artifact service put the files (see v1assets)
+                uri = f"https://{self.blob_host}/azureml/ExperimentRun/dcid.{parts[1]}/{parts[2]}"
+            out.append({"id": f"{ws_scope(params)}/models/{model['name']}/versions/{model['version']}",
+                        "name": str(model["version"]), "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+                        "systemData": system_data(str(model["createdTime"])),
+                        "properties": {"description": model.get("description"), "tags": model.get("kvTags") or {},
+                                       "properties": model.get("properties") or {}, "flavors": {},
+                                       "modelType": "custom_model", "modelUri": uri, "jobName": None,
+                                       "isAnonymous": False, "isArchived": False, "provisioningState": "Succeeded"}})
+        return out
 
     def _container_body(self, plural: str, params: dict[str, str], versions: list[dict[str, Any]]) -> dict[str, Any]:
         numeric = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
@@ -140,6 +176,10 @@ class V2AssetRoutes(BlobRoutes):
         groups: dict[str, list[dict[str, Any]]] = {}
         for rec in self.store.list(STORE_KINDS[plural], workspace_key(req.params) + "/"):
             groups.setdefault(rec["id"].split("/")[-3].lower(), []).append(rec)
+        if plural == "models":
+            for model in self.store.list("model", workspace_key(req.params) + "/"):
+                groups.setdefault(str(model["name"]).lower(), [])
+        groups = {n: self._versions(plural, {**req.params, "name": n}) for n in groups}
         return json_response(200, {"value": [self._container_body(plural, {**req.params, "name": n}, v)
                                              for n, v in groups.items()]})
 
@@ -175,7 +215,7 @@ class V2AssetRoutes(BlobRoutes):
     def get_asset_version(self, plural: str, req: Request) -> Response:
         if self._workspace(req.params) is None:
             return self._no_workspace(req.params)
-        rec = self.store.get(STORE_KINDS[plural], self._asset_prefix(plural, req.params) + req.params["version"])
+        rec = self._version(plural, req.params, req.params["version"])
         if rec is None:
             return self._asset_missing(plural, req.params, req.params["version"])
         return json_response(200, rec)
@@ -186,7 +226,7 @@ class V2AssetRoutes(BlobRoutes):
         if len(parts) < 12 or parts[-2].lower() != "versions" or parts[-4].lower() not in ASSET_KINDS:
             return None
         params = {"sub": parts[1], "rg": parts[3], "ws": parts[7], "name": parts[-3]}
-        return self.store.get(STORE_KINDS[parts[-4].lower()], self._asset_prefix(parts[-4].lower(), params) + parts[-1])
+        return self._version(parts[-4].lower(), params, parts[-1])
 
     def put_asset_version(self, plural: str, req: Request) -> Response:
         if self._workspace(req.params) is None:
@@ -196,7 +236,7 @@ class V2AssetRoutes(BlobRoutes):
         except (ValueError, KeyError, TypeError):
             return arm_error(400, "UserError", "The request body must be an asset version with 'properties'.")
         key = self._asset_prefix(plural, req.params) + req.params["version"]
-        existing = self.store.get(STORE_KINDS[plural], key)
+        existing = self._version(plural, req.params, req.params["version"])
         if plural == "environments" and not props.get("image") and not props.get("build"):
             return arm_error(400, "UserError", "An environment needs an image or a build context.")
         if plural == "models" and not props.get("modelUri"):

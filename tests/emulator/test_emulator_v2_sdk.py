@@ -191,6 +191,9 @@ def test_v1_and_v2_objects_live_side_by_side_and_v2_survives_a_restart(tmp_path:
         # one workspace holds the v1 AKS compute and service beside the v2 Kubernetes compute and endpoint
         # (azure-ai-ml lists a v1 AKS compute as "*** unsupported compute type ***", as it does on Azure)
         assert [c[0] for c in out["computes"]] == ["aks-v1", "k8s"] and out["computes"][1][1] == "kubernetes"  # type: ignore[index]
+        # the v1-registered model is a v2 model version too (the deployment below serves it); v2 numbers on
+        assert out["v1_model_in_v2"] == ["tiny", "1"] and out["v2_model_version"] == "2"
+        assert out["model_containers"] == ["tiny"]
         assert out["set_key"] == 202 and out["listed_key_is_v1"] is True
         assert out["v2"] == [200, "blue", "[[3.0],[2.0]]"] and out["v1"] == "[[3.0],[2.0]]"  # same key, same answer
         assert first.local_services() == ["svc-v1", "v2-beside-ep-blue"]

@@ -309,11 +309,14 @@ print("RESULT " + json.dumps({"state": service.state, "uri": service.scoring_uri
 
 V2_BESIDE_V1 = PRELUDE + '''
 attach()
-model = ml_client.models.create_or_update(Model(name="tiny", path="model"))
+v1_model = ml_client.models.get("tiny", "1")  # registered with azureml-core: one model registry
+out["v1_model_in_v2"] = [v1_model.name, v1_model.version]
+out["v2_model_version"] = ml_client.models.create_or_update(Model(name="tiny", path="model")).version
+out["model_containers"] = [m.name for m in ml_client.models.list()]
 env = ml_client.environments.create_or_update(Environment(name="score-env", image="img:1", conda_file="env.yml"))
 endpoint = ml_client.online_endpoints.begin_create_or_update(
     KubernetesOnlineEndpoint(name="beside-ep", compute="k8s", auth_mode="key")).result()
-ml_client.online_deployments.begin_create_or_update(deployment("blue", "beside-ep", model, env)).result()
+ml_client.online_deployments.begin_create_or_update(deployment("blue", "beside-ep", v1_model, env)).result()
 endpoint.traffic = {"blue": 100}
 endpoint = ml_client.online_endpoints.begin_create_or_update(endpoint).result()
 # carry the v1 key over: regenerateKeys with keyValue sets the primary key (a plain ARM call)
