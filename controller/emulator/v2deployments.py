@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _DEPLOYMENT_NAME: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 _LOCAL_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 _DURATION: Final = re.compile(r"^P(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+_DELETED_MEANWHILE: Final = {"code": "NotFound", "message": "The deployment was deleted before it finished."}
 _PROBE_DEFAULTS: Final = {"initialDelay": "PT10S", "period": "PT10S", "timeout": "PT2S",
                           "successThreshold": 1, "failureThreshold": 30}
 
@@ -290,7 +291,7 @@ class V2DeploymentRoutes(V2EndpointRoutes, V2ComputeRoutes):
         rec = self.store.get("deployment", key)
         endpoint = self.store.get("endpoint", key.rsplit("/", 1)[0]) if rec else None
         if rec is None or endpoint is None:
-            self._finish_operation(op_id, "Failed", {"code": "NotFound", "message": "The deployment was deleted."})
+            self._finish_operation(op_id, "Failed", _DELETED_MEANWHILE)
             return
         error: dict[str, Any] | None = None
         outcome: DeployOutcome | None = None
@@ -317,10 +318,18 @@ class V2DeploymentRoutes(V2EndpointRoutes, V2ComputeRoutes):
                                         "Check the deployment logs (get_logs) for the init() failure."}
         keys = self.dataplane.keys(rec["_local"]) if error is None else None
         self.await_release(op_id)
+        local = rec["_local"]
+        current = self.store.get("deployment", key)
+        if current is None or current["properties"]["provisioningState"] == "Deleting":
+            # deleted while its replicas started: stop what this run started, then end the operation
+            self.dataplane.delete(local)
+            self._finish_operation(op_id, "Failed", _DELETED_MEANWHILE)
+            return
         with self._lock:
             rec = self.store.get("deployment", key)
             if rec is None:
-                self._finish_operation(op_id, "Failed", {"code": "NotFound", "message": "The deployment was deleted."})
+                self._finish_operation(op_id, "Failed", _DELETED_MEANWHILE)
+                self.dataplane.delete(local)
                 return
             rec["properties"]["provisioningState"] = "Failed" if error else "Succeeded"
             rec["_error"], rec["_logs"] = error, logs

@@ -131,6 +131,7 @@ def test_a_deployment_asking_more_gpus_than_the_cluster_has_free_fails(v2: Runni
     assert "Insufficient nvidia.com/gpu" in str(out["create"])
     assert "3 instances × 1 GPU = 3 GPUs" in str(out["create"]) and "2 free" in str(out["create"])
     assert out["state"] == "Failed"
+    assert "deleted before it finished" in str(out["small"]) and out["deployments"] == ["big"]
     assert v2.local_services() == []
     _delete_endpoint(v2, "gpu-ep")
 

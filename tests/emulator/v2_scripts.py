@@ -220,6 +220,15 @@ try:
 except HttpResponseError as exc:
     out["create"] = str(exc)
 out["state"] = ml_client.online_deployments.get("big", "gpu-ep").provisioning_state
+# a deployment deleted while it is still being created ends Failed and leaves nothing running
+creating = ml_client.online_deployments.begin_create_or_update(deployment("small", "gpu-ep", model, env))
+ml_client.online_deployments.begin_delete("small", "gpu-ep").result()
+try:
+    creating.result()
+    out["small"] = "succeeded"
+except HttpResponseError as exc:
+    out["small"] = str(exc)
+out["deployments"] = sorted(d.name for d in ml_client.online_deployments.list("gpu-ep"))
 print("RESULT " + json.dumps(out))
 '''
 
