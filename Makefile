@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STATE  ?= .state
 
-.PHONY: run test lint setup plan bench clean
+.PHONY: run test lint setup tools plan bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +13,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[scoring,azureml,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-setup: $(STAMP)
+setup: $(STAMP) tools
+
+## Debian packages some tests drive (a headless browser, promtool), installed when root and missing;
+## without them those tests skip and say why.
+tools:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    missing=""; \
+	    command -v chromium >/dev/null || missing="$$missing chromium"; \
+	    command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	    if [ -n "$$missing" ]; then \
+	        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+	            || echo "could not install$$missing; the tests that need them will skip"; \
+	    fi; \
+	fi
 
 ## Run the controller on the embedded local backend against ./manifests (Ctrl-C stops the controller; services keep running).
 run: $(STAMP)
 	$(BIN)/amlops run --repo . --path manifests --watch --state-dir $(STATE) --listen 127.0.0.1:8080
 
 ## The whole test suite.
-test: $(STAMP)
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
 
 ## Static checks: ruff, mypy (strict on controller/), import-linter layering, schemas up to date.
@@ -35,6 +48,11 @@ plan: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+## GPU proof (one GPU per replica, refusal beyond the machine, GPU vs CPU at 1/32/256 rows): .bench/gpu/gpu.{json,md}.
+## On a GPU machine install the gpu extra first: $(BIN)/pip install -e '.[gpu]'. Without a GPU it runs its CPU half.
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

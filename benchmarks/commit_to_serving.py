@@ -36,7 +36,6 @@ import hmac
 import io
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -287,31 +286,27 @@ def signed_push(url: str) -> int:
     return code
 
 
-_ASCTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ (.*)$")
-_TS = re.compile(r"\bts[\"']?\s*[:=]\s*([0-9.]+)")
+def _events(path: Path) -> list[tuple[str, float]]:
+    """(msg, time) of each JSON log line of ``path`` (supervisors and replicas write one object per line)."""
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            doc = json.loads(line)
+            found.append((str(doc["msg"]), datetime.fromisoformat(str(doc["time"]).replace("Z", "+00:00")).timestamp()))
+    return found
 
 
 def replica_times(state: Path, since: float) -> dict[str, float | None]:
     """First ``replica_started`` (supervisor log) and first/last scoring-host ``ready`` after ``since``."""
     sdir = next((p for p in state.rglob("supervisor.log") if SERVICE in str(p)), None)
-    started: list[float] = []
-    if sdir is not None:
-        for line in sdir.read_text(errors="replace").splitlines():
-            match = _ASCTIME.match(line)
-            if match and "replica_started" in match.group(3):
-                ts = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")) + int(match.group(2)) / 1000
-                if ts >= since:
-                    started.append(ts)
+    started = [ts for msg, ts in (_events(sdir) if sdir is not None else []) if msg == "replica_started" and ts >= since]
     ready: list[float] = []
     logs = sdir.parent / "logs" if sdir is not None else None
     if logs is not None and logs.is_dir():
         for replica_log in logs.glob("replica-*.log"):
-            for line in replica_log.read_text(errors="replace").splitlines():
-                if "ready" not in line:
-                    continue
-                match = _TS.search(line)
-                if match and re.search(r"event[\"']?\s*[:=]\s*[\"']?ready\b", line) and float(match.group(1)) >= since:
-                    ready.append(float(match.group(1)))
+            ready += [ts for msg, ts in _events(replica_log) if msg == "ready" and ts >= since]
     return {"replica_started": min(started) if started else None,
             "first_ready": min(ready) if ready else None,
             "last_ready": max(ready) if len(ready) >= REPLICAS else None}

@@ -1,12 +1,16 @@
 """The ``amlops`` command line. Each subcommand parses flags and calls one function below it.
 
-Exit codes follow Terraform's ``-detailed-exitcode`` where a plan is involved: 0 nothing to do,
-2 changes (planned, or applied), 1 an error (invalid manifests, a failed change).
+Exit codes (each command's ``--help`` lists its own): 0 success, 1 an error (invalid manifests, a
+failed change, an unreadable backend), 64 a usage error (bad flags; EX_USAGE, never 2). Only
+``plan``, and ``apply --detailed-exitcode``, use 2: there are changes (planned, or applied), as
+Terraform's ``-detailed-exitcode`` does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
 import logging
 import os
@@ -22,23 +26,40 @@ from typing import Any, Protocol, TextIO, runtime_checkable
 
 from controller import __version__
 from controller.backends.base import ApplyContext, Backend, ServiceAccess
+from controller.completing import bash_completion
 from controller.core.connecting import BackendPool
 from controller.core.executing import execute
 from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
 from controller.core.recording import Recorder, ResourceStatus
-from controller.core.rendering import render_json, render_markdown, render_text
+from controller.core.rendering import (
+    JSON_FORMAT_VERSION,
+    render_json,
+    render_markdown,
+    render_text,
+    render_validation_github,
+    render_validation_json,
+)
+from controller.core.reviewing import changed_files, with_changed_files
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
+from controller.runtime.statuses import mark_sync
 from controller.settings import Settings, resolve_settings
-from controller.sources.loading import load_desired_state
-from controller.structs.errors import BackendError, PermanentError, ValidationFailed
+from controller.sources.loading import desired_documents, load_desired_state
+from controller.sources.overlays import documents_yaml
+from controller.structs.errors import (
+    BackendError,
+    ManifestError,
+    PermanentError,
+    StateDirFull,
+    ValidationFailed,
+)
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
+from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId, source_id
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,27 +72,72 @@ def _root_and_path(target: str) -> tuple[Path, str]:
         return cwd, absolute.relative_to(cwd).as_posix() or "."
     except ValueError:
         base = absolute if absolute.is_dir() else absolute.parent
+        # An overlay reaches into its repository (../base): the boundary is the Git work tree's top.
+        top = next((p for p in (base, *base.parents) if (p / ".git").exists()), None)
+        if top is not None:
+            return top, absolute.relative_to(top).as_posix() or "."
         return base, "." if absolute.is_dir() else absolute.name
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate manifests; print every error as ``file:line: Kind name: field: message``."""
-    failed = False
+    """Validate manifests; print every error as ``file:line: Kind name: field: message`` (or as JSON, or
+    as GitHub Actions ``::error`` annotations with ``--output github``)."""
+    errors: list[ManifestError] = []
     total = 0
+    output = getattr(args, "output", "text")
     for target in args.paths:
         root, path = _root_and_path(target)
+        if getattr(args, "render", False) and output == "text":  # json and github keep stdout to one format
+            _print_rendered(root, path)
         try:
             state = load_desired_state(root, path)
+        except ValidationFailed as exc:
+            errors.extend(_relative_to_cwd(error, root) for error in exc.errors)
+            continue
+        total += len(state)
+    if output == "json":
+        sys.stdout.write(render_validation_json(total, errors))
+    elif output == "github":
+        sys.stdout.write(render_validation_github(errors))
+        if not errors:
+            print(f"{total} resources valid", file=sys.stderr)
+    else:
+        for error in errors:
+            print(error, file=sys.stderr)
+        if not errors:
+            print(f"{total} resources valid")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _relative_to_cwd(error: ManifestError, root: Path) -> ManifestError:
+    """``error`` with its file named from the current folder (what annotations and editors expect)."""
+    try:
+        shown = (root / error.file).absolute().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return error
+    return dataclasses.replace(error, file=shown)
+
+
+def _print_rendered(root: Path, path: str) -> None:
+    """The documents ``path`` renders to (an overlay's kustomization applied), as YAML on stdout."""
+    documents, _ = desired_documents(root, root / path)
+    sys.stdout.write(documents_yaml(documents))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print what a folder renders to (overlays applied), then validate it; exit 1 on any error."""
+    args.render = True
+    failed = False
+    for target in args.paths:
+        root, path = _root_and_path(target)
+        _print_rendered(root, path)
+        try:
+            load_desired_state(root, path)
         except ValidationFailed as exc:
             failed = True
             for error in exc.errors:
                 print(error, file=sys.stderr)
-            continue
-        total += len(state)
-    if failed:
-        return 1
-    print(f"{total} resources valid")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -96,13 +162,14 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one scoring host in the foreground, in place of this process (TensorFlow stays out of the CLI)."""
     argv = [sys.executable, "-m", "controller.scoring", *args.rest]
-    os.execv(sys.executable, argv)
+    # The scoring host's --help and usage errors name the command the user typed.
+    os.execve(sys.executable, argv, {**os.environ, "AMLOPS_PROG": "amlops serve"})
     return 0  # pragma: no cover - execv does not return
 
 
 # --- shared pieces ------------------------------------------------------------------------------
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
 
 
 # The redaction filter of this process's log handler: backends' credentials join it when they open.
@@ -234,8 +301,20 @@ def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
                 head = load_desired_state(head_root, manifests, revision=head_sha)
             except ValidationFailed as exc:
                 return _print_validation(exc)
+            files = changed_files(base, head, base_root, head_root)  # while both trees are on disk
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        print(f"amlops plan: {repo_dir} is not a Git repository (--repo names one)", file=sys.stderr)
+        return EXIT_ERROR
+    except (git.BadName, git.BadObject) as exc:
+        # An unknown ref is a user's typo or a branch not fetched yet: one line, never a traceback.
+        print(f"amlops plan: {exc} in {repo_dir} (is the branch fetched? git fetch origin <branch>)", file=sys.stderr)
+        return EXIT_ERROR
+    except git.GitCommandError as exc:
+        detail = " ".join(str(exc.stderr or exc).replace("stderr:", "").split()).strip("'\" ")
+        print(f"amlops plan: git {exc.command[1] if len(exc.command) > 1 else ''} failed: {detail}", file=sys.stderr)
+        return EXIT_ERROR
     except (git.GitError, ValueError) as exc:
-        print(f"amlops plan: {exc}", file=sys.stderr)
+        print(f"amlops plan: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_ERROR
     the_plan = plan(
         head,
@@ -245,6 +324,7 @@ def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
         base_revision=base_sha,
         allow_mass_delete=args.allow_mass_delete,
     )
+    the_plan = with_changed_files(the_plan, files)
     sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
     return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
 
@@ -259,7 +339,7 @@ def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple
     try:
         targets = target_step(desired, pool.backend_for)
         actual = read_step(targets)
-        options = ReconcileOptions(controller_name=settings.controller_name,
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
                                    allow_mass_delete=getattr(args, "allow_mass_delete", False))
         the_plan = plan_step(desired, actual, targets, options)
     except BackendError as exc:
@@ -286,7 +366,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Plan, show, confirm and apply once; exit 0 (nothing to do), 2 (applied) or 1 (failed).
+    """Plan, show, confirm and apply once; exit 0 (applied, or nothing to do) or 1 (failed, invalid, held,
+    refused); with ``--detailed-exitcode``, 2 when changes were applied.
 
     The plan shown is the plan applied: confirmation happens inside the reconcile pass, after its
     own read and plan, so nothing that changed while the prompt waited slips in unseen.
@@ -312,7 +393,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     try:
         outcome = reconcile(
             root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
-            ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
+            # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
+            ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+                             allow_mass_delete=args.allow_mass_delete,
                              parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                              confirm=confirm),
         )
@@ -327,13 +410,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{len(outcome.errors)} error(s); nothing applied", file=sys.stderr)
         return EXIT_ERROR
     if outcome.status is ReconcileStatus.NO_CHANGES:
-        return EXIT_OK
+        # Nothing to do can still mean a resource is stuck on this very input (Unschedulable, ...).
+        stalled = [c for c in outcome.plan.changes if c.reason.startswith("stalled")] if outcome.plan else []
+        for change in stalled:
+            print(f"amlops apply: {change.id} is still {change.reason.splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR if stalled else EXIT_OK
     if outcome.status is ReconcileStatus.HELD:
         print("amlops apply: nothing applied", file=sys.stderr)
         return EXIT_ERROR
     done = sum(1 for c in outcome.changes if c.status is ChangeStatus.SUCCEEDED)
     print(f"Apply {outcome.status.value}: {done} of {len(outcome.changes)} change(s) succeeded at {outcome.revision}.")
-    return EXIT_CHANGES if outcome.status is ReconcileStatus.APPLIED else EXIT_ERROR
+    if outcome.status is not ReconcileStatus.APPLIED:
+        return EXIT_ERROR
+    return EXIT_CHANGES if args.detailed_exitcode else EXIT_OK
 
 
 # --- status / history -----------------------------------------------------------------------------
@@ -403,6 +492,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if resource.details.get("placement"):
+            row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
     return row
 
 
@@ -426,7 +517,8 @@ def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[
 
 
 def _state_word(row: dict[str, Any]) -> str:
-    conditions = {c["type"]: c for c in row["conditions"] or row["recordedConditions"]}
+    live = [c for c in row["conditions"] if c["type"] != "Synced"]  # Synced is shown on its own
+    conditions = {c["type"]: c for c in live or row["recordedConditions"]}
     if conditions.get("Stalled", {}).get("status"):
         return f"Stalled ({conditions['Stalled']['reason']})"
     ready = conditions.get("Ready")
@@ -453,9 +545,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"amlops status: {error}", file=sys.stderr)
     code = EXIT_ERROR if errors else EXIT_OK
     source = Recorder(settings.state_dir).source_status()
+    # The same out-of-sync marking as the status page: an invalid or held latest revision ran nowhere.
+    last = {"status": source.last_status, "revision": source.last_attempted_revision, "errors": list(source.last_errors)}
+    for row in rows:
+        row["status"] = _state_word(row)  # the same one-word summary as /api/status gives
+        mark_sync(row, last)
     if args.output == "json":
-        payload = {"lastAppliedRevision": source.last_applied_revision, "lastAttemptedRevision": source.last_attempted_revision,
-                   "lastStatus": source.last_status, "resources": rows}
+        payload = {"formatVersion": JSON_FORMAT_VERSION, "lastAppliedRevision": source.last_applied_revision,
+                   "lastAttemptedRevision": source.last_attempted_revision, "lastStatus": source.last_status,
+                   "lastErrors": list(source.last_errors), "resources": rows}
         print(json.dumps(payload, indent=2, sort_keys=True, default=str))
         return code
     print(f"last applied revision: {source.last_applied_revision or '-'}   last attempted: "
@@ -464,7 +562,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no resources")
         return code
     for row in rows:
-        line = f"{row['kind'] + '/' + row['name']:<40} {_state_word(row):<28} rev {row['lastAppliedRevision'] or '-'}"
+        line = f"{row['kind'] + '/' + row['name']:<40} {row['status']:<28} rev {row['lastAppliedRevision'] or '-'}"
         if not row["managed"]:
             line += "  (not managed)"
         print(line)
@@ -474,8 +572,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
+            for replica in row.get("placement") or []:
+                gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
+                print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "
+                      f"{gpus or 'no GPU'}")
         for condition in row["conditions"]:
-            if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
+            if condition["message"] and (not condition["status"] or condition["type"] not in ("Ready", "Synced")):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
     return code
 
@@ -719,31 +821,86 @@ def _manifests_arg(parser: argparse.ArgumentParser) -> None:
                              "(default: manifests, if that folder is here; else the local backend only)")
 
 
+# --- exit codes, help and completion (every option has help; every command lists its exit codes) ---
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors exiting 64 (EX_USAGE): 2 means "changes" for plan and apply."""
+
+    def error(self, message: str) -> Any:  # argparse types this NoReturn; Any keeps mypy and ruff content
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _exit_codes(*lines: str) -> str:
+    return "exit codes:\n" + "\n".join(f"  {line}" for line in (*lines, "64  usage error (unknown flag, missing argument)"))
+
+
+_EXIT_PLAIN = _exit_codes("0   success", "1   error")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print the shell completion script (``source <(amlops completion bash)``)."""
+    sys.stdout.write(bash_completion(build_parser()))
+    return EXIT_OK
+
+
+# --- the parser ---------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    parser = argparse.ArgumentParser(prog="amlops", description="GitOps for Azure ML GPU inference")
-    parser.add_argument("--version", action="version", version=f"amlops {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="amlops", description="GitOps for Azure ML GPU inference",
+                     epilog=_exit_codes("0   success", "1   error", "2   changes (plan; apply --detailed-exitcode)"),
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"amlops {__version__}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    validate = sub.add_parser("validate", help="check manifests; exit 1 on any error")
-    validate.add_argument("paths", nargs="+", help="files or folders of manifests")
+    def command(name: str, help_text: str, epilog: str = _EXIT_PLAIN, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    validate = command("validate", "check manifests; exit 1 on any error",
+                       _exit_codes("0   every manifest is valid", "1   at least one error (each printed with file and line)"))
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="files or folders of manifests")
+    validate.add_argument("--output", choices=("text", "json", "github"), default="text",
+                          help="text (errors on stderr), json (a document on stdout), or github "
+                               "(::error annotations for GitHub Actions, on stdout)")
+    validate.add_argument("--render", action="store_true",
+                          help="also print the manifests as rendered (an overlay's kustomization applied)")
     validate.set_defaults(handler=cmd_validate)
 
-    schemas = sub.add_parser("schemas", help="JSON Schemas of the manifest kinds")
-    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
-    export = schemas_sub.add_parser("export", help="write schemas/*.json")
-    export.add_argument("--dir", default="schemas")
+    render = command("render", "print manifests as rendered (overlays applied), then validate them",
+                     _exit_codes("0   rendered and valid", "1   an error (each printed with file and line)"))
+    render.add_argument("paths", nargs="+", metavar="PATH",
+                        help="files or folders of manifests (a folder with a kustomization.yaml is rendered)")
+    render.set_defaults(handler=cmd_render)
+
+    schemas = command("schemas", "JSON Schemas of the manifest kinds")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, parser_class=_Parser, metavar="ACTION")
+    export = schemas_sub.add_parser("export", help="write schemas/*.json", description="write schemas/*.json",
+                                    epilog=_exit_codes("0   written, or up to date with --check", "1   stale (--check)"),
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("--dir", default="schemas", help="folder to write the schemas to (default schemas)")
     export.add_argument("--check", action="store_true", help="fail if the files on disk are stale")
     export.set_defaults(handler=cmd_schemas)
 
-    serve = sub.add_parser("serve", help="run one scoring host in the foreground (like azmlinfsrv)", add_help=False)
-    serve.add_argument("rest", nargs=argparse.REMAINDER)
+    # `serve` and `emulator` parse their own flags (main() hands them over); listed here for --help.
+    serve = command("serve", "run one scoring host in the foreground (like azmlinfsrv); see amlops serve --help",
+                    _exit_codes("0   drained after SIGTERM", "1   init() failed or the port could not be opened"),
+                    add_help=False)
+    serve.add_argument("rest", nargs=argparse.REMAINDER, help="the scoring host's flags")
     serve.set_defaults(handler=cmd_serve)
+    emulator = command("emulator", "run the Azure ML emulator (HTTPS); see amlops emulator --help", add_help=False)
+    emulator.add_argument("rest", nargs=argparse.REMAINDER, help="the emulator's flags")
 
-    plan_cmd = sub.add_parser("plan", help="show what apply would change (exit 0 none, 2 changes, 1 error)")
+    plan_cmd = command("plan", "show what apply would change (exit 0 none, 2 changes, 1 error)",
+                       _exit_codes("0   no changes", "1   error (invalid manifests, unreadable backend, unknown Git ref)",
+                                   "2   changes"))
     plan_cmd.add_argument("path_arg", nargs="?", default="manifests", metavar="PATH", help="manifests folder (default manifests)")
-    plan_cmd.add_argument("--output", choices=("text", "markdown", "json"), default="text")
-    plan_cmd.add_argument("--no-color", action="store_true")
+    plan_cmd.add_argument("--output", choices=("text", "markdown", "json"), default="text",
+                          help="text for a terminal, markdown for a pull request comment, json for programs")
+    plan_cmd.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
     plan_cmd.add_argument("--base", default=None, help="Git ref the plan starts from (no backend is read)")
     plan_cmd.add_argument("--head", default="HEAD", help="Git ref whose manifests would be merged (default HEAD)")
     plan_cmd.add_argument("--repo", default=".", help="Git repository for --base/--head (default .)")
@@ -752,46 +909,55 @@ def build_parser() -> argparse.ArgumentParser:
     _common(plan_cmd)
     plan_cmd.set_defaults(handler=cmd_plan)
 
-    apply = sub.add_parser("apply", help="plan and apply once, with live progress")
-    apply.add_argument("path_arg", nargs="?", default="manifests", metavar="PATH")
+    apply = command("apply", "plan and apply once, with live progress",
+                    _exit_codes("0   applied, or nothing to do",
+                                "1   error: invalid manifests, a failed change, a held plan, or no confirmation",
+                                "2   changes were applied (only with --detailed-exitcode)"))
+    apply.add_argument("path_arg", nargs="?", default="manifests", metavar="PATH", help="manifests folder (default manifests)")
     apply.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    apply.add_argument("--allow-mass-delete", action="store_true")
-    apply.add_argument("--parallelism", type=int, default=4)
-    apply.add_argument("--no-color", action="store_true")
+    apply.add_argument("--detailed-exitcode", action="store_true",
+                       help="exit 2 when changes were applied (0 only when there was nothing to do), like terraform")
+    apply.add_argument("--allow-mass-delete", action="store_true",
+                       help="apply a plan that deletes most owned resources instead of holding it")
+    apply.add_argument("--parallelism", type=int, default=4, help="changes applied at once (default 4)")
+    apply.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
     _common(apply)
     apply.set_defaults(handler=cmd_apply)
 
-    status = sub.add_parser("status", help="every resource with its state and conditions")
-    status.add_argument("--output", choices=("text", "json"), default="text")
+    status = command("status", "every resource with its state and conditions",
+                     _exit_codes("0   every backend in use was read", "1   a backend could not be read"))
+    status.add_argument("--output", choices=("text", "json"), default="text", help="text for people, json for programs")
     _manifests_arg(status)
     _common(status)
     status.set_defaults(handler=cmd_status)
 
-    history = sub.add_parser("history", help="recent reconciles, newest first")
-    history.add_argument("--limit", type=int, default=20)
-    history.add_argument("--output", choices=("text", "json"), default="text")
+    history = command("history", "recent reconciles, newest first")
+    history.add_argument("--limit", type=int, default=20, help="how many reconciles to show (default 20)")
+    history.add_argument("--output", choices=("text", "json"), default="text", help="text for people, json for programs")
     _common(history)
     history.set_defaults(handler=cmd_history)
 
-    keys = sub.add_parser("keys", help="print a service's keys (to stdout only)")
-    keys.add_argument("service")
-    keys.add_argument("--regenerate", choices=("primary", "secondary"), default=None)
-    keys.add_argument("--output", choices=("text", "json"), default="text")
+    keys = command("keys", "print a service's keys (to stdout only)")
+    keys.add_argument("service", help="web service name")
+    keys.add_argument("--regenerate", choices=("primary", "secondary"), default=None,
+                      help="regenerate this key first (callers using it are refused from then on)")
+    keys.add_argument("--output", choices=("text", "json"), default="text",
+                      help="json: primaryKey, secondaryKey, as Azure ML gives them")
     keys.add_argument("--primary", action="store_true", help="print only the primary key (for $(...) in scripts)")
     _manifests_arg(keys)
     _common(keys)
     keys.set_defaults(handler=cmd_keys)
 
-    token = sub.add_parser("token", help="print a fresh access token of a service with auth: token (to stdout only)")
-    token.add_argument("service")
+    token = command("token", "print a fresh access token of a service with auth: token (to stdout only)")
+    token.add_argument("service", help="web service name")
     token.add_argument("--output", choices=("text", "json"), default="text",
                        help="json: accessToken, tokenType, refreshAfter, expiryOn (Unix seconds), as Azure ML gives them")
     _manifests_arg(token)
     _common(token)
     token.set_defaults(handler=cmd_token)
 
-    logs = sub.add_parser("logs", help="a service replica's log")
-    logs.add_argument("service")
+    logs = command("logs", "a service replica's log")
+    logs.add_argument("service", help="web service name")
     logs.add_argument("--replica", type=int, default=0,
                       help="replica number, 0-based (local backend; Azure ML returns the log of a replica it picks)")
     logs.add_argument("--tail", type=int, default=100, help="lines to print first")
@@ -801,19 +967,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(logs)
     logs.set_defaults(handler=cmd_logs)
 
-    delete = sub.add_parser("delete", help="delete KIND/NAME or everything a manifests folder declares")
-    delete.add_argument("target", metavar="PATH|KIND/NAME")
-    delete.add_argument("--yes", "-y", action="store_true")
+    delete = command("delete", "delete KIND/NAME or everything a manifests folder declares",
+                     _exit_codes("0   deleted, or nothing of a folder's to delete",
+                                 "1   a delete failed, KIND/NAME was not found, or no confirmation"))
+    delete.add_argument("target", metavar="PATH|KIND/NAME", help="a manifests folder, or one resource such as Webservice/my-svc")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     delete.add_argument("--force", action="store_true", help="also delete resources amlops did not create")
     delete.add_argument("--include-retained", action="store_true",
                         help="also delete resources whose deletionPolicy is Retain (clusters, by default)")
-    delete.add_argument("--no-color", action="store_true")
+    delete.add_argument("--no-color", action="store_true", help="no ANSI colours (also when NO_COLOR is set)")
     _common(delete)
     delete.set_defaults(handler=cmd_delete)
 
-    run = sub.add_parser("run", help="the long-lived controller: watch a repo and keep its state applied")
+    run = command("run", "the long-lived controller: watch a repo and keep its state applied",
+                  _exit_codes("0   stopped cleanly (SIGTERM), or --once reconciled", "1   --once failed or was invalid",
+                              "3   --once held the plan (mass delete)"))
     add_run_arguments(run)
     run.set_defaults(handler=cmd_run)
+
+    completion = command("completion", "print a shell completion script: source <(amlops completion bash)")
+    completion.add_argument("shell", choices=("bash",), help="the shell to complete in")
+    completion.set_defaults(handler=cmd_completion)
     return parser
 
 
@@ -834,4 +1008,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         global _REDACTOR
         _REDACTOR = configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except StateDirFull as exc:  # a write the state dir's filesystem had no room for: one line, no traceback
+        print(f"amlops {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"amlops {args.command}: state dir full: {_settings(args).state_dir}: cannot write "
+              f"{exc.filename or 'a file'} ({exc.strerror})", file=sys.stderr)
+        return EXIT_ERROR

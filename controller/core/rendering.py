@@ -7,9 +7,14 @@ golden files in ``tests/golden/`` pin their output.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Final
 
+from controller.structs.errors import ManifestError
 from controller.structs.plans import Action, Change, FieldDiff, Plan
+
+# The version of every JSON document amlops prints (plan, status, validate): bumped on a breaking change.
+JSON_FORMAT_VERSION: Final = 1
 
 _VERBS: Final = {
     Action.CREATE: "create",
@@ -174,7 +179,7 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
     """The plan as plain data (the shape ``render_json`` prints and history stores); ``no_ops=False`` leaves no-ops out."""
     return {
         "revision": plan.revision,
-        "base_revision": plan.base_revision,
+        "baseRevision": plan.base_revision,
         "held": plan.held,
         "warnings": list(plan.warnings),
         "summary": {
@@ -189,10 +194,10 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
                 "name": c.id.name,
                 "action": c.action.value,
                 "reason": c.reason,
-                "manifest_file": c.manifest_file,
-                "depends_on": [str(d) for d in c.depends_on],
+                "manifestFile": c.manifest_file,
+                "dependsOn": [str(d) for d in c.depends_on],
                 "diffs": [
-                    {"path": d.path, "before": d.before, "after": d.after, "forces_replace": d.forces_replace}
+                    {"path": d.path, "before": d.before, "after": d.after, "forcesReplace": d.forces_replace}
                     for d in c.diffs
                 ],
             }
@@ -203,5 +208,46 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
-    """The plan as indented, key-sorted JSON text."""
-    return json.dumps(plan_to_json(plan), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    """The plan as indented, key-sorted JSON text (camelCase keys and a ``formatVersion``, as status and validate)."""
+    document = {"formatVersion": JSON_FORMAT_VERSION, **plan_to_json(plan)}
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+
+
+# --- validation results ---------------------------------------------------------------------------
+
+
+
+def manifest_error_to_json(error: ManifestError) -> dict[str, Any]:
+    """One manifest error as JSON: where it is (file, line, field), what it names, and the message."""
+    return {"file": error.file, "line": error.line or None, "kind": error.kind, "name": error.name,
+            "field": error.field, "message": error.message}
+
+
+def render_validation_json(resources: int, errors: Sequence[ManifestError]) -> str:
+    """``amlops validate --output json``: ``valid``, the resource count and every error, located."""
+    document = {"formatVersion": JSON_FORMAT_VERSION, "valid": not errors, "resources": resources,
+                "errors": [manifest_error_to_json(e) for e in errors]}
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _workflow_escape(text: str, *, property_value: bool = False) -> str:
+    """GitHub Actions' escaping for workflow-command data (and, stricter, property values)."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    if property_value:
+        text = text.replace(":", "%3A").replace(",", "%2C")
+    return text
+
+
+def render_validation_github(errors: Sequence[ManifestError]) -> str:
+    """Each error as a GitHub Actions ``::error file=…,line=…,title=…::message`` annotation line."""
+    lines = []
+    for error in errors:
+        props = [f"file={_workflow_escape(error.file, property_value=True)}"]
+        if error.line:
+            props.append(f"line={error.line}")
+        subject = " ".join(p for p in (error.kind, error.name) if p)
+        title = f"amlops: {subject} {error.field or ''}".strip()
+        props.append(f"title={_workflow_escape(title, property_value=True)}")
+        message = f"{error.field}: {error.message}" if error.field else error.message
+        lines.append(f"::error {','.join(props)}::{_workflow_escape(message)}\n")
+    return "".join(lines)

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aks-cluster", action="append", default=[], metavar="NAME=VMSIZE:COUNT",
                    help="an AKS cluster that exists in the first workspace's resource group, for v2 "
                         "KubernetesCompute attach (repeatable; also PUT …/managedClusters/{name} on ARM)")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="least severe level logged (default INFO)")
     return p
 
 

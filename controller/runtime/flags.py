@@ -22,6 +22,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--git-token-file", default=None, help="file holding an HTTPS token (or env AMLOPS_GIT_TOKEN)"
     )
     src.add_argument(
+        "--git-timeout",
+        type=float,
+        default=None,
+        help="seconds a git fetch may take before the remote counts as unreachable (default 30; config gitTimeout)",
+    )
+    src.add_argument(
         "--ssh-key-file", default=None, help="private key for SSH remotes (sets GIT_SSH_COMMAND)"
     )
     loop = parser.add_argument_group("loop")
@@ -59,9 +65,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-token-file", default=None, help="file holding the API bearer token (or env AMLOPS_API_TOKEN)"
     )
     srv.add_argument(
-        "--config", default=None, help="YAML file of settings re-read on SIGHUP (interval, *File keys)"
+        "--config", default=None, help="YAML file of settings re-read on SIGHUP (interval, *File keys, notifications)"
     )
     srv.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="default $AMLOPS_LOG_FORMAT or text"
     )
-    srv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    srv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                     help="least severe level logged (default info)")

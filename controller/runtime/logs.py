@@ -11,9 +11,9 @@ import logging
 import sys
 import threading
 import time
-from typing import Any
 
 from controller.sources.gitting import redact
+from controller.structs.logformats import JsonLogFormatter, record_fields
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -65,32 +65,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    """``extra={"fields": {...}}`` and any other ``extra`` keys, in that order."""
-    fields = getattr(record, "fields", None)
-    result = dict(fields) if isinstance(fields, dict) else {}
-    for key, value in record.__dict__.items():
-        if key not in _STANDARD and key != "fields" and not key.startswith("_"):
-            result.setdefault(key, value)
-    return result
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, event, then the fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-            **_fields(record),
-        }
-        if record.exc_text:
-            doc["exception"] = record.exc_text
-        elif record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+JsonFormatter = JsonLogFormatter  # one JSON line shape for every process (controller.structs.logformats)
 
 
 class TextFormatter(logging.Formatter):
@@ -99,7 +74,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         when = time.strftime("%H:%M:%S", time.localtime(record.created))
         parts = [when, f"{record.levelname:<7}", record.getMessage()]
-        for key, value in _fields(record).items():
+        for key, value in record_fields(record).items():
             text = str(value)
             parts.append(f"{key}={json.dumps(text) if (' ' in text or not text) else text}")
         line = " ".join(parts)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -39,15 +39,25 @@ from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
+from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
-from controller.runtime.statuses import StatusBoard
+from controller.runtime.statedirs import state_dir_problem, state_dir_status
+from controller.runtime.statuses import StatusBoard, mark_sync
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
+from controller.sources.gitting import (
+    GIT_TIMEOUT_S,
+    GitSource,
+    Snapshot,
+    SourceUnavailable,
+    looks_like_git_repo,
+    redact,
+)
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
+from controller.structs.notifications import Credentials, Notifications
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
-from controller.structs.states import ActualResource, ResourceId
+from controller.structs.states import ActualResource, ResourceId, source_id
 
 log = logging.getLogger("amlops.run")
 
@@ -60,7 +70,7 @@ DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
+EXIT_USAGE: Final = 64  # EX_USAGE, as the other commands; never 2, which means "changes"
 EXIT_HELD: Final = 3
 
 
@@ -89,10 +99,14 @@ class Reloadable:
     webhook_secret: str | None
     api_token: str | None
     git_token: str | None
+    notifications: Notifications = field(default_factory=Notifications)
+    notification_credentials: dict[str, Credentials] = field(default_factory=dict)
+    git_timeout: float = GIT_TIMEOUT_S
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
+        found = [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
+        return found + [v for c in self.notification_credentials.values() for v in c.values()]
 
 
 def _read_secret(path: str | None) -> str | None:
@@ -125,11 +139,26 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
     )
     if interval <= 0:
         raise SystemExit("amlops run: --interval must be positive")
+    try:
+        notifications = parse_notifications(args.config) if args.config else Notifications()
+        credentials = resolve_credentials(notifications)
+    except ConfigError as exc:
+        raise SystemExit(f"amlops run: --config: {exc}") from None
+    flag_timeout = getattr(args, "git_timeout", None)
+    try:
+        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
+    if git_timeout <= 0:
+        raise SystemExit("amlops run: --git-timeout must be positive")
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
         api_token=secret(args.api_token_file, "apiTokenFile", "AMLOPS_API_TOKEN"),
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
+        notifications=notifications,
+        notification_credentials=credentials,
+        git_timeout=git_timeout,
     )
 
 
@@ -147,6 +176,7 @@ def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable)
         branch=args.branch,
         token=settings.git_token,
         ssh_key_file=args.ssh_key_file,
+        timeout_s=settings.git_timeout,
     )
 
 
@@ -224,6 +254,7 @@ class Controller:
         self.redactor = redactor
         self.name = settings.controller_name
         self.state_dir = settings.state_dir
+        self.log_format = settings.log_format
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = load_reloadable(args)
         self.metrics = ControllerMetrics()
@@ -241,12 +272,15 @@ class Controller:
             },
             detect_only=args.detect_only,
         )
+        # The name of what this controller follows: its inventory is what this source applied.
+        self.source_id = source_id(self.source.display_url, args.branch, args.path)
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
         self.stop_requested = threading.Event()
         self.options = ReconcileOptions(
             controller_name=self.name,
+            source=self.source_id,
             detect_only=args.detect_only,
             allow_mass_delete=args.allow_mass_delete,
             parallelism=max(1, args.parallelism),
@@ -256,6 +290,7 @@ class Controller:
             stop=self.stop_requested,
         )
         self._reload_requested = False
+        self._refused = False  # a standby that found the leader following another source
         self._failures = 0
         self._history: list[dict[str, Any]] = []
         self.server = HttpServer(
@@ -269,6 +304,15 @@ class Controller:
                 branch=lambda: self.source.branch,
             ),
         )
+        # Reports of each revision's outcome: queued here, delivered on the receivers' own threads.
+        self.notifier = Notifier(self.name, self.source.display_url, args.path, self.metrics.registry,
+                                 lambda health: self.status.update(notifications=health))
+        self.notifier.configure(self.settings.notifications, self.settings.notification_credentials, self._status_url())
+
+    def _status_url(self) -> str:
+        host, _, port = self.server.address.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+        return f"http://{host}:{port}/"
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -294,8 +338,10 @@ class Controller:
             log.error("settings.reload.failed", extra={"fields": {"error": str(exc)}})
             return
         self.settings = fresh
+        self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
+            self.source.set_timeout(fresh.git_timeout)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
         log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
         self.wake("reload")
@@ -311,14 +357,17 @@ class Controller:
         self.server.start()
         log.info("http.listening", extra={"fields": {"address": self.server.address}})
         try:
-            if not self.lock.try_acquire():
+            if not self.lock.try_acquire(self.source_id):
+                if self._other_source():
+                    return EXIT_USAGE
                 self.status.update(role="standby")
                 log.info(
                     "leader.standby",
                     extra={"fields": {"lock": str(self.lock.path), "holder": self.lock.holder()}},
                 )
                 if not self._wait_for_lock():
-                    return EXIT_OK
+                    return EXIT_USAGE if self._refused else EXIT_OK
+            self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
             self.metrics.leader.set(1)
@@ -330,16 +379,46 @@ class Controller:
             return self._loop()
         finally:
             self.status.update(role="stopping")
+            self.notifier.close()
             self.source.close()
             self.backends.close()
             self.server.close()
             self.lock.release()
             log.info("controller.stopped", extra={"fields": {"pid": os.getpid()}})
 
+    def _close_interrupted(self) -> None:
+        """A pass the previous leader left ``applying`` was cut short (kill -9, power loss): say so in history."""
+        try:
+            closed = self.recorder.close_interrupted()
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("history.unwritable", extra={"fields": {"error": str(exc)}})
+            return
+        if closed:
+            log.warning("reconcile.interrupted", extra={"fields": {"passes": closed}})
+
+    def _other_source(self) -> bool:
+        """Whether the leader follows another source: then this one must not stand by to take over.
+
+        A standby is a spare for the same source. Taking over with another source would apply a
+        second repo's inventory over the first's history and state dir; refuse it, clearly.
+        """
+        leader = self.lock.holder_source()
+        if not leader or leader == self.source_id:
+            return False
+        message = (f"amlops run: the controller leading {self.state_dir} (pid {self.lock.holder() or '?'}) follows "
+                   f"{leader}; this one follows {self.source_id}. A standby must follow the same source: give this "
+                   "controller its own --state-dir (and --controller-name if both share a backend)")
+        log.error("leader.other_source", extra={"fields": {"leader_source": leader, "source": self.source_id}})
+        print(message, file=sys.stderr, flush=True)
+        return True
+
     def _wait_for_lock(self) -> bool:
         while not self.stop_requested.is_set():
-            if self.lock.try_acquire():
+            if self.lock.try_acquire(self.source_id):
                 return True
+            if self._other_source():
+                self._refused = True
+                return False
             if self._reload_requested:
                 self.reload()
             self.stop_requested.wait(LOCK_POLL_S)
@@ -388,6 +467,12 @@ class Controller:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
         log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # State dir: nothing can be recorded without it; say so instead of failing at the first write.
+        problem = state_dir_problem(self.state_dir)
+        self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        if problem is not None:
+            self._state_dir_failed(problem, started)
+            return None
         # Fetch: a snapshot of one revision, never a tree that is still moving.
         try:
             snapshot = self.source.fetch()
@@ -405,6 +490,7 @@ class Controller:
             branch=self.source.branch,
         )
         self.status.update(lastAttemptedRevision=snapshot.revision)
+        self.notifier.started(snapshot.revision)
         # Reconcile: load+validate, read actual, plan, apply, prune, health, record (core's pipeline).
         began = datetime.now(UTC)
         try:
@@ -425,17 +511,26 @@ class Controller:
                 snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
             )
         self._record(outcome, started)
+        self.notifier.reconciled(outcome, _summary(outcome))
         return outcome
 
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
+    def _state_dir_failed(self, message: str, started: float) -> None:
+        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        self._pass_failed(message, started)
+
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        self.metrics.reconciles.labels(status="failed").inc()
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
-        now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
+        self._pass_failed(message, started)
+
+    def _pass_failed(self, message: str, started: float) -> None:
+        self.metrics.reconciles.labels(status="failed").inc()
+        self.metrics.reconciled(ReconcileStatus.FAILED.value)
+        now = time.time()
         last = {
             "revision": None,
             "status": "failed",
@@ -459,6 +554,7 @@ class Controller:
         status = outcome.status.value
         self.metrics.reconcile_seconds.labels(status=status).observe(duration)
         self.metrics.reconciles.labels(status=status).inc()
+        self.metrics.reconciled(status)
         for change in outcome.changes:
             self.metrics.changes.labels(action=change.action.value, outcome=change.status.value).inc()
         if outcome.status in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES):
@@ -520,8 +616,13 @@ class Controller:
             if (change.id.kind is Kind.WEBSERVICE and change.status is ChangeStatus.SUCCEEDED
                     and change.action is not Action.DELETE and resource is not None
                     and resource.details.get("scoringUri")):
-                print(service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None),
-                      flush=True)
+                banner = service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None)
+                if self.log_format == "json":  # stdout carries JSON lines only in JSON mode
+                    log.info("service.ready", extra={"fields": {"service": change.id.name,
+                                                                "scoringUri": resource.details["scoringUri"],
+                                                                "howToCall": banner}})
+                else:
+                    print(banner, flush=True)
 
     def _publish_resources(self, observed: dict[ResourceId, ActualResource] | None = None) -> None:
         """Per-resource status for the page, the API and the gauges: the recorder's conditions,
@@ -536,6 +637,9 @@ class Controller:
         for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
             entry = status.to_json()
             live = observed.get(status.id)
+            conflict = status.condition("Stalled")
+            if conflict is not None and conflict.status and conflict.reason == "OwnershipConflict":
+                live = None  # what runs is another source's: its health says nothing about this one's manifest
             if live is not None:
                 merged = {c["type"]: c for c in entry["conditions"]}
                 merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
@@ -544,13 +648,13 @@ class Controller:
                 entry["details"] = resource_details(live)
             ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
             entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
+            mark_sync(entry, self.status.get("lastReconcile") or {})
             resources.append(entry)
         self.status.update(resources=resources)
-        self.metrics.set_resources(
-            ResourceCondition(r["kind"], c["type"], bool(c["status"]))
-            for r in resources
-            for c in r["conditions"]
-        )
+        conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
+                      for r in resources for c in r["conditions"]]
+        self.metrics.set_resources(conditions)
+        self.metrics.set_resource_conditions(conditions)
 
 
 def resource_details(resource: ActualResource) -> dict[str, Any]:
@@ -562,7 +666,7 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     replicas = details.get("replicas")
     if isinstance(replicas, dict) and "ready" in replicas:
         shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus"):
+    for key in ("modelVersions", "models", "version", "gpus", "placement"):
         if details.get(key):
             shown[key] = details[key]
     return shown

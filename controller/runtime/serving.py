@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from controller.core.rendering import JSON_FORMAT_VERSION
 from controller.runtime.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.runtime.statuses import StatusBoard
 from controller.runtime.webhooks import MAX_BODY_BYTES, bearer_token_valid, judge
+from controller.structs.logformats import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, e.metrics.render(), CONTENT_TYPE)
         elif path == "/api/status":
-            self._json(200, e.status.snapshot())
+            self._json(200, api_document(e.status.snapshot()))
         elif path in ("/", "/index.html"):
             self._send(200, render_page(e.status.snapshot()).encode(), "text/html; charset=utf-8")
         else:
@@ -147,6 +149,23 @@ class HttpServer:
         self._server.server_close()
 
 
+def _rfc3339_times(value: Any, key: str = "") -> Any:
+    """``value`` with every ``…At`` field given in seconds since the epoch written as RFC 3339 instead."""
+    if isinstance(value, dict):
+        return {k: _rfc3339_times(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rfc3339_times(v) for v in value]
+    if key.endswith("At") and isinstance(value, int | float) and not isinstance(value, bool):
+        return rfc3339(value)
+    return value
+
+
+def api_document(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``/api/status``: the status board in the shape every amlops JSON document has (camelCase keys,
+    RFC 3339 times, a ``formatVersion``), as ``amlops status --output json`` and plan JSON."""
+    return {"formatVersion": JSON_FORMAT_VERSION, **_rfc3339_times(snapshot)}
+
+
 def _when(ts: Any) -> str:
     if not isinstance(ts, int | float):
         return "—"
@@ -154,9 +173,9 @@ def _when(ts: Any) -> str:
 
 
 def _tone(condition: dict[str, Any]) -> str:
-    """Green for good news, red for bad, amber for what deserves a look (Ready is the only positive type)."""
+    """Green for good news, red for bad, amber for what deserves a look (Ready and Synced are the positive types)."""
     active = bool(condition.get("status"))
-    if condition.get("type") == "Ready":
+    if condition.get("type") in ("Ready", "Synced"):
         return "ok" if active else "bad"
     if condition.get("type") in ("Substituted", "Progressing", "GpuUnavailable"):
         return "warn" if active else "ok"
@@ -175,6 +194,11 @@ def render_page(doc: dict[str, Any]) -> str:
             f"{esc(str(c.get('type')))}: {esc(str(c.get('reason')))}</span>"
             for c in r.get("conditions") or []
         )
+        # What is wrong is written out, not left to a tooltip a reader may never hover over.
+        conds += "".join(
+            f'<div class="msg">{esc(str(c.get("type")))}: {esc(str(c.get("message")))}</div>'
+            for c in r.get("conditions") or [] if c.get("message") and _tone(c) != "ok"
+        )
         detail = r.get("details") or {}
         parts = []
         if detail.get("scoringUri"):
@@ -187,7 +211,8 @@ def render_page(doc: dict[str, Any]) -> str:
         extra = "<br>".join(parts)
         rows.append(
             f"<tr><td>{esc(str(r.get('kind')))}</td><td>{esc(str(r.get('name')))}</td>"
-            f"<td>{esc(str(r.get('status') or ''))}</td><td>{conds}</td><td>{extra}</td></tr>"
+            f"<td class=\"{'stale' if r.get('inSync') is False else ''}\">{esc(str(r.get('status') or ''))}</td>"
+            f"<td>{conds}</td><td>{extra}</td></tr>"
         )
     errors = "".join(f"<li><code>{esc(str(err))}</code></li>" for err in last.get("errors") or [])
     changes = "".join(
@@ -200,6 +225,17 @@ def render_page(doc: dict[str, Any]) -> str:
         f"<td>{esc(str(h.get('status')))}</td><td>{esc(str(h.get('summary', '')))}</td></tr>"
         for h in doc.get("history") or []
     )
+    receivers = "".join(
+        f"<tr><td>{esc(str(n.get('name')))}</td><td>{esc(str(n.get('type')))}</td><td>"
+        + " ".join(f'<span class="c {_tone(c)}">{esc(str(c.get("type")))}: {esc(str(c.get("reason")))}</span> '
+                   f"{esc(str(c.get('message', '')))}" for c in n.get("conditions") or [])
+        + f"</td><td>{esc(str(n.get('delivered')))} / {esc(str(n.get('failed')))} / {esc(str(n.get('dropped')))}</td></tr>"
+        for n in doc.get("notifications") or []
+    )
+    notifications = (
+        "<h2>Notifications</h2><table><tr><th>Receiver</th><th>Type</th><th>Condition</th>"
+        f"<th>Delivered / failed / dropped</th></tr>{receivers}</table>" if receivers else ""
+    )
     status = str(last.get("status", "pending"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
@@ -209,6 +245,7 @@ body{{font:14px system-ui,sans-serif;margin:2em;color:#222}} table{{border-colla
 td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}} code{{font-size:13px}}
 .c{{display:inline-block;padding:1px 6px;margin:1px;border-radius:8px;font-size:12px}}
 .ok{{background:#d4f4dd}} .bad{{background:#fbd5d5}} .warn{{background:#fdecc8}}
+.msg{{font-size:12px;color:#8a1c1c;margin-top:2px}} .stale{{color:#b01c1c;font-weight:bold}}
 .s-applied,.s-no-changes{{color:#17702e}} .s-invalid,.s-failed{{color:#b01c1c}} .s-held,.s-detected{{color:#8a5a00}}
 </style></head><body>
 <h1>amlops <small>{esc(str(doc.get("controller")))} ({esc(str(doc.get("role")))})</small></h1>
@@ -223,6 +260,7 @@ next at {_when(doc.get("nextReconcileAt"))}.</p>
 {f"<h2>Changes</h2><ul>{changes}</ul>" if changes else ""}
 <h2>Resources</h2>
 <table><tr><th>Kind</th><th>Name</th><th>Status</th><th>Conditions</th><th>Live</th></tr>{"".join(rows)}</table>
+{notifications}
 <h2>History</h2>
 <table><tr><th>Finished</th><th>Revision</th><th>Status</th><th>Summary</th></tr>{history}</table>
 </body></html>

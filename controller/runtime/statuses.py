@@ -10,7 +10,7 @@ import copy
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Final
 
 
 class StatusBoard:
@@ -55,13 +55,40 @@ class StatusBoard:
             return copy.deepcopy(self._doc.get(key))
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once this process leads, has attempted a reconcile, and the source answered last time."""
+        """Ready once this process leads, has attempted a reconcile, the source answered last time, and
+        the last pass did not leave the revision degraded (stalled or conflicting resources)."""
         with self._lock:
             role = self._doc["role"]
             if role != "leader":
                 return False, role
             if self._doc["lastReconcile"] is None:
                 return False, "first reconcile not attempted yet"
+            if (self._doc.get("stateDir") or {}).get("error"):
+                return False, str(self._doc["stateDir"]["error"])
             if self._doc["source"]["reachable"] is False:
                 return False, "source unreachable: " + str(self._doc["source"]["lastFetchError"])
+            last = self._doc["lastReconcile"]
+            if last.get("status") == "degraded":
+                # Resources stalled on this revision (or claimed by another source): it is not applied.
+                errors = last.get("errors") or []
+                return False, "degraded: " + (str(errors[0]) if errors else "revision not applied")
             return True, "ready"
+
+
+# Outcomes after which what runs is not the latest revision: nothing of it was applied.
+_NOT_APPLIED: Final = {"invalid": "ValidationFailed", "held": "PlanHeld"}
+
+
+def mark_sync(entry: dict[str, Any], last: dict[str, Any]) -> None:
+    """Say whether ``entry`` runs the latest revision (``inSync``); when the latest was invalid or held,
+    add a false ``Synced`` condition (naming the resource's own errors, if any) and mark its status."""
+    reason = _NOT_APPLIED.get(str(last.get("status")))
+    entry["inSync"] = reason is None
+    if reason is None:
+        return
+    own = [e for e in last.get("errors") or [] if f"{entry['kind']} {entry['name']}:" in str(e)]
+    running = entry.get("lastAppliedRevision") or "an earlier revision"
+    message = (f"revision {last.get('revision')} was not applied ({last.get('status')}); still running {running}"
+               + (f": {own[0]}" if own else ""))
+    entry["conditions"] = [*entry["conditions"], {"type": "Synced", "status": False, "reason": reason, "message": message}]
+    entry["status"] = f"{entry['status']}, out of sync"

@@ -17,6 +17,7 @@ from controller.scoring.sockets import FdServer, open_listener
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse flags, open the listening socket and serve; returns the process exit status."""
     options = parse_options(sys.argv[1:] if argv is None else argv)
+    os.environ.pop("AMLOPS_PROG", None)  # set by `amlops serve` for --help only; user code never sees it
     configure_events(options.log_format)
     tensorflow_defaults = apply_tensorflow_defaults(os.environ)  # before anything can import TensorFlow
     if options.model_dir:

@@ -9,6 +9,7 @@ child fails or dies unexpectedly, so the supervisor restarts the whole replica.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -37,7 +38,7 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                  write_status: Callable[..., None], start_fd_server: Callable[[], Callable[[], None]]) -> int:
     """Fork ``options.workers`` children on ``listener`` and supervise them; returns the exit status."""
     pipes: dict[int, int] = {}
-    for _ in range(options.workers):
+    for worker in range(options.workers):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -46,7 +47,9 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                 os.close(other)
             code = 1
             try:
-                code = serve_process(options, listener, _pipe_reporter(write_fd), lambda: None)
+                # Each worker keeps its own counters: its metrics carry its index.
+                code = serve_process(dataclasses.replace(options, worker=worker), listener,
+                                     _pipe_reporter(write_fd), lambda: None)
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -63,6 +66,7 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
     states = dict.fromkeys(pipes, "initializing")
     buffers = dict.fromkeys(pipes, b"")
     gpus: Any = None
+    device: dict[str, Any] = {}  # the workers' DeviceReport fields (one model, one device: the last says it)
     code = 0
     stop_deadline: float | None = None
     write_status("initializing")
@@ -90,11 +94,12 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                     message = orjson.loads(line)
                     states[pid] = message["state"]
                     gpus = message.get("tensorflowGpus", gpus)
+                    device.update({k: message[k] for k in ("device", "deviceSource", "deviceName") if k in message})
                     if message["state"] == "failed" and not stopping:
                         write_status("failed", error=message.get("error"))
                         stopping, code = True, 1
                 if states and all(state == "ready" for state in states.values()) and not stopping:
-                    write_status("ready", tensorflowGpus=gpus)
+                    write_status("ready", tensorflowGpus=gpus, **device)
             done_pid, status = os.waitpid(pid, os.WNOHANG)
             if done_pid:
                 os.close(pipes.pop(pid))

@@ -1,4 +1,12 @@
-"""Prometheus metrics of one scoring process (each pre-forked worker keeps its own).
+"""Prometheus metrics of one scoring process (each pre-forked worker keeps its own), and one view of them all.
+
+Every replica of a service answers on one port, so a scrape lands on whichever process accepts it;
+on its own, each answer would be that process's counters alone, and a scraper would see them jump
+between processes (11, 18, 1, 18…) as resets. So every series carries ``service``, ``version``,
+``replica`` and ``worker`` labels, each process writes its snapshot to the service's shared
+metrics folder (``--metrics-dir``) about every second, and ``/metrics`` answers with its own live
+counters plus the latest snapshot of every other live process there: any process gives the view of
+all, each series monotonic, at most a second behind for the other processes.
 
 The hot path pays for plain integer updates only: counts live in dicts and lists owned by one
 thread each (the event loop for requests, each slot thread for its own batch sizes), so no lock
@@ -9,12 +17,21 @@ the counts into metric families only when ``/metrics`` is scraped (or the regist
 
 from __future__ import annotations
 
+import contextlib
+import os
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+
+from controller.scoring.devices import DeviceReport
+
+IDENTITY_LABELS = ("service", "version", "replica", "worker")
+SNAPSHOT_SUFFIX = ".prom"
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -64,13 +81,16 @@ class ScoringMetrics(Collector):
     histogram each.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, identity: Mapping[str, str] | None = None, share_dir: str | None = None) -> None:
+        self.identity = [str((identity or {}).get(name, "")) for name in IDENTITY_LABELS]
+        self.share_dir = Path(share_dir) if share_dir else None
         self.requests: dict[tuple[str, int], int] = {}
         self.latency: dict[str, Buckets] = {}
         self.in_flight = 0
         self.run_errors: dict[str, int] = {}
         self.queue_rejections: dict[str, int] = {}
         self.batch_sizes: list[Buckets] = []
+        self.device: DeviceReport | None = None  # set once, after init()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -88,7 +108,7 @@ class ScoringMetrics(Collector):
         self.run_errors[kind] = self.run_errors.get(kind, 0) + 1
 
     def count_queue_rejection(self, reason: str) -> None:
-        """One request answered 503 for a ``full`` queue or a ``wait`` past the limit."""
+        """One request answered 503 for a ``full`` queue, a ``wait`` past the limit or ``bytes`` over the body budget."""
         self.queue_rejections[reason] = self.queue_rejections.get(reason, 0) + 1
 
     def batch_recorder(self) -> Buckets:
@@ -99,34 +119,120 @@ class ScoringMetrics(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         """Metric families built from the counts (called by the registry on a scrape)."""
+        ident, names = self.identity, list(IDENTITY_LABELS)
         requests = CounterMetricFamily("amlops_scoring_requests", "HTTP requests answered, by route and status code.",
-                                       labels=["route", "code"])
+                                       labels=[*names, "route", "code"])
         for (route, code), count in list(self.requests.items()):
-            requests.add_metric([route, str(code)], count)
+            requests.add_metric([*ident, route, str(code)], count)
         yield requests
         latency = HistogramMetricFamily("amlops_scoring_request_seconds",
-                                        "Time from a request's last byte to its response.", labels=["route"])
+                                        "Time from a request's last byte to its response.", labels=[*names, "route"])
         for route, histogram in list(self.latency.items()):
             buckets, total = merged([histogram], LATENCY_BUCKETS)
-            latency.add_metric([route], buckets, total)
+            latency.add_metric([*ident, route], buckets, total)
         yield latency
-        yield GaugeMetricFamily("amlops_scoring_in_flight", "Scoring requests accepted and not yet answered.",
-                                value=self.in_flight)
+        in_flight = GaugeMetricFamily("amlops_scoring_in_flight", "Scoring requests accepted and not yet answered.",
+                                      labels=names)
+        in_flight.add_metric(ident, self.in_flight)
+        yield in_flight
         errors = CounterMetricFamily("amlops_scoring_run_errors",
-                                     "run() calls that raised or overran --scoring-timeout-ms.", labels=["kind"])
+                                     "run() calls that raised or overran --scoring-timeout-ms.", labels=[*names, "kind"])
         for kind, count in list(self.run_errors.items()):
-            errors.add_metric([kind], count)
+            errors.add_metric([*ident, kind], count)
         yield errors
         rejections = CounterMetricFamily("amlops_scoring_queue_rejections",
-                                         "Requests answered 503 because no slot freed up in time.", labels=["reason"])
+                                         "Requests answered 503: no slot freed up in time, or the body budget was spent.", labels=[*names, "reason"])
         for reason, count in list(self.queue_rejections.items()):
-            rejections.add_metric([reason], count)
+            rejections.add_metric([*ident, reason], count)
         yield rejections
-        batch = HistogramMetricFamily("amlops_scoring_batch_size", "Requests handed to one run()/run_batch() call.")
+        batch = HistogramMetricFamily("amlops_scoring_batch_size", "Requests handed to one run()/run_batch() call.",
+                                      labels=names)
         buckets, total = merged(list(self.batch_sizes), BATCH_BUCKETS)
-        batch.add_metric([], buckets, total)
+        batch.add_metric(ident, buckets, total)
         yield batch
+        device = self.device
+        if device is not None:
+            info = GaugeMetricFamily("amlops_scoring_device_info",
+                                     "The device TensorFlow placed the model on (1 for the one in use).",
+                                     labels=["device", "source"])
+            info.add_metric([device.device, device.source], 1)
+            yield info
+
+    # The shared view ---------------------------------------------------------------------------
+
+    def _snapshot_path(self) -> Path | None:
+        return None if self.share_dir is None else self.share_dir / f"{os.getpid()}{SNAPSHOT_SUFFIX}"
+
+    def write_snapshot(self) -> None:
+        """Write this process's metrics where the service's other processes read them (tmp + rename)."""
+        target = self._snapshot_path()
+        if target is None:
+            return
+        with contextlib.suppress(OSError):  # a full or vanished folder costs the shared view, never a request
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(generate_latest(self.registry))
+            os.replace(tmp, target)
+
+    def remove_snapshot(self) -> None:
+        """Forget this process's snapshot (it stops serving: its series end)."""
+        target = self._snapshot_path()
+        if target is not None:
+            with contextlib.suppress(OSError):
+                target.unlink()
+
+    def _peer_snapshots(self) -> list[str]:
+        """The latest snapshot of every other live process of the service; dead ones' files are removed."""
+        if self.share_dir is None or not self.share_dir.is_dir():
+            return []
+        texts = []
+        for path in sorted(self.share_dir.glob(f"*{SNAPSHOT_SUFFIX}")):
+            pid = int(path.stem) if path.stem.isdigit() else 0
+            if pid == os.getpid() or pid <= 0:
+                continue
+            if not _alive(pid):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                texts.append(path.read_text())
+        return texts
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)
+        """The text exposition of this process's live metrics and every live peer's latest snapshot."""
+        own = generate_latest(self.registry)
+        peers = self._peer_snapshots()
+        if not peers:
+            return own
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged([own.decode(), *peers]))
+        return generate_latest(registry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Merged(Collector):
+    """Several expositions as one: each family once, with the samples of all (their labels tell them apart)."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = texts
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for text in self.texts:
+            try:
+                parsed = list(text_string_to_metric_families(text))
+            except ValueError:  # a snapshot cut short: skip it until its next write
+                continue
+            for family in parsed:
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                merged.samples.extend(family.samples)
+        yield from families.values()

@@ -10,6 +10,7 @@ Log lines go to stderr, one per event: ``event=<name> key=value ...`` (text) or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -18,7 +19,10 @@ from typing import Any
 
 import orjson
 
+from controller.structs.logformats import log_document
+
 _format = "text"
+_status_unwritten = False
 
 
 def configure_events(log_format: str) -> None:
@@ -29,11 +33,12 @@ def configure_events(log_format: str) -> None:
 
 def log_event(event: str, **fields: Any) -> None:
     """Write one structured line for ``event`` to stderr."""
-    record: dict[str, Any] = {"ts": round(time.time(), 3), "event": event, "pid": os.getpid()}
-    record.update(fields)
-    if _format == "json":
-        line = orjson.dumps(record, default=str).decode()
+    now = time.time()
+    if _format == "json":  # the same keys as the controller's and the supervisor's JSON lines
+        level = "error" if event.endswith("failed") else "info"
+        line = orjson.dumps(log_document(now, level, event, {"pid": os.getpid(), **fields}), default=str).decode()
     else:
+        record: dict[str, Any] = {"ts": round(now, 3), "event": event, "pid": os.getpid(), **fields}
         line = " ".join(f"{key}={_text_value(value)}" for key, value in record.items())
     try:
         sys.stderr.write(line + "\n")
@@ -50,20 +55,32 @@ def _text_value(value: Any) -> str:
     return text
 
 
-def write_status(path: str | None, state: str, **fields: Any) -> None:
+def write_status(path: str | None, state: str, **fields: Any) -> bool:
     """Atomically replace the status file at ``path`` (tmp + rename) with ``state`` and ``fields``.
 
     A supervisor polls this file to see readiness without HTTP, so a reader must never see a
-    half-written document.
+    half-written document. A write that fails (a full disk) is logged and reported False: the
+    replica serves on, and the load reports write the file again until one succeeds.
     """
+    global _status_unwritten
     if not path:
-        return
+        return True
     document: dict[str, Any] = {"pid": os.getpid(), "state": state, "error": None}
     document.update(fields)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
-        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if not _status_unwritten:
+            log_event("status_write_failed", path=path, error=exc.strerror or str(exc))
+        _status_unwritten = True
+        return False
+    _status_unwritten = False
+    return True
 
 
 LOAD_REPORT_INTERVAL_S = 1.0
@@ -87,6 +104,6 @@ def report_load(
     if value is None:
         return
     count = int(value)
-    if count != last:
+    if count != last or _status_unwritten:
         report(inFlight=count, capacity=capacity)
     loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, count)

@@ -29,6 +29,8 @@ BASE_IMAGE_ALIASES: Final[dict[str, str]] = {
 }
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
+# The string forms of a model reference, ``name`` and ``name:version``, as the exported schema states them.
+MODEL_REF_PATTERN: Final = r"^[^:]+(:[1-9][0-9]*)?$"
 
 
 class Kind(StrEnum):
@@ -65,6 +67,8 @@ class Metadata(_Strict):
 class SecretRef(_Strict):
     """Where a secret is read from at run time; the value itself never appears in a manifest."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["fromEnv"]}, {"required": ["fromFile"]}]})
+
     fromEnv: str | None = None
     fromFile: str | None = None
 
@@ -77,6 +81,8 @@ class SecretRef(_Strict):
 
 class ValueRef(_Strict):
     """A non-secret value given inline or by reference."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["value"]}, {"required": ["fromEnv"]}, {"required": ["fromFile"]}]})
 
     value: str | None = None
     fromEnv: str | None = None
@@ -91,6 +97,11 @@ class ValueRef(_Strict):
 
 class Credentials(_Strict):
     """How the azureml backend logs in: a service principal, a managed identity or the Azure CLI."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"type": {"const": "servicePrincipal"}}},
+        "then": {"required": ["tenantId", "clientId", "clientSecret"]},
+    })
 
     type: Literal["servicePrincipal", "managedIdentity", "azureCli"] = "servicePrincipal"
     tenantId: ValueRef | None = None
@@ -108,6 +119,11 @@ class Credentials(_Strict):
 
 class WorkspaceSpec(_Strict):
     """An Azure ML workspace (``Workspace.get``) and the backend that reaches it."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"backend": {"const": "azureml"}}, "required": ["backend"]},
+        "then": {"required": ["subscriptionId", "resourceGroup"]},
+    })
 
     backend: Literal["local", "azureml"] = "local"
     subscriptionId: str | None = None
@@ -160,6 +176,11 @@ class AksClusterSpec(_Strict):
 
 class EnvironmentSpec(_Strict):
     """A runtime environment (``Environment.from_conda_specification`` / ``from_pip_requirements``)."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"not": {"required": ["condaFile", "conda"]}, "description": "set condaFile or conda, not both"},
+        {"not": {"required": ["pipRequirements", "pip"]}, "description": "set pipRequirements or pip, not both"},
+    ]})
 
     workspace: str | None = None
     condaFile: str | None = None
@@ -283,6 +304,11 @@ class SampleRequest(_Strict):
     ``compareWithLive`` is set, the live version's answer to the same request.
     """
 
+    model_config = ConfigDict(json_schema_extra={
+        **{"oneOf": [{"required": ["file"]}, {"required": ["body"]}]},
+        "not": {"required": ["expect", "expectFile"]},
+    })
+
     file: str | None = None
     body: str | None = None
     expect: str | None = None
@@ -306,6 +332,13 @@ class Rollout(_Strict):
     and judges each with ``analysis``, rolling back at the first failed check.
     """
 
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"strategy": {"const": "canary"}}, "required": ["strategy"]},
+        "then": {"required": ["steps"], "properties": {"steps": {"minItems": 1}}},
+        "else": {"not": {"anyOf": [{"required": ["steps"], "properties": {"steps": {"minItems": 1}}},
+                                   {"required": ["analysis"], "properties": {"analysis": {"type": "object"}}}]}},
+    })
+
     strategy: Literal["rolling", "blueGreen", "canary"] = "rolling"
     steps: list[RolloutStep] = Field(default_factory=list)
     analysis: Analysis | None = None
@@ -327,9 +360,23 @@ class Rollout(_Strict):
 class WebserviceSpec(_Strict):
     """A web service on AKS (``AksWebservice.deploy_configuration`` + ``InferenceConfig`` + ``Model.deploy``)."""
 
+    # The rules of _deploy_configuration_rules, stated for JSON Schema validators (editors, check-jsonschema).
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        {"not": {"required": ["replicas", "autoscale"],
+                 "properties": {"replicas": {"type": "integer"}, "autoscale": {"type": "object"}}},
+         "description": "set replicas or autoscale, not both"},
+        {"if": {"not": {"required": ["entryScript"]}},
+         "then": {"required": ["models"], "properties": {"models": {"minItems": 1, "maxItems": 1}}},
+         "description": "a service without entryScript (no-code deployment) needs exactly one model"},
+    ]})
+
     workspace: str | None = None
     cluster: str
-    models: list[Annotated[ModelRef, BeforeValidator(_parse_model_ref)]] = Field(default_factory=list)
+    # ``name`` or ``name:version`` (a string) or the mapping form; the schema shows both.
+    models: list[Annotated[ModelRef, BeforeValidator(
+        _parse_model_ref,
+        json_schema_input_type=Annotated[str, Field(pattern=MODEL_REF_PATTERN, description="name or name:version")] | ModelRef,
+    )]] = Field(default_factory=list)
     environment: str | None = None
     entryScript: str | None = None
     sourceDirectory: str | None = None
@@ -407,6 +454,9 @@ class ModelManifest(_Envelope):
 
 class ServiceMetadata(Metadata):
     """Metadata of a web service, whose name Azure ML restricts further (it becomes a host name part)."""
+
+    # The validator below gives the readable message; the pattern tells JSON Schema validators the same rule.
+    name: str = Field(json_schema_extra={"pattern": _SERVICE_NAME.pattern})
 
     @field_validator("name")
     @classmethod

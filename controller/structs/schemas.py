@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel
 
@@ -16,16 +16,49 @@ def schema_file_name(kind: Kind) -> str:
     return f"{kind.value.lower()}.json"
 
 
+ANY_KIND_SCHEMA: Final = "amlops.json"
+_DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+
 def manifest_schemas() -> dict[str, dict[str, Any]]:
-    """One JSON Schema per kind, keyed by file name."""
+    """One JSON Schema per kind, keyed by file name, and ``amlops.json``, which picks the kind's by ``kind``."""
     schemas: dict[str, dict[str, Any]] = {}
     for kind, model in MANIFEST_TYPES.items():
         schema = model.model_json_schema(mode="validation")
-        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$schema"] = _DRAFT
         schema["$id"] = f"https://amlops.dev/schemas/{API_VERSION}/{schema_file_name(kind)}"
         schema["title"] = f"amlops {kind.value}"
         schemas[schema_file_name(kind)] = schema
+    schemas[ANY_KIND_SCHEMA] = any_kind_schema()
     return schemas
+
+
+def any_kind_schema() -> dict[str, Any]:
+    """One schema for every manifest (for an editor's ``**/manifests/**/*.yaml`` glob, multi-document files too).
+
+    ``kind`` selects the kind's schema with ``if``/``then``, so an error is reported against that
+    kind alone rather than as "matches none of five" (what a bare ``oneOf`` gives).
+    """
+    definitions: dict[str, Any] = {}
+    branches = []
+    for kind, model in MANIFEST_TYPES.items():
+        schema = model.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+        for name, definition in schema.pop("$defs", {}).items():
+            if definitions.setdefault(name, definition) != definition:
+                raise ValueError(f"two kinds define {name} differently")
+        definitions[model.__name__] = schema
+        branches.append({"if": {"properties": {"kind": {"const": kind.value}}, "required": ["kind"]},
+                         "then": {"$ref": f"#/$defs/{model.__name__}"}})
+    return {
+        "$schema": _DRAFT,
+        "$id": f"https://amlops.dev/schemas/{API_VERSION}/{ANY_KIND_SCHEMA}",
+        "title": "amlops manifest (any kind)",
+        "type": "object",
+        "required": ["apiVersion", "kind"],
+        "properties": {"apiVersion": {"const": API_VERSION}, "kind": {"enum": [k.value for k in MANIFEST_TYPES]}},
+        "allOf": branches,
+        "$defs": dict(sorted(definitions.items())),
+    }
 
 
 def _type_name(annotation: Any) -> str:

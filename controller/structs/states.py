@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from pathlib import PurePosixPath
 from typing import Any, Final, NamedTuple
 
 from controller.structs.manifests import KIND_ORDER, AnyManifest, Kind, WorkspaceManifest
@@ -15,6 +16,21 @@ MANAGED_BY_TAG: Final = "amlops.dev/managed-by"
 MANIFEST_PATH_TAG: Final = "amlops.dev/manifest-path"
 REVISION_TAG: Final = "amlops.dev/revision"
 DIGEST_TAG: Final = "amlops.dev/digest"
+# Which source applied the resource: a controller's inventory is what its own source applied.
+SOURCE_TAG: Final = "amlops.dev/source"
+OWNERSHIP_TAGS: Final = (MANAGED_BY_TAG, MANIFEST_PATH_TAG, REVISION_TAG, DIGEST_TAG, SOURCE_TAG)
+
+
+def source_id(url: str, branch: str | None, path: str) -> str:
+    """One name for a source (repo URL or folder, branch, path inside), as kustomize writes a remote target.
+
+    ``https://git.example.com/ml/deploy//manifests?ref=main``; no ``?ref`` when the default branch
+    is followed. Two controllers (or an ``amlops apply`` from the repo root and a controller on the
+    same repo) name the same source alike, so they share one inventory.
+    """
+    clean = url.rstrip("/").removesuffix(".git")
+    inside = PurePosixPath(path or ".").as_posix().strip("/") or "."
+    return f"{clean}//{inside}" + (f"?ref={branch}" if branch else "")
 
 
 class ResourceId(NamedTuple):
@@ -33,19 +49,32 @@ class ResourceId(NamedTuple):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a manifest came from: repo-relative file, the line of its document, and each field's line."""
+    """Where a manifest came from: repo-relative file, the line of its document, and each field's line.
+
+    ``field_files`` names another file for fields set elsewhere (an overlay's patch): a field's
+    file is that of the nearest ancestor with a line, ``file`` unless ``field_files`` says otherwise.
+    """
 
     file: str
     line: int
     field_lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
+    field_files: Mapping[tuple[str | int, ...], str] = field(default_factory=dict, compare=False, repr=False)
 
     def line_of(self, path: tuple[str | int, ...]) -> int:
         """The line of ``path`` in the document, or of its nearest ancestor that has one."""
+        return self.locate(path)[1]
+
+    def file_of(self, path: tuple[str | int, ...]) -> str:
+        """The file that set ``path`` (or its nearest ancestor that has a line)."""
+        return self.locate(path)[0]
+
+    def locate(self, path: tuple[str | int, ...]) -> tuple[str, int]:
+        """``(file, line)`` of ``path``, or of its nearest ancestor that has a line."""
         while path:
             if path in self.field_lines:
-                return self.field_lines[path]
+                return self.field_files.get(path, self.file), self.field_lines[path]
             path = path[:-1]
-        return self.line
+        return self.file, self.line
 
 
 @dataclass(frozen=True)
@@ -69,6 +98,19 @@ class DesiredResource:
     @property
     def id(self) -> ResourceId:
         return ResourceId(Kind(self.manifest.kind), self.manifest.metadata.name)
+
+
+def ownership_tags(controller_name: str, source: str, revision: str, resource: DesiredResource) -> dict[str, str]:
+    """The tags every backend writes on what it applies: who, from which source, file, revision and digest."""
+    tags = {
+        MANAGED_BY_TAG: controller_name,
+        MANIFEST_PATH_TAG: resource.origin.file,
+        REVISION_TAG: revision,
+        DIGEST_TAG: resource.digest,
+    }
+    if source:
+        tags[SOURCE_TAG] = source
+    return tags
 
 
 @dataclass(frozen=True)
@@ -135,6 +177,19 @@ class ActualResource:
     def owned_by(self, controller_name: str) -> bool:
         """Whether the controller named ``controller_name`` created this resource."""
         return self.tags.get(MANAGED_BY_TAG) == controller_name
+
+    @property
+    def source(self) -> str:
+        """The source that applied this resource ('' when none was recorded)."""
+        return self.tags.get(SOURCE_TAG, "")
+
+    def claimed_by(self, controller_name: str, source: str) -> bool:
+        """Whether this resource is in the inventory of ``source`` under ``controller_name``: it may prune it.
+
+        No ``source`` (a pass run without one, as before sources were recorded) claims everything
+        its controller name created.
+        """
+        return self.owned_by(controller_name) and (not source or self.source == source)
 
     @property
     def digest(self) -> str | None:

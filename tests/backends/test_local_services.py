@@ -256,8 +256,8 @@ def test_a_replica_over_its_memory_limit_is_killed_restarted_and_reported(
         assert post(uri, {"grow_mib": 300}, None)[0] == 200
     supervisor_log = state_dir / "services" / SERVICE / "supervisor.log"
     _eventually(lambda: "replica_oom_killed" in supervisor_log.read_text(), timeout=30, what="OOM kill")
-    line = next(ln for ln in supervisor_log.read_text().splitlines() if "replica_oom_killed" in ln)
-    assert f"pid={before}" in line and "limit_mib=256" in line
+    line = next(json.loads(ln) for ln in supervisor_log.read_text().splitlines() if "replica_oom_killed" in ln)
+    assert line["msg"] == "replica_oom_killed" and line["pid"] == before and line["limit_mib"] == 256
     after = _eventually(lambda: (p := _pids(backend)) and before not in p and p, timeout=60, what="restart")
     backend.wait_ready(SERVICE, timeout=60)
     assert post(uri, {}, None) == (200, {"held_mib": 0})  # a fresh process

@@ -61,9 +61,10 @@ class Host:
         finally:
             conn.close()
 
-    def score(self, payload: Any, path: str = "/score", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def score(self, payload: Any, path: str = "/score", headers: dict[str, str] | None = None,
+              timeout: float = 20.0) -> tuple[int, dict[str, str], bytes]:
         body = payload if isinstance(payload, bytes | str) else json.dumps(payload)
-        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})}, timeout)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait for the exit status."""
@@ -178,3 +179,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+
+
+def metric_value(exposition: str, sample: str, **labels: str) -> float | None:
+    """The value of the one sample named ``sample`` whose labels include ``labels`` (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(exposition):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None

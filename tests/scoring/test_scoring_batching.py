@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from scoring_hosts import StartHost, write_script
+from scoring_hosts import StartHost, metric_value, write_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,4 +69,4 @@ def test_a_lone_request_is_scored_alone(start_host: StartHost, tmp_path: Path) -
     host = start_host("--entry-script", "score.py", "--source-dir", str(folder))
     assert host.score({"x": 4})[:1] == (200,)
     assert batch_sizes(folder) == [1]
-    assert "amlops_scoring_batch_size_count 1.0" in host.request("GET", "/metrics")[2].decode()
+    assert metric_value(host.request("GET", "/metrics")[2].decode(), "amlops_scoring_batch_size_count") == 1.0
