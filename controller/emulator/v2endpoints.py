@@ -17,6 +17,7 @@ provisioning succeeded may take traffic.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -143,8 +144,6 @@ class V2EndpointRoutes(V2AssetRoutes):
         path = self._token_path(rec)
         if not path.exists():
             return None
-        import json
-
         return str(json.loads(path.read_text())["tokenSigningKey"]).encode()
 
     def _endpoint_missing(self, params: dict[str, str], name: str | None = None) -> Response:
