@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from controller.core.connecting import declared_replace_fields
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
@@ -58,22 +59,13 @@ DEFAULT_DELETION_POLICY: Final[Mapping[Kind, str]] = {
     Kind.WEBSERVICE: "Delete",
 }
 
-# Fields that cannot change in place on any backend Azure ML offers; used when no backend is at
-# hand (``amlops plan --base/--head``). Paths are relative to ``spec``.
-STATIC_REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
-    Kind.WORKSPACE: frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName", "location"}),
-    Kind.AKS_CLUSTER: frozenset({"workspace", "vmSize", "location", "attach", "clusterPurpose", "gpusPerNode"}),
-    Kind.ENVIRONMENT: frozenset({"workspace"}),
-    Kind.MODEL: frozenset({"workspace"}),
-    Kind.WEBSERVICE: frozenset({"workspace", "cluster"}),
-}
-
 _MISSING: Final = object()
 
 
 def static_replace_fields(kind: Kind) -> frozenset[str]:
-    """Replace-forcing fields of ``kind`` without asking a backend (see ``STATIC_REPLACE_FIELDS``)."""
-    return STATIC_REPLACE_FIELDS.get(kind, frozenset())
+    """Replace-forcing fields of ``kind`` when no backend is at hand (``amlops plan --base/--head``):
+    the union of what every backend's handler declares, asked of the declarations themselves."""
+    return declared_replace_fields(kind)
 
 
 # --- what the user set ------------------------------------------------------------------------
@@ -462,14 +454,8 @@ def plan(
     """The ordered changes that bring ``actual`` to ``desired`` (see the module docstring for the order)."""
     changes: list[Change] = []
     for resource in desired:
-        changes.append(
-            plan_resource(
-                resource,
-                actual.resources.get(resource.id),
-                controller_name=controller_name,
-                replace_fields=replace_fields(resource.id.kind),
-            )
-        )
+        changes.append(plan_resource(resource, actual.resources.get(resource.id), controller_name=controller_name,
+                                     replace_fields=replace_fields(resource.id.kind)))
     unmanaged = 0
     for existing in actual:
         if existing.id in desired.resources:
