@@ -17,11 +17,13 @@ from types import FrameType
 
 from controller.emulator.authorities import load_authority
 from controller.emulator.deploying import DataPlane, LocalDataPlane, RecordOnlyDataPlane
+from controller.emulator.emulating import Emulator
 from controller.emulator.faults import Faults, parse_flag
 from controller.emulator.logins import Issuer, Principal, new_principal
-from controller.emulator.routes import Emulator, WorkspaceRef
+from controller.emulator.records import WorkspaceRef
 from controller.emulator.serving import ProxyServer
 from controller.emulator.stores import Store
+from controller.emulator.v2computes import parse_cluster_flag
 
 log = logging.getLogger("controller.emulator")
 
@@ -50,7 +52,7 @@ def _load_secrets(state: Path) -> tuple[Principal, bytes]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The emulator's flags."""
-    p = argparse.ArgumentParser(prog="amlops emulator", description="Azure ML (SDK v1) emulator behind an HTTPS proxy")
+    p = argparse.ArgumentParser(prog="amlops emulator", description="Azure ML (SDK v1 and v2) emulator behind an HTTPS proxy")
     p.add_argument("--listen", default="127.0.0.1:7780", help="proxy + admin address (port 0 picks a free port)")
     p.add_argument("--state-dir", default=".amlops-emulator", help="state folder (SQLite, CA, blobs, env.sh)")
     p.add_argument("--workspace", action="append", default=[], metavar="SUB/RG/NAME",
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy-wait", type=float, default=120.0,
                    help="seconds a create/update request waits for the deployment before answering 202")
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds replicas get to become ready")
+    p.add_argument("--poll-ms", type=int, default=1000,
+                   help="the retry-after-ms the v2 long-running operations ask clients to wait between polls")
+    p.add_argument("--lro-delay", type=float, default=0.2,
+                   help="seconds a v2 endpoint update stays InProgress before its traffic table switches")
+    p.add_argument("--aks-cluster", action="append", default=[], metavar="NAME=VMSIZE:COUNT",
+                   help="an AKS cluster that exists in the first workspace's resource group, for v2 "
+                        "KubernetesCompute attach (repeatable; also PUT …/managedClusters/{name} on ARM)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -82,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         workspaces = [WorkspaceRef.parse(w) for w in (args.workspace or [DEFAULT_WORKSPACE])]
         faults = Faults([parse_flag(f) for f in args.fault])
+        clusters = [parse_cluster_flag(c) for c in args.aks_cluster]
     except ValueError as exc:
         print(f"amlops emulator: {exc}", file=sys.stderr)
         return 2
@@ -89,12 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     authority = load_authority(state / "ca")
     store = Store(state / "emulator.db")
     dataplane: DataPlane = RecordOnlyDataPlane() if args.no_data_plane else LocalDataPlane(state, args.ready_timeout)
-    emulator = Emulator(state, store, Issuer(principal, key), faults, dataplane, args.region, args.deploy_wait)
+    emulator = Emulator(state, store, Issuer(principal, key), faults, dataplane, args.region, args.deploy_wait,
+                        poll_ms=args.poll_ms, lro_delay_s=args.lro_delay)
     for ws in workspaces:
         emulator.ensure_workspace(ws)
+    first = workspaces[0]
+    for name, vm_size, count in clusters:
+        cluster_id = name if name.startswith("/") else (
+            f"/subscriptions/{first.subscription}/resourceGroups/{first.resource_group}/providers/"
+            f"Microsoft.ContainerService/managedClusters/{name}")
+        emulator.add_managed_cluster(cluster_id, vm_size, count)
     server = ProxyServer((host, int(port_text or 0)), emulator, authority)
     port = server.server_address[1]
-    first = workspaces[0]
+    emulator.frontend.base_url = f"http://127.0.0.1:{port}"
+    emulator.restore_routes()
     env = {
         "HTTPS_PROXY": f"http://127.0.0.1:{port}", "https_proxy": f"http://127.0.0.1:{port}",
         "REQUESTS_CA_BUNDLE": str(authority.bundle_path), "NO_PROXY": "127.0.0.1,localhost",

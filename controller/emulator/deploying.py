@@ -57,6 +57,9 @@ class Deployment:
     max_queue_wait_ms: int
     vm_size: str = "Standard_NC6"
     agent_count: int = 3
+    # v2: the uploaded code folder and the scoring script inside it (v1 passes assets instead)
+    code_dir: Path | None = None
+    scoring_script: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class DataPlane(Protocol):
     def token(self, name: str) -> AccessToken | None: ...
 
     def logs(self, name: str, tail: int) -> str: ...
+
+    def scoring_uri(self, name: str) -> str | None: ...
 
     def close(self) -> None: ...
 
@@ -117,7 +122,17 @@ class LocalDataPlane:
         digest = hashlib.sha256()
         for asset_id in sorted(d.assets):
             digest.update(asset_id.encode() + b"\0" + hashlib.sha256(d.assets[asset_id].read_bytes()).digest())
+        if d.code_dir is not None:
+            for path in sorted(p for p in d.code_dir.rglob("*") if p.is_file()):
+                digest.update(path.relative_to(d.code_dir).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
         folder = self.work / "services" / d.name / digest.hexdigest()[:16]
+        if d.code_dir is not None:
+            if not folder.exists():
+                staging = folder.with_name(folder.name + ".tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(d.code_dir, staging / "src")
+                staging.rename(folder)
+            return folder, "src", str(d.scoring_script or "score.py")
         if not folder.exists():
             staging = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
@@ -266,6 +281,13 @@ class LocalDataPlane:
             parts.append(f"==> replica {replica} <==\n" + self.backend.tail_log(name, replica, tail))
         return "\n".join(parts)
 
+    def scoring_uri(self, name: str) -> str | None:
+        """Where the service's replicas answer, or None if it runs none."""
+        try:
+            return self.backend.scoring_uri(name)
+        except BackendError:
+            return None
+
     def close(self) -> None:
         """Release the local backend's handles; replicas keep running (re-adopted on restart)."""
         self.backend.close()
@@ -308,6 +330,9 @@ class RecordOnlyDataPlane:
 
     def logs(self, name: str, tail: int) -> str:
         return ""
+
+    def scoring_uri(self, name: str) -> str | None:
+        return None
 
     def close(self) -> None:
         pass

@@ -16,10 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from controller.emulator.authorities import Authority
+from controller.emulator.emulating import Emulator
 from controller.emulator.faults import FaultRule
+from controller.emulator.frontends import PATH_PREFIX
 from controller.emulator.logins import TokenError
-from controller.emulator.routes import Emulator, attach_verdict
-from controller.emulator.routing import Request, Response, arm_error, json_response, parse_target
+from controller.emulator.records import attach_verdict
+from controller.emulator.routetables import Request, Response, arm_error, json_response, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,10 @@ class _OuterHandler(_Base):
             self._send(json_response(413, {"error": "too large"}))
             return
         path, _query = parse_target(self.path)
+        if path.startswith(PATH_PREFIX):  # the v2 endpoints' scoring URIs (the router in front of replicas)
+            answer = emulator.frontend.handle(self.command, path, dict(self.headers.items()), body)
+            self._send(Response(answer.status, answer.body, answer.headers))
+            return
         if self.path.startswith("http://") or self.path.startswith("https://"):
             self._send(Response(403, b"amlops emulator: plain-HTTP proxying is refused; nothing is forwarded.\n",
                                 {"Content-Type": "text/plain"}))
