@@ -10,6 +10,7 @@ local-only install never needs it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -55,9 +56,11 @@ def declared_replace_fields(kind: Kind) -> frozenset[str]:
     """
     from controller.backends.azureml.handling import replace_fields_of
     from controller.backends.azureml.v1.backend import V1_HANDLERS
+    from controller.backends.azureml.v2.backend import V2_HANDLERS
     from controller.backends.local.backend import LOCAL_REPLACE_FIELDS
 
-    return LOCAL_REPLACE_FIELDS.get(kind, frozenset()) | replace_fields_of(V1_HANDLERS, kind)
+    return (LOCAL_REPLACE_FIELDS.get(kind, frozenset()) | replace_fields_of(V1_HANDLERS, kind)
+            | replace_fields_of(V2_HANDLERS, kind))
 
 
 def open_backend(workspace: WorkspaceManifest | None, state_dir: str | Path, controller_name: str) -> Backend:
@@ -75,6 +78,12 @@ def _open_azureml(workspace: WorkspaceManifest, controller_name: str) -> Backend
     package = "azure-ai-ml" if workspace.spec.api == "v2" else "azureml-core"
     try:
         # Imported only when a workspace asks for it: the SDKs are an optional extra.
+        if workspace.spec.api == "v2":
+            if importlib.util.find_spec("azure.ai.ml") is None or importlib.util.find_spec("azure.identity") is None:
+                raise ImportError("azure-ai-ml and azure-identity are not installed")
+            from controller.backends.azureml.v2 import AzureMLV2Backend
+
+            return AzureMLV2Backend(workspace, controller_name)
         from controller.backends.azureml import AzureMLBackend
     except ImportError as exc:
         raise BackendUnavailable(

@@ -26,7 +26,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from controller.backends.azureml.v2.deployments import carried_values
 from controller.core.connecting import declared_replace_fields
+from controller.sources.validating import workspace_of
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
@@ -374,6 +376,33 @@ def plan_resource(
     return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file)
 
 
+def effective_api(desired: DesiredState, resource: DesiredResource) -> str | None:
+    """The Azure ML API generation a Webservice deploys to (its own ``api``, else its workspace's)."""
+    manifest = resource.manifest
+    if not isinstance(manifest, WebserviceManifest):
+        return None
+    workspace = workspace_of(desired, resource)
+    if workspace is None or workspace.spec.backend != "azureml":
+        return None
+    return manifest.spec.api or workspace.spec.api
+
+
+def plan_migration(desired: DesiredResource, actual: ActualResource, change: Change) -> Change:
+    """A service found as a v1 web service whose manifest now says v2: shown as a migration, with every
+    value the manifest carries where v2's default differs (v1's defaults are the manifest's)."""
+    assert isinstance(desired.manifest, WebserviceManifest)
+    carried = carried_values(desired.manifest.spec)
+    diffs = [FieldDiff("spec.api", "v1", "v2")]
+    diffs += [FieldDiff(f"v2.{c.v2_field}", f"{c.v2_default} (v2 default)", c.value) for c in carried]
+    kept = ", ".join(f"{c.field}={c.value} (v2 default {c.v2_default})" for c in carried) or "none differ"
+    keep = desired.manifest.metadata.annotations.get("amlops.dev/keep-v1", "").lower() == "true"
+    reason = (f"migrate: v1 AKS web service → v2 online endpoint (create endpoint + deployment, wait Succeeded, "
+              f"compare the sample request with v1, carry the keys, publish the new URI, then "
+              f"{'keep the v1 service (amlops.dev/keep-v1)' if keep else 'delete the v1 service'}); "
+              f"values carried over: {kept}")
+    return Change(desired.id, Action.UPDATE, tuple(diffs), reason=reason, manifest_file=change.manifest_file)
+
+
 def plan_removal(actual: ActualResource, *, controller_name: str) -> Change | None:
     """What to do with a resource no manifest declares: prune it, retain it, or (not ours) nothing."""
     if not actual.owned_by(controller_name):
@@ -454,8 +483,13 @@ def plan(
     """The ordered changes that bring ``actual`` to ``desired`` (see the module docstring for the order)."""
     changes: list[Change] = []
     for resource in desired:
-        changes.append(plan_resource(resource, actual.resources.get(resource.id), controller_name=controller_name,
-                                     replace_fields=replace_fields(resource.id.kind)))
+        found = actual.resources.get(resource.id)
+        change = plan_resource(resource, found, controller_name=controller_name,
+                               replace_fields=replace_fields(resource.id.kind))
+        if found is not None and found.details.get("api") == "v1" and not resource.manifest.suspended \
+                and found.owned_by(controller_name) and effective_api(desired, resource) == "v2":
+            change = plan_migration(resource, found, change)
+        changes.append(change)
     unmanaged = 0
     for existing in actual:
         if existing.id in desired.resources:
@@ -488,9 +522,11 @@ def as_applied(desired: DesiredState, *, controller_name: str) -> ActualState:
             REVISION_TAG: desired.revision,
             DIGEST_TAG: resource.digest,
         }
-        resources[resource.id] = ActualResource(
-            resource.id, spec, tags, details={"content_digests": dict(resource.content_digests)}
-        )
+        details: dict[str, Any] = {"content_digests": dict(resource.content_digests)}
+        api = effective_api(desired, resource)
+        if api is not None:
+            details["api"] = api
+        resources[resource.id] = ActualResource(resource.id, spec, tags, details=details)
     return ActualState(resources)
 
 

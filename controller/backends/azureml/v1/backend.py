@@ -51,13 +51,14 @@ class AzureMLBackend(HandlerBackend):
     api = "v1"
 
     def __init__(self, workspace: WorkspaceManifest, controller_name: str = "amlops", *,
-                 lro_timeout_s: float = 1800.0, environ: Mapping[str, str] | None = None) -> None:
+                 lro_timeout_s: float = 1800.0, environ: Mapping[str, str] | None = None, warn: bool = True) -> None:
         self.session = V1Session(workspace, controller_name, lro_timeout_s, environ)
         self.manifest = workspace
         self.controller_name = controller_name
         self.handlers = {kind: handler(self.session) for kind, handler in V1_HANDLERS.items()}  # type: ignore[call-arg]
         self._access = ServiceAccessV1(self.session)
-        warn_end_of_support()
+        if warn:
+            warn_end_of_support()
 
     @property
     def secrets(self) -> tuple[str, ...]:
