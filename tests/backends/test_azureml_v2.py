@@ -58,10 +58,8 @@ class Repo:
         self.workspace(api)
         aks = (f"/subscriptions/{config['subscription_id']}/resourceGroups/{config['resource_group']}"
                "/providers/Microsoft.ContainerService/managedClusters/aks1")
-        cluster: dict[str, Any] = {"vmSize": "Standard_NC6s_v3", "agentCount": 2, "deletionPolicy": "Retain"}
-        if api == "v2":
-            cluster["attach"] = {"resourceId": aks, "namespace": "amlops"}
-        self.write("clusters/aks-gpu.yaml", _doc("AksCluster", "aks-gpu", cluster))
+        self.aks = aks
+        self.cluster(attach=api == "v2")
         self.write("environments/myenv.yaml", _doc("Environment", "myenv", {
             "baseImage": "DEFAULT_GPU_IMAGE",
             "conda": {"dependencies": ["python=3.11", {"pip": ["azureml-inference-server-http", "numpy"]}]}}))
@@ -69,6 +67,12 @@ class Repo:
         self.weights([[1.0], [2.0]])
         self.write("src/score.py", SCORE)
         self.service()
+
+    def cluster(self, attach: bool) -> None:
+        cluster: dict[str, Any] = {"vmSize": "Standard_NC6s_v3", "agentCount": 2, "deletionPolicy": "Retain"}
+        if attach:
+            cluster["attach"] = {"resourceId": self.aks, "namespace": "amlops"}
+        self.write("clusters/aks-gpu.yaml", _doc("AksCluster", "aks-gpu", cluster))
 
     def workspace(self, api: str) -> None:
         c = self.config
@@ -213,7 +217,10 @@ def test_changing_replicas_scales_the_live_deployment_in_place(emulator: Any, re
 
 
 class Clients:
-    """Two looping clients through the endpoint URI: one new connection per request, one keep-alive."""
+    """Two looping clients through the endpoint URI: one new connection per request, one keep-alive.
+
+    ``uri`` may be changed while they run (a client following the published scoring URI).
+    """
 
     def __init__(self, uri: str, key: str) -> None:
         self.uri, self.key = uri, key

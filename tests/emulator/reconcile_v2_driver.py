@@ -32,6 +32,27 @@ def _predict(pool: Any, service: str, rows: list[list[float]]) -> dict[str, Any]
             "deployments": sorted(d.name for d in client.online_deployments.list(service))}
 
 
+def _service_info(pool: Any, service: str) -> dict[str, Any]:
+    """Where each API generation serves ``service`` and with which key (absent: not there)."""
+    info: dict[str, Any] = {}
+    for backend in pool.backends():
+        v1 = backend if getattr(backend, "api", "") == "v1" else backend._v1_backend()
+        if v1 is not None and "v1" not in info:
+            try:
+                svc = v1._access.webservice(service)
+                info["v1"] = {"uri": svc.scoring_uri, "key": svc.get_keys()[0]}
+            except Exception as exc:  # reported, not raised: absence is an answer
+                info["v1_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if getattr(backend, "api", "") == "v2":
+            try:
+                client = backend.session.client
+                info["v2"] = {"uri": client.online_endpoints.get(service).scoring_uri,
+                              "key": client.online_endpoints.get_keys(service).primary_key}
+            except Exception as exc:
+                info["v2_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return info
+
+
 def main(args: dict[str, Any]) -> dict[str, Any]:
     from controller.core.connecting import BackendPool
     from controller.core.executing import RetryPolicy
@@ -62,6 +83,8 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
                                                             "details": dict(r.details)} for r in actual}
     if args.get("predict"):
         out["predict"] = _predict(pool, args["predict"]["service"], args["predict"]["rows"])
+    if args.get("serviceInfo"):
+        out["serviceInfo"] = _service_info(pool, args["serviceInfo"])
     if args.get("access"):
         backend = _v2(pool)
         name = args["access"]

@@ -31,7 +31,7 @@ from controller.backends.azureml.v2.deployments import (
     deployment_name,
     scale_settings,
 )
-from controller.backends.azureml.v2.migrating import migrate
+from controller.backends.azureml.v2.migrating import keep_v1, migrate
 from controller.backends.azureml.v2.probing import expected_answer, sample_body, score
 from controller.backends.azureml.v2.sessions import V2Session
 from controller.backends.base import ApplyContext
@@ -133,6 +133,15 @@ class EndpointHandler:
             self._scale(resource, m, ctx, live)
         else:
             self.rollout(resource, m, ctx, live=live)
+        self._retire_v1(m, ctx)
+
+    def _retire_v1(self, m: WebserviceManifest, ctx: ApplyContext) -> None:
+        """Delete a v1 web service a migration kept (``amlops.dev/keep-v1``) once the annotation is gone."""
+        v1 = self.v1()
+        if v1 is None or keep_v1(m) or self._v1_service(v1, m.name) is None:
+            return
+        ctx.progress(f"deleting the v1 web service {m.name} (migrated to v2)", None)
+        v1.delete(ResourceId(Kind.WEBSERVICE, m.name), ctx)
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Delete the endpoint (Azure deletes its deployments with it), and a v1 web service of the same
