@@ -108,7 +108,8 @@ class BlobRoutes(EmulatorBase):
             self.store.put("blobmeta", blob_path, meta)
         else:
             self.store.delete("blobmeta", blob_path)
-        return Response(201, b"", {**self._blob_headers(data), "Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+        # Content-MD5 answers for the request's content: the data for Put Blob, the block list for Put Block List.
+        return Response(201, b"", {**self._blob_headers(data), "Content-MD5": base64.b64encode(hashlib.md5(req.body).digest()).decode(),
                                    "x-ms-request-server-encrypted": "true"})
 
     def _stored_blob(self, req: Request) -> bytes | Response:
@@ -136,5 +137,12 @@ class BlobRoutes(EmulatorBase):
         data = self._stored_blob(req)
         if isinstance(data, Response):
             return data
-        return Response(200, data, {**self._blob_headers(data), "x-ms-blob-type": "BlockBlob",
-                                    "Content-Type": "application/octet-stream"})
+        headers = {**self._blob_headers(data), "x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream"}
+        wanted = re.match(r"^bytes=(\d+)-(\d*)$", req.header("x-ms-range") or req.header("Range") or "")
+        if wanted is None:
+            return Response(200, data, headers)
+        start = int(wanted.group(1))
+        end = min(int(wanted.group(2)) if wanted.group(2) else len(data) - 1, len(data) - 1)
+        if start >= len(data) and data:
+            return Response(416, b"", {"x-ms-error-code": "InvalidRange", "Content-Range": f"bytes */{len(data)}"})
+        return Response(206, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})

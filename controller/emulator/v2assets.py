@@ -201,14 +201,6 @@ class V2AssetRoutes(BlobRoutes):
             return arm_error(400, "UserError", "A model version needs a modelUri.")
         if plural == "codes" and not props.get("codeUri"):
             return arm_error(400, "UserError", "A code version needs a codeUri.")
-        if existing is not None:
-            before = {f: existing["properties"].get(f) for f in _CONTENT_FIELDS[plural]}
-            after = {f: props.get(f) for f in _CONTENT_FIELDS[plural]}
-            if before != after:
-                changed = ", ".join(f for f in _CONTENT_FIELDS[plural] if before[f] != after[f])
-                return arm_error(409, "UserError", f"{ASSET_KINDS[plural].capitalize()} {req.params['name']} "
-                                 f"version {req.params['version']} already exists with a different {changed}; "
-                                 "asset versions are immutable. Use a new version.")
         created = existing["systemData"]["createdAt"] if existing else now_iso()
         props.setdefault("description", None)
         props.setdefault("tags", {})
@@ -224,6 +216,14 @@ class V2AssetRoutes(BlobRoutes):
             props.setdefault("environmentType", "UserCreated")
             props.setdefault("osType", "Linux")
             props.setdefault("autoRebuild", "Disabled")
+        if existing is not None:
+            before = {f: existing["properties"].get(f) for f in _CONTENT_FIELDS[plural]}
+            after = {f: props.get(f) for f in _CONTENT_FIELDS[plural]}
+            if before != after:
+                changed = ", ".join(f for f in _CONTENT_FIELDS[plural] if before[f] != after[f])
+                return arm_error(409, "UserError", f"{ASSET_KINDS[plural].capitalize()} {req.params['name']} "
+                                 f"version {req.params['version']} already exists with a different {changed}; "
+                                 "asset versions are immutable. Use a new version.")
         record = {"id": f"{ws_scope(req.params)}/{plural}/{req.params['name']}/versions/{req.params['version']}",
                   "name": req.params["version"],
                   "type": f"Microsoft.MachineLearningServices/workspaces/{plural}/versions",

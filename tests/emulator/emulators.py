@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+# Fast v2 long-running operations (polls every 100 ms) and one AKS cluster with two 1-GPU nodes that a
+# KubernetesCompute can attach: /subscriptions/{sub}/resourceGroups/{rg}/.../managedClusters/aks1.
+V2_ARGS = ("--poll-ms", "100", "--lro-delay", "0.2", "--aks-cluster", "aks1=Standard_NC6s_v3:2")
 
 
 @dataclass
@@ -46,6 +49,42 @@ class RunningEmulator:
 
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         self.admin("POST", "faults", {"faults": rules})
+
+    def arm(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One ARM request through the proxy, with a token from the emulator's login, as any ARM client makes it."""
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies = {"https": self.env["HTTPS_PROXY"]}
+        session.verify = self.env["REQUESTS_CA_BUNDLE"]
+        tenant = self.env["AZURE_TENANT_ID"]
+        token = session.post(f"https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token", timeout=30, data={
+            "grant_type": "client_credentials", "client_id": self.env["AZURE_CLIENT_ID"],
+            "client_secret": self.env["AZURE_CLIENT_SECRET"], "scope": "https://management.azure.com/.default"}).json()
+        resp = session.request(method, f"https://management.azure.com{path}", json=body, timeout=60,
+                               headers={"Authorization": f"Bearer {token['access_token']}"})
+        return resp.status_code, (resp.json() if resp.content else None)
+
+    def workspace_id(self) -> str:
+        """The ARM id of the emulator's first workspace."""
+        cfg = json.loads((self.state_dir / "config.json").read_text())
+        return (f"/subscriptions/{cfg['subscription_id']}/resourceGroups/{cfg['resource_group']}/providers/"
+                f"Microsoft.MachineLearningServices/workspaces/{cfg['workspace_name']}")
+
+    def local_services(self) -> list[str]:
+        """The services whose replicas the emulator's data plane runs now."""
+        from controller.backends.local import LocalBackend
+        from controller.structs.manifests import Kind
+
+        local = self.state_dir / "dataplane" / "local"
+        if not local.exists():
+            return []
+        backend = LocalBackend(local, "amlops-emulator")
+        try:
+            return sorted(r.id.name for r in backend.read() if r.id.kind is Kind.WEBSERVICE)
+        finally:
+            backend.close()
 
     def sdk(self, script: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run ``script`` with the emulator's environment, a temp HOME and ``cwd``."""
