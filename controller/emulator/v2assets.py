@@ -112,7 +112,9 @@ class V2AssetRoutes(BlobRoutes):
         return f"{workspace_key(params)}/{params['name'].lower()}/"
 
     def _versions(self, plural: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        return self.store.list(ASSET_KINDS[plural], self._asset_prefix(plural, params))
+        # v1 records (azureml-core's shape) share the store; only v2 version bodies are versions here.
+        return [rec for rec in self.store.list(ASSET_KINDS[plural], self._asset_prefix(plural, params))
+                if "/versions/" in str(rec.get("id", ""))]
 
     def _container_body(self, plural: str, params: dict[str, str], versions: list[dict[str, Any]]) -> dict[str, Any]:
         numeric = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
@@ -137,6 +139,8 @@ class V2AssetRoutes(BlobRoutes):
             return self._no_workspace(req.params)
         groups: dict[str, list[dict[str, Any]]] = {}
         for rec in self.store.list(ASSET_KINDS[plural], workspace_key(req.params) + "/"):
+            if "/versions/" not in str(rec.get("id", "")):
+                continue  # a v1 record (azureml-core's shape) in the same store
             groups.setdefault(rec["id"].split("/")[-3].lower(), []).append(rec)
         return json_response(200, {"value": [self._container_body(plural, {**req.params, "name": n}, v)
                                              for n, v in groups.items()]})

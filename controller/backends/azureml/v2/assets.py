@@ -5,9 +5,9 @@ same content names an existing version and registers nothing; a change of conten
 version. Code is registered under a name and a hash version, never as an anonymous asset (those
 get a fresh name on every call and re-upload every time). Ownership tags sit on each version.
 
-``read`` lists the containers of a kind (one call) and gets the latest version of those whose
-version has amlops's shape (a content hash), for its tags: requests grow with the assets amlops
-manages, not with everything in the workspace.
+``read`` lists the containers of a kind (one call) and the versions of those whose latest version
+has amlops's shape (a content hash), for their tags and creation times: requests grow with the
+assets amlops manages, not with everything in the workspace.
 """
 
 from __future__ import annotations
@@ -89,6 +89,16 @@ def model_version(resource: DesiredResource) -> str:
     return hash_version(resource.content_digests.get("path") or resource.digest)
 
 
+def _list_versions(ops: Any, name: str) -> list[Any]:
+    return list(ops.list(name=name))
+
+
+def _created(asset: Any) -> str:
+    context = getattr(asset, "creation_context", None)
+    when = getattr(context, "created_at", None) or getattr(context, "last_modified_at", None)
+    return str(when or "")
+
+
 class _AssetHandler:
     """What environments and models share: list containers, get amlops-shaped latest versions."""
 
@@ -105,7 +115,7 @@ class _AssetHandler:
         raise NotImplementedError
 
     def read(self) -> Iterable[ActualResource]:
-        """One list call, plus one GET per amlops-versioned container (for its tags)."""
+        """One list call, plus one list of versions per amlops-versioned container (for tags and order)."""
         s = self.session
         ops = self._operations()
         containers = s.call(f"list {self.kind.value.lower()}s", lambda: list(ops.list()))
@@ -114,10 +124,12 @@ class _AssetHandler:
             latest = getattr(container, "latest_version", None)
             if not is_hash_version(latest):
                 continue
-            asset = s.call(f"get {self.kind.value.lower()} {container.name}",
-                           functools.partial(ops.get, container.name, version=latest))
-            if (asset.tags or {}).get(MANAGED_BY_TAG) == s.controller_name:
-                found.append(self._observe(asset))
+            # The newest version amlops registered (a hash version says nothing about order).
+            versions = s.call(f"list {self.kind.value.lower()} {container.name}",
+                              functools.partial(_list_versions, ops, container.name))
+            owned = [v for v in versions if (v.tags or {}).get(MANAGED_BY_TAG) == s.controller_name]
+            if owned:
+                found.append(self._observe(max(owned, key=_created)))
         return found
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
