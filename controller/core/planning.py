@@ -35,6 +35,7 @@ from controller.structs.manifests import (
     AnyManifest,
     Kind,
     WebserviceManifest,
+    WorkspaceManifest,
     canonical_base_image,
 )
 from controller.structs.plans import Action, Change, FieldDiff, Plan
@@ -377,14 +378,19 @@ def plan_resource(
 
 
 def effective_api(desired: DesiredState, resource: DesiredResource) -> str | None:
-    """The Azure ML API generation a Webservice deploys to (its own ``api``, else its workspace's)."""
+    """The Azure ML API generation a resource lives in (a Webservice's own ``api``, else its workspace's)."""
     manifest = resource.manifest
-    if not isinstance(manifest, WebserviceManifest):
+    if isinstance(manifest, WorkspaceManifest):
         return None
     workspace = workspace_of(desired, resource)
     if workspace is None or workspace.spec.backend != "azureml":
         return None
-    return manifest.spec.api or workspace.spec.api
+    own = manifest.spec.api if isinstance(manifest, WebserviceManifest) else None
+    return own or workspace.spec.api
+
+
+_V2_RECORD: Final = {Kind.AKS_CLUSTER: "KubernetesCompute attachment", Kind.ENVIRONMENT: "environment asset version",
+                     Kind.MODEL: "model asset version"}
 
 
 def plan_migration(desired: DesiredResource, actual: ActualResource, change: Change) -> Change:
@@ -486,9 +492,16 @@ def plan(
         found = actual.resources.get(resource.id)
         change = plan_resource(resource, found, controller_name=controller_name,
                                replace_fields=replace_fields(resource.id.kind))
+        api = effective_api(desired, resource)
         if found is not None and found.details.get("api") == "v1" and not resource.manifest.suspended \
-                and found.owned_by(controller_name) and effective_api(desired, resource) == "v2":
-            change = plan_migration(resource, found, change)
+                and found.owned_by(controller_name) and api == "v2":
+            if resource.id.kind is Kind.WEBSERVICE:
+                change = plan_migration(resource, found, change)
+            else:
+                # v2 keeps its own record of a cluster (a Kubernetes attachment) and of assets.
+                created = tuple(FieldDiff(f"spec.{n}", None, v) for n, v in user_set(resource.manifest.spec).items())
+                change = Change(resource.id, Action.CREATE, created, manifest_file=change.manifest_file,
+                                reason=f"new in Azure ML v2 ({_V2_RECORD[resource.id.kind]}); the v1 record stays")
         changes.append(change)
     unmanaged = 0
     for existing in actual:
