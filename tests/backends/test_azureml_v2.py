@@ -297,6 +297,31 @@ def test_keys_and_logs_of_a_v2_service(repo: Repo, reconcile: Reconciler) -> Non
     assert isinstance(out["access"]["log"], str) and out["access"]["log"]
 
 
+def test_throttled_list_calls_are_retried_honouring_retry_after(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    emulator.reset_counts()
+    # More 429s than azure-core's own retries: the backend reports a transient error and the read is retried.
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "count": 5, "retryAfter": 1}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "no-changes", out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 6, emulator.counts()
+    assert writes(emulator.counts()) == {}
+
+
+def test_a_token_service_answers_with_an_aml_token(repo: Repo, reconcile: Reconciler) -> None:
+    repo.service(name="svc-token", auth="token")
+    try:
+        out = _applied(reconcile(repo, token="svc-token"))
+        assert out["token"]["status"] == 200 and out["token"]["body"] == "[[3.0]]", out["token"]
+        assert out["token"]["expires"] > out["token"]["refresh"] > 0
+    finally:
+        repo.remove("services/svc-token.yaml")
+        _applied(reconcile(repo))
+
+
 def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_attachment(
         emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
     _applied(reconcile(repo))

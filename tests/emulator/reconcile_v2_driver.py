@@ -85,6 +85,16 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         out["predict"] = _predict(pool, args["predict"]["service"], args["predict"]["rows"])
     if args.get("serviceInfo"):
         out["serviceInfo"] = _service_info(pool, args["serviceInfo"])
+    if args.get("token"):
+        import requests
+
+        backend = _v2(pool)
+        token = backend.get_token(args["token"])
+        uri = backend.session.client.online_endpoints.get(args["token"]).scoring_uri
+        resp = requests.post(uri, json.dumps({"data": [[1, 1]]}), timeout=60,
+                             headers={"Content-Type": "application/json", "Authorization": "Bearer " + token.access_token})
+        out["token"] = {"status": resp.status_code, "body": resp.text, "expires": token.expiry_on,
+                        "refresh": token.refresh_after}
     if args.get("access"):
         backend = _v2(pool)
         name = args["access"]
