@@ -332,3 +332,44 @@ def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_at
     deletes = [r for r in writes(emulator.counts()) if r.startswith("DELETE")]
     assert any("onlineendpoints" in r.lower() for r in deletes) and not any("/computes/" in r.lower() for r in deletes)
     repo.service()
+
+
+def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                        workdir: Path) -> None:
+    _applied(reconcile(repo))
+
+    def amlops(*args: str) -> str:
+        argv = [*args, "--state-dir", str(workdir / "cli-state")]
+        script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
+                  "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+        done = emulator.sdk(script, repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+        assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
+        return str(done.stdout)
+
+    import requests
+
+    keys = json.loads(amlops("keys", "svc-tiny", "--path", "repo", "--output", "json"))
+    status = json.loads(amlops("status", "--path", "repo", "--output", "json"))
+    uri = _scoring_uri(status)
+    assert uri.endswith("/api/v1/endpoint/svc-tiny/score"), status
+    resp = requests.post(uri, data=json.dumps({"data": [[1, 1]]}), timeout=30,
+                         headers={"Content-Type": "application/json", "Authorization": "Bearer " + keys["primaryKey"]})
+    assert resp.status_code == 200 and resp.json() == [[3.0]], (resp.status_code, resp.text)
+    assert amlops("logs", "svc-tiny", "--path", "repo", "--tail", "20").strip()
+
+
+def _scoring_uri(status: Any) -> str:
+    """The first scoringUri anywhere in ``amlops status --output json``."""
+    if isinstance(status, dict):
+        if isinstance(status.get("scoringUri"), str):
+            return str(status["scoringUri"])
+        values: list[Any] = list(status.values())
+    elif isinstance(status, list):
+        values = status
+    else:
+        return ""
+    for value in values:
+        found = _scoring_uri(value)
+        if found:
+            return found
+    return ""

@@ -83,7 +83,13 @@ class EndpointHandler:
         v1 = self.v1()
         if v1 is not None:
             names = {r.id.name for r in found}
-            for service in v1.handlers[Kind.WEBSERVICE].read():
+            try:
+                v1_services = list(v1.handlers[Kind.WEBSERVICE].read())
+            except PermanentError as exc:
+                # Listing v1 services only finds migrations to plan: never a reason to stop a v2 reconcile.
+                log.warning("v1_services_unlisted reason=%r", str(exc)[:300])
+                v1_services = []
+            for service in v1_services:
                 if service.id.name not in names:
                     found.append(ActualResource(service.id, service.spec, service.tags, service.conditions,
                                                 {**service.details, "api": "v1"}))
@@ -327,13 +333,14 @@ class EndpointHandler:
                                      reason=exc.reason if exc.reason != "AzureError" else "DeploymentFailed") from exc
             raise
         ready_s = time.monotonic() - started
-        weights = [step.weight for step in m.spec.rollout.steps if step.weight < 100] + [100]
+        # A first deployment has nothing to share traffic with: it takes all of it at once.
+        weights = [100] if live is None else [step.weight for step in m.spec.rollout.steps if step.weight < 100] + [100]
         for index, weight in enumerate(weights):
             traffic = {new: weight} if live is None or weight == 100 else {live: 100 - weight, new: weight}
             final = weight == 100
             self._put_endpoint(resource, m, ctx, traffic=traffic, final=final, live=new if final else None)
             ctx.progress(f"{m.name}: {weight}% of traffic on {new}", weight / 100)
-            step = m.spec.rollout.steps[index] if index < len(m.spec.rollout.steps) else None
+            step = m.spec.rollout.steps[index] if live is not None and index < len(m.spec.rollout.steps) else None
             if step is not None and step.pauseSeconds and not final:
                 time.sleep(min(step.pauseSeconds, _MAX_PAUSE_S))
         if live is not None:
