@@ -13,7 +13,7 @@ backend's progress messages are timestamped. Phases, from the start of the recon
 - each traffic step (an endpoint PUT awaited until its operation succeeds);
 - delete old deployment.
 
-Run alone: ``python -m benchmarks.rollout_v2 [--repeats N]``.
+Run alone: ``python -m benchmarks.rollout_v2 [--quick] [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -151,7 +151,10 @@ def phases(out: dict[str, Any]) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rollout_v2", description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="two rollouts")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = min(args.repeats, 2)
     print_machine()
     base = work_folder("rollout-v2")
     shutil.rmtree(base, ignore_errors=True)

@@ -67,3 +67,31 @@ def test_switching_a_service_from_v1_to_v2_keeps_it_answering_with_the_same_key(
     for name, results in clients.results.items():
         assert results and all(r[0] == 200 for r in results), (name, [r for r in results if r[0] != 200][:5])
         assert {r[1] for r in results} == {"[[3.0]]"}, (name, {r[1] for r in results})
+
+
+def test_a_migration_whose_v2_answer_differs_leaves_v1_serving_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "emu").mkdir()
+    emulator = v2.start(tmp_path / "emu")
+    try:
+        config = json.loads((emulator.state_dir / "config.json").read_text())
+        repo = v2.Repo(tmp_path / "repo", config, api="v1")
+        reconcile = v2.Reconciler(emulator, tmp_path)
+        old = v2._applied(reconcile(repo, serviceInfo="svc-tiny"))["serviceInfo"]["v1"]
+        repo.workspace("v2")
+        repo.cluster(attach=True)
+        # The v2 code answers differently from the v1 service: the check against v1 must refuse it.
+        repo.write("src/score.py", v2.SCORE.replace("@ W).tolist()", "@ W * 10).tolist()"))
+        out = reconcile(repo, serviceInfo="svc-tiny")
+        assert out["status"] == "failed", out
+        (change,) = [c for c in out["changes"] if c["id"] == "Webservice/svc-tiny"]
+        assert "the v1 service keeps serving" in change["error"] and "SampleMismatch" not in change["error"]
+        assert "not the v1 service's answer" in change["error"], change["error"]
+        info = out["serviceInfo"]
+        assert info["v1"] == old and "v2" not in info, info  # the v2 endpoint was deleted again
+        import requests
+
+        resp = requests.post(old["uri"], data=json.dumps({"data": [[1, 1]]}), timeout=30,
+                             headers={"Content-Type": "application/json", "Authorization": "Bearer " + old["key"]})
+        assert resp.status_code == 200 and resp.json() == [[3.0]]
+    finally:
+        emulator.stop()
