@@ -6,7 +6,7 @@ version. Code is registered under a name and a hash version, never as an anonymo
 get a fresh name on every call and re-upload every time). Ownership tags sit on each version.
 
 ``read`` lists the containers of a kind (one call) and the versions of those whose latest version
-has amlops's shape (a content hash), for their tags and creation times: requests grow with the
+has amlops's shape (a content hash), for their tags and modification times: requests grow with the
 assets amlops manages, not with everything in the workspace.
 """
 
@@ -93,9 +93,9 @@ def _list_versions(ops: Any, name: str) -> list[Any]:
     return list(ops.list(name=name))
 
 
-def _created(asset: Any) -> str:
+def _modified(asset: Any) -> str:
     context = getattr(asset, "creation_context", None)
-    when = getattr(context, "created_at", None) or getattr(context, "last_modified_at", None)
+    when = getattr(context, "last_modified_at", None) or getattr(context, "created_at", None)
     return str(when or "")
 
 
@@ -124,12 +124,12 @@ class _AssetHandler:
             latest = getattr(container, "latest_version", None)
             if not is_hash_version(latest):
                 continue
-            # The newest version amlops registered (a hash version says nothing about order).
+            # The version amlops registered or re-tagged last (a hash version says nothing about order).
             versions = s.call(f"list {self.kind.value.lower()} {container.name}",
                               functools.partial(_list_versions, ops, container.name))
             owned = [v for v in versions if (v.tags or {}).get(MANAGED_BY_TAG) == s.controller_name]
             if owned:
-                found.append(self._observe(max(owned, key=_created)))
+                found.append(self._observe(max(owned, key=_modified)))
         return found
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
@@ -169,7 +169,9 @@ class EnvironmentHandler(_AssetHandler):
         assert isinstance(m, EnvironmentManifest)
         s = self.session
         version = environment_version(resource, ctx.root)
-        if _exists(s, self._operations(), m.name, version):
+        existing = _existing(s, self._operations(), m.name, version)
+        if existing is not None:
+            _retag(s, self._operations(), existing, ownership_tags(resource, ctx), f"environment {m.name}:{version}")
             log.info("environment_unchanged name=%s version=%s", m.name, version)
             return
         image, conda = environment_content(resource, ctx.root)
@@ -201,13 +203,16 @@ class ModelHandler(_AssetHandler):
         assert isinstance(m, ModelManifest)
         s = self.session
         version = model_version(resource)
-        if _exists(s, self._operations(), m.name, version):
+        content = resource.content_digests.get("path") or resource.digest
+        tags = {**m.spec.tags, **ownership_tags(resource, ctx), CONTENT_TAG: content}
+        existing = _existing(s, self._operations(), m.name, version)
+        if existing is not None:
+            existing.description = m.spec.description
+            _retag(s, self._operations(), existing, tags, f"model {m.name}:{version}")
             log.info("model_unchanged name=%s version=%s", m.name, version)
             return
-        content = resource.content_digests.get("path") or resource.digest
         model = Model(name=m.name, version=version, path=str(model_source(resource, ctx.root)), type="custom_model",
-                      description=m.spec.description,
-                      tags={**m.spec.tags, **ownership_tags(resource, ctx), CONTENT_TAG: content})
+                      description=m.spec.description, tags=tags)
         ctx.progress(f"uploading model {m.name}", None)
         s.call(f"register model {m.name}", lambda: self._operations().create_or_update(model))
         log.info("model_registered name=%s version=%s", m.name, version)
@@ -221,16 +226,28 @@ class ModelHandler(_AssetHandler):
                                "contentDigest": (asset.tags or {}).get(CONTENT_TAG)})
 
 
-def _exists(session: V2Session, ops: Any, name: str, version: str) -> bool:
+def _existing(session: V2Session, ops: Any, name: str, version: str) -> Any:
+    """The asset version, or None when there is none."""
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        session.call(f"get {name}:{version}", lambda: ops.get(name, version=version))
+        return session.call(f"get {name}:{version}", lambda: ops.get(name, version=version))
     except Exception as exc:  # the classified error keeps the SDK's as its cause
         if isinstance(exc, ResourceNotFoundError) or isinstance(exc.__cause__, ResourceNotFoundError):
-            return False
+            return None
         raise
-    return True
+
+
+def _retag(session: V2Session, ops: Any, asset: Any, tags: dict[str, str], what: str) -> None:
+    """Put the current ownership tags on an existing version (same content, so the same version).
+
+    Content that comes back to an earlier version (a revert) names that version again; re-tagging
+    it makes it the newest-modified one, which is what ``read`` reports.
+    """
+    if dict(asset.tags or {}) == tags:
+        return
+    asset.tags = tags
+    session.call(f"tag {what}", lambda: ops.create_or_update(asset))
 
 
 def code_version(source: Path) -> str:
@@ -247,7 +264,7 @@ def register_code(session: V2Session, name: str, source: Path, ctx: ApplyContext
 
     version = code_version(source)
     ops = session.client._code
-    if not _exists(session, ops, name, version):
+    if _existing(session, ops, name, version) is None:
         ctx.progress(f"uploading code {name}", None)
         code = Code(name=name, version=version, path=str(source),
                     tags={MANAGED_BY_TAG: ctx.controller_name})
