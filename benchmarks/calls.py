@@ -15,7 +15,11 @@ are reset (``DELETE /_emulator/requests``) before each no-op reconcile and read 
 Services here use a trivial entry script (no TensorFlow) and no GPU, so applying them is cheap.
 The counting proxy is measurement only: it forwards every call unchanged.
 
-Run alone: ``python -m benchmarks.calls [--quick] [--only local|azureml]``.
+The same for API v2 (azure-ai-ml): the workspace says ``api: v2`` and the cluster is attached
+(the emulator holds an AKS cluster for it, ``--aks-cluster``); a no-op pass lists each kind once
+(plus the versions of each asset amlops registered) and writes nothing.
+
+Run alone: ``python -m benchmarks.calls [--quick] [--only local|azureml|azureml-v2]``.
 """
 
 from __future__ import annotations
@@ -141,13 +145,15 @@ def _ctx(root: Path) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.calls", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer services and no-op runs")
-    parser.add_argument("--only", choices=("local", "azureml"), help="one backend only")
+    parser.add_argument("--only", choices=("local", "azureml", "azureml-v2"), help="one backend only")
     args = parser.parse_args(argv)
     print_machine()
-    if args.only != "azureml":
+    if args.only in (None, "local"):
         local_backend(args.quick)
-    if args.only != "local":
+    if args.only in (None, "azureml"):
         azureml_backend(args.quick)
+    if args.only in (None, "azureml-v2"):
+        azureml_backend(args.quick, api="v2")
     return 0
 
 
@@ -192,25 +198,25 @@ outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, Recor
                                      retry=RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2,
                                                        max_total_s=120.0)))
 changes = [c for c in (outcome.plan.changes if outcome.plan else ()) if c.action.value != "no-op"]
-print("RESULT " + json.dumps({"status": outcome.status.value, "errors": list(outcome.errors),
+print("\\nRESULT " + json.dumps({"status": outcome.status.value, "errors": list(outcome.errors),
                               "changes": [f"{c.id.kind.value}/{c.id.name} {c.action.value}" for c in changes]}))
 pool.close()
 """
 
 # Not writes, though POSTed: the SDK's pre-flight validation and the POSTs that only read.
-READ_POSTS = ("/services/validate", "/listkeys", "/token")
+READ_POSTS = ("/services/validate", "/listkeys", "/token", "/listsecrets", "/listKeys", "/listSecrets")
 
 
 class Emulator:
     """One ``python -m controller.emulator`` process (started as the tests start it) and what its env.sh says."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *extra: str, data_plane: bool = False) -> None:
         self.state_dir = state_dir
         self.log = state_dir.parent / f"{state_dir.name}-emulator.log"
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(
                 [project_python(), "-m", "controller.emulator", "--listen", "127.0.0.1:0", "--state-dir",
-                 str(state_dir), "--no-data-plane"],
+                 str(state_dir), *(() if data_plane else ("--no-data-plane",)), *extra],
                 cwd=REPO, stdout=subprocess.PIPE, stderr=sink, text=True, start_new_session=True)
         assert self.proc.stdout is not None
         line, deadline = "", time.monotonic() + 60
@@ -260,7 +266,8 @@ class Emulator:
                 self.proc.wait(5)
 
 
-def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: int, services: int) -> int:
+def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: int, services: int,
+                       api: str = "v1") -> int:
     """An azureml workspace (credentials from the environment), one cluster, and the given counts; returns resources."""
     def doc(kind: str, name: str, spec: dict[str, Any]) -> str:
         return json.dumps({"apiVersion": "amlops.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec})
@@ -270,7 +277,7 @@ def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: in
     files = {
         "workspace.yaml": doc("Workspace", config["workspace_name"], {
             "backend": "azureml", "subscriptionId": config["subscription_id"],
-            "resourceGroup": config["resource_group"], "workspaceName": config["workspace_name"],
+            "resourceGroup": config["resource_group"], "workspaceName": config["workspace_name"], "api": api,
             "credentials": {"type": "servicePrincipal", "tenantId": {"fromEnv": "AZURE_TENANT_ID"},
                             "clientId": {"fromEnv": "AZURE_CLIENT_ID"},
                             "clientSecret": {"fromEnv": "AZURE_CLIENT_SECRET"}}}),
@@ -278,6 +285,11 @@ def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: in
                                                        "clusterPurpose": "DevTest", "deletionPolicy": "Retain"}),
         "src/score.py": AZ_SCORE,
     }
+    if api == "v2":
+        files["clusters/aks.yaml"] = doc("AksCluster", "aks", {
+            "vmSize": "Standard_D3_v2", "agentCount": 3, "deletionPolicy": "Retain",
+            "attach": {"namespace": "amlops", "resourceId": f"/subscriptions/{config['subscription_id']}/resourceGroups/"
+                       f"{config['resource_group']}/providers/Microsoft.ContainerService/managedClusters/aks1"}})
     for i in range(envs):
         files[f"environments/env-{i}.yaml"] = doc("Environment", f"env-{i}", {
             "baseImage": "DEFAULT_CPU_IMAGE", "environmentVariables": {"N": str(i)},
@@ -306,9 +318,11 @@ def request_kind(route: str) -> str:
     return "write"
 
 
-def azureml_backend(quick: bool) -> None:
+def azureml_backend(quick: bool, api: str = "v1") -> None:
     """Requests per no-op reconcile against the emulator, at two repo sizes."""
     try:
+        if api == "v2":
+            import azure.ai.ml  # noqa: F401
         import azureml.core  # noqa: F401
 
         import controller.emulator  # noqa: F401
@@ -317,17 +331,18 @@ def azureml_backend(quick: bool) -> None:
         return
     sizes = ((1, 1, 1), (2, 3, 3)) if quick else ((1, 1, 1), (2, 4, 4))  # (environments, models, services)
     runs = 2 if quick else 3
-    base = work_folder("calls-azureml")
+    base = work_folder("calls-azureml" if api == "v1" else "calls-azureml-v2")
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    emulator = Emulator(base / "emulator")
+    extra = ("--aks-cluster", "aks1=Standard_D3_v2:3", "--poll-ms", "50", "--lro-delay", "0.05") if api == "v2" else ()
+    emulator = Emulator(base / "emulator", *extra)
     results = []
     try:
         for envs, models, services in sizes:
             work = base / f"work-{envs}-{models}-{services}"
             work.mkdir()
             root = work / "repo"
-            resources = write_azureml_repo(root, emulator.config, envs, models, services)
+            resources = write_azureml_repo(root, emulator.config, envs, models, services, api)
             emulator.admin("DELETE", "requests")
             started = time.monotonic()
             first = emulator.reconcile(root, work, "r1")
@@ -344,12 +359,12 @@ def azureml_backend(quick: bool) -> None:
                             "apply_s": apply_s, "apply_counts": apply_counts, "passes": passes})
     finally:
         emulator.stop()
-    print_azureml(results, runs)
+    print_azureml(results, runs, api)
 
 
-def print_azureml(results: list[dict[str, Any]], runs: int) -> None:
+def print_azureml(results: list[dict[str, Any]], runs: int, api: str = "v1") -> None:
     """Per-route counts of each size side by side, then totals split into login / reads / writes."""
-    heading(f"Azure ML emulator: HTTP requests per no-op reconcile ({runs} passes each, after one apply)")
+    heading(f"Azure ML emulator, API {api}: HTTP requests per no-op reconcile ({runs} passes each, after one apply)")
     labels = [f"{r['resources']} res ({r['size'][0]} env, {r['size'][1]} mod, {r['size'][2]} svc)" for r in results]
     routes = sorted({route for r in results for _, counts in r["passes"] for route in counts},
                     key=lambda rt: (request_kind(rt), rt))
@@ -370,7 +385,7 @@ def print_azureml(results: list[dict[str, Any]], runs: int) -> None:
                      sum(mean.values()) / r["resources"], ",".join(sorted({o["status"] for o, _ in r["passes"]})),
                      ",".join(str(n) for n in sorted({len(o["changes"]) for o, _ in r["passes"]})),
                      sum(r["apply_counts"].values()), r["apply_s"]))
-    heading("Azure ML emulator: totals per no-op reconcile (mean of the passes)")
+    heading(f"Azure ML emulator, API {api}: totals per no-op reconcile (mean of the passes)")
     print(table(["resources", "login", "reads", "writes", "total", "per resource", "status", "planned changes",
                  "requests of the first apply", "first apply s"], rows))
     if len(rows) == 2:

@@ -7,7 +7,7 @@ the reconcile loop could observe on its next pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -41,6 +41,33 @@ class ApplyContext:
     progress: ProgressFn = field(default=no_progress)
     # The source applying (``structs.states.source_id``), written in the ownership tags.
     source: str = ""
+
+
+class KindHandler(Protocol):
+    """One resource kind on one backend, as a Terraform provider has one implementation per resource type.
+
+    ``replace_fields`` is a class attribute (dotted spec paths that cannot change in place), so the
+    planner can ask a backend's declaration without opening the backend.
+    """
+
+    kind: Kind
+    replace_fields: frozenset[str]
+
+    def read(self) -> Iterable[ActualResource]:
+        """Every resource of this kind the backend sees, with one list call (or a few)."""
+        ...
+
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Create ``resource``."""
+        ...
+
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
+        """Bring an existing resource to ``resource``'s spec."""
+        ...
+
+    def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
+        """Delete ``id``; already gone is fine."""
+        ...
 
 
 @runtime_checkable

@@ -1,13 +1,16 @@
 """Connecting to backends: the Workspace manifest's ``spec.backend`` picks where its resources live.
 
 ``local`` (the default, and what a repo without a Workspace gets) plays Azure ML out on this
-machine; ``azureml`` talks to Azure ML. Backends open lazily and once per target, and the
+machine; ``azureml`` talks to Azure ML, through API v1 (azureml-core) or v2 (azure-ai-ml) as the
+workspace's ``api`` says. A Webservice's own ``api`` routes that service to the other generation
+of the same workspace (``workspace_for``), so services move to v2 one at a time. Backends open lazily and once per target, and the
 azureml module (and its optional SDK) is imported only when a workspace asks for it, so a
 local-only install never needs it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from pathlib import Path
 
 from controller.backends.base import Backend
 from controller.structs.errors import PermanentError
-from controller.structs.manifests import WorkspaceManifest
+from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,32 @@ def backend_key(workspace: WorkspaceManifest | None) -> tuple[str, ...]:
     if workspace is None or workspace.spec.backend == "local":
         return ("local",)
     spec = workspace.spec
-    return ("azureml", spec.subscriptionId or "", spec.resourceGroup or "", spec.workspaceName or workspace.metadata.name)
+    return ("azureml", spec.api, spec.subscriptionId or "", spec.resourceGroup or "",
+            spec.workspaceName or workspace.metadata.name)
+
+
+def workspace_for(manifest: AnyManifest, workspace: WorkspaceManifest | None) -> WorkspaceManifest | None:
+    """The workspace whose backend holds ``manifest``: its own, or (a Webservice whose ``api``
+    differs from its workspace's) the same workspace reached through the other API generation."""
+    if workspace is None or not isinstance(manifest, WebserviceManifest) or manifest.spec.api is None \
+            or manifest.spec.api == workspace.spec.api or workspace.spec.backend != "azureml":
+        return workspace
+    return workspace.model_copy(update={"spec": workspace.spec.model_copy(update={"api": manifest.spec.api})})
+
+
+def declared_replace_fields(kind: Kind) -> frozenset[str]:
+    """Replace-forcing fields of ``kind`` on any backend (the union of every backend's declaration).
+
+    For planning without a backend at hand (``amlops plan --base/--head``): the cautious answer.
+    Only the declarations are read; no backend is opened and no SDK is imported.
+    """
+    from controller.backends.azureml.handling import replace_fields_of
+    from controller.backends.azureml.v1.backend import V1_HANDLERS
+    from controller.backends.azureml.v2.backend import V2_HANDLERS
+    from controller.backends.local.backend import LOCAL_REPLACE_FIELDS
+
+    return (LOCAL_REPLACE_FIELDS.get(kind, frozenset()) | replace_fields_of(V1_HANDLERS, kind)
+            | replace_fields_of(V2_HANDLERS, kind))
 
 
 def open_backend(workspace: WorkspaceManifest | None, state_dir: str | Path, controller_name: str) -> Backend:
@@ -47,13 +75,20 @@ def open_backend(workspace: WorkspaceManifest | None, state_dir: str | Path, con
 
 
 def _open_azureml(workspace: WorkspaceManifest, controller_name: str) -> Backend:
+    package = "azure-ai-ml" if workspace.spec.api == "v2" else "azureml-core"
     try:
-        # Imported only when a workspace asks for it: azureml-core is an optional extra.
+        # Imported only when a workspace asks for it: the SDKs are an optional extra.
+        if workspace.spec.api == "v2":
+            if importlib.util.find_spec("azure.ai.ml") is None or importlib.util.find_spec("azure.identity") is None:
+                raise ImportError("azure-ai-ml and azure-identity are not installed")
+            from controller.backends.azureml.v2 import AzureMLV2Backend
+
+            return AzureMLV2Backend(workspace, controller_name)
         from controller.backends.azureml import AzureMLBackend
     except ImportError as exc:
         raise BackendUnavailable(
-            f"workspace {workspace.metadata.name!r} uses backend 'azureml', which cannot be loaded here ({exc}); "
-            "install amlops[azureml] or use backend: local"
+            f"workspace {workspace.metadata.name!r} uses backend 'azureml' api {workspace.spec.api} ({package}), "
+            f"which cannot be loaded here ({exc}); install amlops[azureml] or use backend: local"
         ) from exc
     return AzureMLBackend(workspace, controller_name)
 

@@ -26,12 +26,16 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from controller.backends.azureml.v2.deployments import carried_values
+from controller.core.connecting import declared_replace_fields
+from controller.sources.validating import workspace_of
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
     AnyManifest,
     Kind,
     WebserviceManifest,
+    WorkspaceManifest,
     canonical_base_image,
 )
 from controller.structs.plans import Action, Change, FieldDiff, Plan
@@ -57,22 +61,13 @@ DEFAULT_DELETION_POLICY: Final[Mapping[Kind, str]] = {
     Kind.WEBSERVICE: "Delete",
 }
 
-# Fields that cannot change in place on any backend Azure ML offers; used when no backend is at
-# hand (``amlops plan --base/--head``). Paths are relative to ``spec``.
-STATIC_REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
-    Kind.WORKSPACE: frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName", "location"}),
-    Kind.AKS_CLUSTER: frozenset({"workspace", "vmSize", "location", "attach", "clusterPurpose", "gpusPerNode"}),
-    Kind.ENVIRONMENT: frozenset({"workspace"}),
-    Kind.MODEL: frozenset({"workspace"}),
-    Kind.WEBSERVICE: frozenset({"workspace", "cluster"}),
-}
-
 _MISSING: Final = object()
 
 
 def static_replace_fields(kind: Kind) -> frozenset[str]:
-    """Replace-forcing fields of ``kind`` without asking a backend (see ``STATIC_REPLACE_FIELDS``)."""
-    return STATIC_REPLACE_FIELDS.get(kind, frozenset())
+    """Replace-forcing fields of ``kind`` when no backend is at hand (``amlops plan --base/--head``):
+    the union of what every backend's handler declares, asked of the declarations themselves."""
+    return declared_replace_fields(kind)
 
 
 # --- what the user set ------------------------------------------------------------------------
@@ -397,6 +392,38 @@ def plan_resource(
     return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file)
 
 
+def effective_api(desired: DesiredState, resource: DesiredResource) -> str | None:
+    """The Azure ML API generation a resource lives in (a Webservice's own ``api``, else its workspace's)."""
+    manifest = resource.manifest
+    if isinstance(manifest, WorkspaceManifest):
+        return None
+    workspace = workspace_of(desired, resource)
+    if workspace is None or workspace.spec.backend != "azureml":
+        return None
+    own = manifest.spec.api if isinstance(manifest, WebserviceManifest) else None
+    return own or workspace.spec.api
+
+
+_V2_RECORD: Final = {Kind.AKS_CLUSTER: "KubernetesCompute attachment", Kind.ENVIRONMENT: "environment asset version",
+                     Kind.MODEL: "model asset version"}
+
+
+def plan_migration(desired: DesiredResource, actual: ActualResource, change: Change) -> Change:
+    """A service found as a v1 web service whose manifest now says v2: shown as a migration, with every
+    value the manifest carries where v2's default differs (v1's defaults are the manifest's)."""
+    assert isinstance(desired.manifest, WebserviceManifest)
+    carried = carried_values(desired.manifest.spec)
+    diffs = [FieldDiff("spec.api", "v1", "v2")]
+    diffs += [FieldDiff(f"v2.{c.v2_field}", f"{c.v2_default} (v2 default)", c.value) for c in carried]
+    kept = ", ".join(f"{c.field}={c.value} (v2 default {c.v2_default})" for c in carried) or "none differ"
+    keep = desired.manifest.metadata.annotations.get("amlops.dev/keep-v1", "").lower() == "true"
+    reason = (f"migrate: v1 AKS web service → v2 online endpoint (create endpoint + deployment, wait Succeeded, "
+              f"compare the sample request with v1, carry the keys, publish the new URI, then "
+              f"{'keep the v1 service (amlops.dev/keep-v1)' if keep else 'delete the v1 service'}); "
+              f"values carried over: {kept}")
+    return Change(desired.id, Action.UPDATE, tuple(diffs), reason=reason, manifest_file=change.manifest_file)
+
+
 def plan_removal(actual: ActualResource, *, controller_name: str, source: str = "") -> Change | None:
     """What to do with a resource no manifest declares: prune it, retain it, or (not ours) nothing.
 
@@ -505,15 +532,20 @@ def plan(
     """
     changes: list[Change] = []
     for resource in desired:
-        changes.append(
-            plan_resource(
-                resource,
-                actual.resources.get(resource.id),
-                controller_name=controller_name,
-                replace_fields=replace_fields(resource.id.kind),
-                source=source,
-            )
-        )
+        found = actual.resources.get(resource.id)
+        change = plan_resource(resource, found, controller_name=controller_name,
+                               replace_fields=replace_fields(resource.id.kind), source=source)
+        api = effective_api(desired, resource)
+        if found is not None and found.details.get("api") == "v1" and not resource.manifest.suspended \
+                and found.claimed_by(controller_name, source) and api == "v2":
+            if resource.id.kind is Kind.WEBSERVICE:
+                change = plan_migration(resource, found, change)
+            else:
+                # v2 keeps its own record of a cluster (a Kubernetes attachment) and of assets.
+                created = tuple(FieldDiff(f"spec.{n}", None, v) for n, v in user_set(resource.manifest.spec).items())
+                change = Change(resource.id, Action.CREATE, created, manifest_file=change.manifest_file,
+                                reason=f"new in Azure ML v2 ({_V2_RECORD[resource.id.kind]}); the v1 record stays")
+        changes.append(change)
     unmanaged = foreign = 0
     for existing in actual:
         if existing.id in desired.resources:
@@ -547,9 +579,11 @@ def as_applied(desired: DesiredState, *, controller_name: str, source: str = "")
     for resource in desired:
         spec = resource.manifest.spec.model_dump(mode="json")
         tags = ownership_tags(controller_name, source, desired.revision, resource)
-        resources[resource.id] = ActualResource(
-            resource.id, spec, tags, details={"content_digests": dict(resource.content_digests)}
-        )
+        details: dict[str, Any] = {"content_digests": dict(resource.content_digests)}
+        api = effective_api(desired, resource)
+        if api is not None:
+            details["api"] = api
+        resources[resource.id] = ActualResource(resource.id, spec, tags, details=details)
     return ActualState(resources)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from controller.backends.base import ApplyContext, Backend, ProgressFn, no_progress
+from controller.core.connecting import workspace_for
 from controller.core.executing import ProgressCallback, RetryPolicy, execute
 from controller.core.planning import plan as make_plan
 from controller.core.recording import ResourceStatus
@@ -135,7 +136,8 @@ def target_step(desired: DesiredState, backend_for: BackendFor) -> _Targets:
     if not workspaces:
         targets.add(backend_for(None))
     for resource in desired:
-        targets.owner[resource.id] = targets.add(backend_for(workspace_of(desired, resource)))
+        # A Webservice whose ``api`` differs from its workspace's goes to the other generation's backend.
+        targets.owner[resource.id] = targets.add(backend_for(workspace_for(resource.manifest, workspace_of(desired, resource))))
     return targets
 
 
@@ -160,7 +162,8 @@ def read_step(targets: _Targets, retry: RetryPolicy | None = None) -> ActualStat
     merged: dict[ResourceId, ActualResource] = {}
     for backend in targets.backends:
         for resource in _read_with_retries(backend, retry or RetryPolicy()):
-            if resource.id not in merged:
+            # Two generations of one workspace may both report a service: its own backend's report wins.
+            if resource.id not in merged or targets.owner.get(resource.id) is backend:
                 merged[resource.id] = resource
                 targets.owner.setdefault(resource.id, backend)
     return ActualState(merged)

@@ -296,6 +296,54 @@ class _Builder:
                            f"{wanted} GPUs ({breakdown}) but it has {capacity} ({cluster.agentCount} nodes × {per_node} "
                            f"GPU of {cluster.vmSize}): {wanted - capacity} over")
 
+    def _workspace_api(self, manifest: AnyManifest) -> str | None:
+        """The API generation of the azureml workspace ``manifest`` belongs to (None: local or unknown)."""
+        wanted = getattr(manifest.spec, "workspace", None)
+        workspaces = [m for m, _, _ in self.resources.values() if isinstance(m, WorkspaceManifest)]
+        found = [w for w in workspaces if wanted is None or w.metadata.name == wanted]
+        if len(found) != 1 or found[0].spec.backend != "azureml":
+            return None
+        return found[0].spec.api
+
+    def check_api_rules(self) -> None:
+        """What one Azure ML API generation cannot do, refused before anything is touched."""
+        v2_clusters: dict[str, str] = {}
+        for manifest, origin, _ in self.resources.values():
+            if not isinstance(manifest, WebserviceManifest):
+                continue
+            api = manifest.spec.api or self._workspace_api(manifest)
+            if api == "v2":
+                v2_clusters.setdefault(manifest.spec.cluster, manifest.metadata.name)
+                if manifest.spec.auth == "none":
+                    self.error(origin, manifest, ("spec", "auth"), "auth: none is not possible on Azure ML v2 "
+                               "(online endpoints have no unauthenticated mode); use key or token")
+                if len(manifest.spec.models) > 1:
+                    self.error(origin, manifest, ("spec", "models"), "an Azure ML v2 deployment loads one model; "
+                               "package the models into one folder (one Model manifest)")
+            elif api == "v1":
+                if manifest.spec.instanceType is not None:
+                    self.error(origin, manifest, ("spec", "instanceType"), "instanceType is an Azure ML v2 setting; "
+                               "remove it, or set api: v2 on the service or its workspace")
+                if manifest.spec.rollout.strategy != "rolling":
+                    self.error(origin, manifest, ("spec", "rollout", "strategy"),
+                               f"strategy {manifest.spec.rollout.strategy} needs Azure ML v2: a v1 AKS web service "
+                               "cannot split traffic between versions under one URI; use rolling, or set api: v2")
+        for manifest, origin, _ in self.resources.values():
+            if not isinstance(manifest, AksClusterManifest) or manifest.spec.attach is not None:
+                continue
+            api = self._workspace_api(manifest)
+            user = v2_clusters.get(manifest.metadata.name)
+            if api == "v2" or user is not None:
+                why = "the workspace uses api: v2" if api == "v2" else f"service {user} uses api: v2"
+                self.error(origin, manifest, ("spec", "attach"),
+                           f"Azure ML v2 cannot create AKS clusters ({why}): create the cluster outside Azure ML "
+                           "(az aks create --resource-group RG --name NAME --node-vm-size "
+                           f"{manifest.spec.vmSize} --node-count {manifest.spec.agentCount}), install the Azure ML "
+                           "extension (az k8s-extension create --name azureml --extension-type Microsoft.AzureML.Kubernetes "
+                           "--cluster-type managedClusters --cluster-name NAME --resource-group RG "
+                           "--config enableInference=True inferenceRouterServiceType=LoadBalancer), then set "
+                           "attach.resourceId to the cluster's resource id (and attach.namespace)")
+
     def build(self, revision: str) -> DesiredState:
         digests: dict[ResourceId, tuple[str, dict[str, str]]] = {}
         trees: dict[str, str] = {}  # one walk per folder, however many services share it
@@ -353,6 +401,7 @@ def build_desired_state(root: Path, documents: list[Document], revision: str) ->
         builder.add(doc)
     builder.check_references()
     builder.check_gpu_capacity()
+    builder.check_api_rules()
     return builder.build(revision), builder.errors
 
 

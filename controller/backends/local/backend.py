@@ -91,7 +91,8 @@ STOP_GRACE_S = 20.0
 ``--workers`` (``controller.scoring.forking.STOP_LIMIT_S``, 15 s), so it can reap them first."""
 _REPO_ROOT = str(Path(__file__).resolve().parents[3])
 
-_REPLACE_FIELDS: Mapping[Kind, frozenset[str]] = {
+LOCAL_REPLACE_FIELDS: Mapping[Kind, frozenset[str]] = {
+    # The local backend's one declaration of what cannot change in place, per kind.
     Kind.WORKSPACE: frozenset({"backend"}),
     Kind.AKS_CLUSTER: frozenset({"vmSize", "location", "clusterPurpose", "attach"}),
     Kind.ENVIRONMENT: frozenset(),
@@ -289,7 +290,7 @@ class LocalBackend:
 
     def replace_fields(self, kind: Kind) -> frozenset[str]:
         """Spec fields of ``kind`` that cannot change in place."""
-        return _REPLACE_FIELDS.get(kind, frozenset())
+        return LOCAL_REPLACE_FIELDS.get(kind, frozenset())
 
     def close(self) -> None:
         """Forget our handles on supervisors; services keep running."""

@@ -1,0 +1,163 @@
+"""A connection to one workspace through azure-ai-ml (``MLClient``), shared by the v2 handlers.
+
+Credentials come from the Workspace manifest's references through azure-identity:
+``servicePrincipal`` → ``ClientSecretCredential``, ``managedIdentity`` → ``ManagedIdentityCredential``,
+``azureCli`` → ``AzureCliCredential``. ``MLClient`` makes no request until the first operation; it is
+built with telemetry and progress bars off. Long operations are awaited in slices, reporting
+progress, up to ``lro_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from controller.backends.azureml.classifying import call, classify
+from controller.backends.azureml.credentials import credential_type, resolve, service_principal
+from controller.backends.azureml.tags import canonical_digest
+from controller.backends.base import ApplyContext, ProgressFn, no_progress
+from controller.structs.errors import PermanentError, TransientError
+from controller.structs.manifests import Kind, WorkspaceManifest
+from controller.structs.plans import Change
+from controller.structs.states import (
+    DIGEST_TAG,
+    MANAGED_BY_TAG,
+    ActualResource,
+    Condition,
+    ConditionType,
+    DesiredResource,
+    ResourceId,
+)
+
+T = TypeVar("T")
+_SLICE_S = 5.0
+
+
+class V2Session:
+    """The ``MLClient`` of one workspace (built on first use) and what every v2 handler needs besides."""
+
+    def __init__(self, workspace: WorkspaceManifest, controller_name: str, lro_timeout_s: float,
+                 environ: Mapping[str, str] | None = None) -> None:
+        spec = workspace.spec
+        if spec.subscriptionId is None or spec.resourceGroup is None:
+            raise PermanentError("the azureml backend needs subscriptionId and resourceGroup", reason="InvalidWorkspace")
+        self.manifest = workspace
+        self.workspace_name = spec.workspaceName or workspace.metadata.name
+        self.controller_name = controller_name
+        self.lro_timeout_s = lro_timeout_s
+        self.environ = dict(os.environ if environ is None else environ)
+        self._client: Any = None
+        self._credential: Any = None
+        self._location: str | None = None
+        self._lock = threading.Lock()
+
+    def credential(self) -> Any:
+        """The azure-identity credential the Workspace manifest names."""
+        from azure.identity import AzureCliCredential, ClientSecretCredential, ManagedIdentityCredential
+
+        if self._credential is None:
+            kind = credential_type(self.manifest)
+            creds = self.manifest.spec.credentials
+            if kind == "managedIdentity":
+                client_id = resolve(creds.clientId, self.environ, "credentials.clientId") \
+                    if creds is not None and creds.clientId is not None else None
+                self._credential = ManagedIdentityCredential(client_id=client_id)
+            elif kind == "azureCli":
+                self._credential = AzureCliCredential()
+            else:
+                sp = service_principal(self.manifest, self.environ)
+                self._credential = ClientSecretCredential(sp.tenant_id, sp.client_id, sp.secret)
+        return self._credential
+
+    @property
+    def client(self) -> Any:
+        """The ``MLClient`` (no request is made to build it)."""
+        with self._lock:
+            if self._client is None:
+                from azure.ai.ml import MLClient
+
+                spec = self.manifest.spec
+                self._client = MLClient(self.credential(), spec.subscriptionId, spec.resourceGroup,
+                                        self.workspace_name, enable_telemetry=False, show_progress=False)
+            return self._client
+
+    @property
+    def location(self) -> str:
+        """The workspace's region (one GET, cached)."""
+        if self._location is None:
+            ws = self.call("get workspace", lambda: self.client.workspaces.get(self.workspace_name))
+            self._location = str(ws.location)
+        return self._location
+
+    @property
+    def scope(self) -> str:
+        """The workspace's ARM id."""
+        spec = self.manifest.spec
+        return (f"/subscriptions/{spec.subscriptionId}/resourceGroups/{spec.resourceGroup}"
+                f"/providers/Microsoft.MachineLearningServices/workspaces/{self.workspace_name}")
+
+    @staticmethod
+    def call(what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` with SDK failures classified."""
+        return call(what, fn)
+
+    def wait(self, what: str, poller: Any, progress: ProgressFn = no_progress) -> Any:
+        """The result of a long operation, awaited in slices (progress reported) up to ``lro_timeout_s``."""
+        started = time.monotonic()
+        while True:
+            try:
+                poller.wait(_SLICE_S)
+                if poller.done():
+                    return poller.result()
+            except (PermanentError, TransientError):
+                raise
+            except Exception as exc:
+                raise classify(what, exc) from exc
+            waited = time.monotonic() - started
+            if waited > self.lro_timeout_s:
+                raise TransientError(f"{what}: not finished after {int(waited)} s (status {poller.status()}); "
+                                     "will look again on the next pass")
+            progress(f"{what}: {poller.status()} after {int(waited)} s", None)
+
+    def close(self) -> None:
+        """Close the client's and credential's HTTP sessions."""
+        client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            client.close()
+        credential, self._credential = self._credential, None
+        if credential is not None and hasattr(credential, "close"):
+            credential.close()
+
+
+class WorkspaceHandler:
+    """The workspace itself: read to check it answers; never created or deleted by amlops."""
+
+    kind = Kind.WORKSPACE
+    replace_fields = frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName", "location"})
+
+    def __init__(self, session: V2Session) -> None:
+        self.session = session
+
+    def read(self) -> Iterable[ActualResource]:
+        """The workspace, as its manifest says, with its location (one GET)."""
+        s = self.session
+        wid = ResourceId(Kind.WORKSPACE, s.manifest.metadata.name)
+        return [ActualResource(wid, s.manifest.spec.model_dump(mode="json"),
+                               {MANAGED_BY_TAG: s.controller_name, DIGEST_TAG: canonical_digest(s.manifest)},
+                               (Condition(ConditionType.READY, True, "Succeeded"),),
+                               {"location": s.location, "api": "v2"})]
+
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Check that the workspace answers (it must exist)."""
+        self.session._location = None
+        _ = self.session.location
+
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
+        """Check that the workspace answers (nothing of a workspace changes through amlops)."""
+        self.create(resource, ctx)
+
+    def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
+        """Workspaces are never deleted."""

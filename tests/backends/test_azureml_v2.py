@@ -1,0 +1,375 @@
+"""The azureml backend on API v2 (azure-ai-ml), driven through the reconcile engine against the emulator.
+
+Each pass runs ``controller.core.reconciling.reconcile`` with a real ``BackendPool`` and ``Recorder``
+in its own process, with the emulator's proxy and CA (the real azure-ai-ml + azure-identity
+``ClientSecretCredential``, unpatched). Scoring goes through the endpoint's ``scoring_uri`` with a
+plain HTTP client and the endpoint's key; the emulator runs real scoring replicas per deployment.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.azureml
+
+_spec = importlib.util.spec_from_file_location("emulators", Path(__file__).parents[1] / "emulator" / "emulators.py")
+assert _spec is not None and _spec.loader is not None
+emulators = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("emulators", emulators)
+_spec.loader.exec_module(emulators)
+
+DRIVER = Path(__file__).parents[1] / "emulator" / "reconcile_v2_driver.py"
+
+SCORE = textwrap.dedent('''
+    import json, os
+    import numpy as np
+
+    def init():
+        global W
+        W = np.load(os.path.join(os.environ["AZUREML_MODEL_DIR"], "model", "w.npy"))
+
+    def run(raw_data):
+        return (np.array(json.loads(raw_data)["data"]) @ W).tolist()
+''')
+
+
+def _doc(kind: str, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> str:
+    meta: dict[str, Any] = {"name": name}
+    if annotations:
+        meta["annotations"] = annotations
+    return json.dumps({"apiVersion": "amlops.dev/v1", "kind": kind, "metadata": meta, "spec": spec})
+
+
+class Repo:
+    """The walk-through's manifests on a v2 workspace: attached cluster, environment, model, one service."""
+
+    def __init__(self, root: Path, config: dict[str, str], api: str = "v2") -> None:
+        self.root = root
+        self.config = config
+        self.workspace(api)
+        aks = (f"/subscriptions/{config['subscription_id']}/resourceGroups/{config['resource_group']}"
+               "/providers/Microsoft.ContainerService/managedClusters/aks1")
+        self.aks = aks
+        self.cluster(attach=api == "v2")
+        self.write("environments/myenv.yaml", _doc("Environment", "myenv", {
+            "baseImage": "DEFAULT_GPU_IMAGE",
+            "conda": {"dependencies": ["python=3.11", {"pip": ["azureml-inference-server-http", "numpy"]}]}}))
+        self.write("models/tiny.yaml", _doc("Model", "tiny", {"path": "tiny", "tags": {"dataset": "ones"}}))
+        self.weights([[1.0], [2.0]])
+        self.write("src/score.py", SCORE)
+        self.service()
+
+    def cluster(self, attach: bool) -> None:
+        cluster: dict[str, Any] = {"vmSize": "Standard_NC6s_v3", "agentCount": 2, "deletionPolicy": "Retain"}
+        if attach:
+            cluster["attach"] = {"resourceId": self.aks, "namespace": "amlops"}
+        self.write("clusters/aks-gpu.yaml", _doc("AksCluster", "aks-gpu", cluster))
+
+    def workspace(self, api: str) -> None:
+        c = self.config
+        self.write("workspace.yaml", _doc("Workspace", c["workspace_name"], {
+            "backend": "azureml", "subscriptionId": c["subscription_id"], "resourceGroup": c["resource_group"],
+            "workspaceName": c["workspace_name"], "api": api,
+            "credentials": {"type": "servicePrincipal", "tenantId": {"fromEnv": "AZURE_TENANT_ID"},
+                            "clientId": {"fromEnv": "AZURE_CLIENT_ID"},
+                            "clientSecret": {"fromEnv": "AZURE_CLIENT_SECRET"}}}))
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def weights(self, w: list[list[float]]) -> None:
+        import numpy as np
+
+        (self.root / "models" / "tiny" / "model").mkdir(parents=True, exist_ok=True)
+        np.save(self.root / "models" / "tiny" / "model" / "w.npy", np.array(w))
+
+    def service(self, name: str = "svc-tiny", replicas: int = 1, annotations: dict[str, str] | None = None,
+                **extra: Any) -> None:
+        spec: dict[str, Any] = {
+            "cluster": "aks-gpu", "models": ["tiny"], "environment": "myenv", "sourceDirectory": "../src",
+            "entryScript": "score.py", "replicas": replicas, "resources": {"cpu": 0.5, "memoryGb": 1},
+            "maxQueueWaitMs": 10000,
+            "rollout": {"sampleRequest": {"body": json.dumps({"data": [[1, 1]]}), "compareWithLive": False}}}
+        spec.update(extra)
+        self.write(f"services/{name}.yaml", _doc("Webservice", name, spec, annotations))
+
+    def remove(self, rel: str) -> None:
+        (self.root / rel).unlink(missing_ok=True)
+
+
+class Reconciler:
+    """Runs reconcile passes in subprocesses; the recorder's state folder persists across passes."""
+
+    def __init__(self, emulator: Any, workdir: Path) -> None:
+        self.emulator = emulator
+        self.workdir = workdir
+        self.passes = 0
+
+    def __call__(self, repo: Repo, **options: Any) -> dict[str, Any]:
+        self.passes += 1
+        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / "amlops-state"),
+                                "revision": f"r{self.passes}", **options}
+        script = f"import runpy, sys; sys.argv = ['driver', {json.dumps(args)!r}]; runpy.run_path({str(DRIVER)!r}, run_name='__main__')"
+        done = self.emulator.sdk(script, self.workdir, timeout=400, extra_env={"PYTHONPATH": str(emulators.REPO)})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        assert lines, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
+        return dict(json.loads(lines[-1].removeprefix("RESULT ")))
+
+
+def start(tmp: Path) -> Any:
+    return emulators.start_emulator(tmp / "state", "--aks-cluster", "aks1=Standard_NC6s_v3:2", "--poll-ms", "50",
+                                    "--lro-delay", "0.05")
+
+
+def writes(counts: dict[str, int]) -> dict[str, int]:
+    """Requests that change state (login and read-only POSTs such as listKeys and token are not)."""
+    out = {}
+    for route, n in counts.items():
+        method, host, path = route.split(" ", 2)
+        if method in ("GET", "HEAD") or host == "login" or path.lower().endswith(("/listkeys", "/token", "/listsecrets")):
+            continue
+        out[route] = n
+    return out
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    running = start(tmp_path_factory.mktemp("azureml-v2"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("azureml-v2-work")
+
+
+@pytest.fixture
+def repo(emulator: Any, workdir: Path) -> Repo:
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    return Repo(workdir / "repo", config)
+
+
+@pytest.fixture(scope="module")
+def reconcile(emulator: Any, workdir: Path) -> Reconciler:
+    return Reconciler(emulator, workdir)
+
+
+def _applied(out: dict[str, Any]) -> dict[str, Any]:
+    assert out["status"] in ("applied", "no-changes"), json.dumps(out, indent=1)[:6000]
+    return out
+
+
+def test_applying_the_manifests_to_a_v2_workspace_serves_predictions_with_the_key(repo: Repo, reconcile: Reconciler) -> None:
+    out = _applied(reconcile(repo, readBack=True, predict={"service": "svc-tiny", "rows": [[1, 1], [2, 0]]}))
+    actual = out["actual"]
+    assert actual["AksCluster/aks-gpu"]["details"]["computeType"] == "Kubernetes"
+    assert actual["AksCluster/aks-gpu"]["spec"]["attach"]["namespace"] == "amlops"
+    assert actual["Environment/myenv"]["details"]["image"].endswith("gpu-inference:latest")
+    assert actual["Model/tiny"]["tags"]["amlops.dev/managed-by"] == "amlops"
+    svc = actual["Webservice/svc-tiny"]
+    assert svc["details"]["api"] == "v2" and svc["details"]["state"] == "Succeeded"
+    live = svc["details"]["liveDeployment"]
+    assert svc["details"]["traffic"] == {live: 100}
+    assert out["predict"]["status"] == 200 and out["predict"]["body"] == [[3.0], [2.0]]
+    assert out["predict"]["deployments"] == [live]
+    for rid in ("AksCluster/aks-gpu", "Environment/myenv", "Model/tiny", "Webservice/svc-tiny"):
+        assert out["resources"][rid][0][:3] == ["Ready", True, "ReconciliationSucceeded"], (rid, out["resources"])
+
+
+def test_a_second_apply_makes_zero_writes_and_few_requests(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    emulator.reset_counts()
+    out = reconcile(repo)
+    assert out["status"] == "no-changes" and out["changes"] == [], out
+    counts = emulator.counts()
+    assert writes(counts) == {}, counts
+    # One list per kind (and one GET per managed asset version, for its tags); the workspace is read
+    # twice because the v1 web services of the same workspace are listed too (migration candidates).
+    arm = {route: n for route, n in counts.items() if route.split(" ", 2)[1] == "arm" and route != "GET arm {WS}"}
+    assert all(n == 1 for n in arm.values()) and counts["GET arm {WS}"] <= 2, json.dumps(counts, indent=0)
+    assert sum(n for route, n in counts.items() if route.split(" ", 2)[1] != "login") <= 12, counts
+
+
+def test_changing_replicas_scales_the_live_deployment_in_place(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    before = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
+    repo.service(replicas=2)
+    emulator.reset_counts()
+    out = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
+    assert [c["action"] for c in out["changes"]] == ["update"], out["changes"]
+    after = out["predict"]
+    assert after["deployments"] == before["deployments"] and after["traffic"] == before["traffic"]
+    # The same deployment, PUT once with two instances (and the endpoint's tags once).
+    assert emulator.counts()["PUT arm {WS}/onlineEndpoints/{endpoint}/deployments/{name}"] == 1, emulator.counts()
+    repo.service(replicas=1)
+    _applied(reconcile(repo))
+
+
+class Clients:
+    """Two looping clients through the endpoint URI: one new connection per request, one keep-alive.
+
+    ``uri`` may be changed while they run (a client following the published scoring URI).
+    """
+
+    def __init__(self, uri: str, key: str) -> None:
+        self.uri, self.key = uri, key
+        self.stop = threading.Event()
+        self.results: dict[str, list[Any]] = {"fresh": [], "keepalive": []}
+        self.threads = [threading.Thread(target=self._loop, args=(name,), daemon=True) for name in self.results]
+
+    def _loop(self, name: str) -> None:
+        import requests
+
+        session = requests.Session() if name == "keepalive" else None
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer " + self.key}
+        body = json.dumps({"data": [[1, 1]]})
+        while not self.stop.is_set():
+            try:
+                if session is None:
+                    with requests.Session() as fresh:
+                        fresh.trust_env = False
+                        resp = fresh.post(self.uri, data=body, headers={**headers, "Connection": "close"}, timeout=30)
+                else:
+                    session.trust_env = False
+                    resp = session.post(self.uri, data=body, headers=headers, timeout=30)
+                self.results[name].append((resp.status_code, resp.text))
+            except Exception as exc:  # every client exception is a failed request
+                self.results[name].append((type(exc).__name__, str(exc)[:200]))
+
+    def __enter__(self) -> Clients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+
+def test_a_new_model_file_rolls_out_blue_green_in_steps_with_zero_failed_requests(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    first = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
+    repo.service(rollout={"strategy": "canary", "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
+                          "sampleRequest": {"body": json.dumps({"data": [[1, 1]]})}})
+    _applied(reconcile(repo))
+    repo.weights([[2.0], [2.0]])
+    emulator.reset_counts()
+    with Clients(first["uri"], first["key"]) as clients:
+        out = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
+    for name, results in clients.results.items():
+        assert results and all(r[0] == 200 for r in results), (name, [r for r in results if r[0] != 200][:5])
+        assert {r[1] for r in results} <= {"[[3.0]]", "[[4.0]]"}, (name, {r[1] for r in results})
+    after = out["predict"]
+    assert after["body"] == [[4.0]] and after["deployments"] != first["deployments"] and len(after["deployments"]) == 1
+    assert emulator.counts()["PUT arm {WS}/onlineEndpoints/{name}"] == 3, emulator.counts()  # 10 %, 50 %, 100 %
+
+
+def test_a_broken_new_model_gets_no_traffic_and_the_old_deployment_keeps_serving(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    before = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
+    repo.write("src/score.py", "def init():\n    raise RuntimeError('weights are corrupt')\n\ndef run(raw):\n    return []\n")
+    out = reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]})
+    assert out["status"] == "failed", out
+    (change,) = [c for c in out["changes"] if c["id"] == "Webservice/svc-tiny"]
+    assert change["status"] == "failed" and "got no traffic and was deleted" in change["error"], change
+    status = {c[0]: c for c in out["resources"]["Webservice/svc-tiny"]}
+    assert status["Stalled"][1] is True and "no traffic" in status["Stalled"][3], status
+    assert out["predict"]["deployments"] == before["deployments"] and out["predict"]["body"] == before["body"]
+    repo.write("src/score.py", SCORE)
+    _applied(reconcile(repo))
+
+
+def test_keys_and_logs_of_a_v2_service(repo: Repo, reconcile: Reconciler) -> None:
+    out = _applied(reconcile(repo, access="svc-tiny"))
+    assert out["access"]["primary_kept"] and out["access"]["secondary_changed"]
+    assert isinstance(out["access"]["log"], str) and out["access"]["log"]
+
+
+def test_throttled_list_calls_are_retried_honouring_retry_after(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    emulator.reset_counts()
+    # More 429s than azure-core's own retries: the backend reports a transient error and the read is retried.
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "count": 5, "retryAfter": 1}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "no-changes", out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 6, emulator.counts()
+    assert writes(emulator.counts()) == {}
+
+
+def test_a_token_service_answers_with_an_aml_token(repo: Repo, reconcile: Reconciler) -> None:
+    repo.service(name="svc-token", auth="token")
+    try:
+        out = _applied(reconcile(repo, token="svc-token"))
+        assert out["token"]["status"] == 200 and out["token"]["body"] == "[[3.0]]", out["token"]
+        assert out["token"]["expires"] > out["token"]["refresh"] > 0
+    finally:
+        repo.remove("services/svc-token.yaml")
+        _applied(reconcile(repo))
+
+
+def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_attachment(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    repo.remove("services/svc-tiny.yaml")
+    out = _applied(reconcile(repo, readBack=True))
+    assert "Webservice/svc-tiny" not in out["actual"], out["actual"].keys()
+    assert out["actual"]["AksCluster/aks-gpu"]["details"]["provisioningState"] == "Succeeded"
+    deletes = [r for r in writes(emulator.counts()) if r.startswith("DELETE")]
+    assert any("onlineendpoints" in r.lower() for r in deletes) and not any("/computes/" in r.lower() for r in deletes)
+    repo.service()
+
+
+def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                        workdir: Path) -> None:
+    _applied(reconcile(repo))
+
+    def amlops(*args: str) -> str:
+        argv = [*args, "--state-dir", str(workdir / "cli-state")]
+        script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
+                  "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+        done = emulator.sdk(script, repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+        assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
+        return str(done.stdout)
+
+    import requests
+
+    keys = json.loads(amlops("keys", "svc-tiny", "--path", "repo", "--output", "json"))
+    status = json.loads(amlops("status", "--path", "repo", "--output", "json"))
+    uri = _scoring_uri(status)
+    assert uri.endswith("/api/v1/endpoint/svc-tiny/score"), status
+    resp = requests.post(uri, data=json.dumps({"data": [[1, 1]]}), timeout=30,
+                         headers={"Content-Type": "application/json", "Authorization": "Bearer " + keys["primaryKey"]})
+    assert resp.status_code == 200 and resp.json() == [[3.0]], (resp.status_code, resp.text)
+    assert amlops("logs", "svc-tiny", "--path", "repo", "--tail", "20").strip()
+
+
+def _scoring_uri(status: Any) -> str:
+    """The first scoringUri anywhere in ``amlops status --output json``."""
+    if isinstance(status, dict):
+        if isinstance(status.get("scoringUri"), str):
+            return str(status["scoringUri"])
+        values: list[Any] = list(status.values())
+    elif isinstance(status, list):
+        values = status
+    else:
+        return ""
+    for value in values:
+        found = _scoring_uri(value)
+        if found:
+            return found
+    return ""
