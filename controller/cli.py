@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -310,12 +310,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     progress = _LiveProgress(sys.stderr)
     pool = _pool(settings)
     try:
-        outcome = reconcile(
-            root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
-            ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
-                             parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
-                             confirm=confirm),
-        )
+        options = ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
+                                   parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
+                                   confirm=confirm)
+        revision = _revision_of(root)
+        outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir), options)
+        while outcome.status is ReconcileStatus.PROGRESSING and outcome.requeue_after is not None:
+            # A rollout under way: the confirmed change is carried on, pass after pass, until it ends.
+            time.sleep(outcome.requeue_after)
+            outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir),
+                                replace(options, confirm=None))
     finally:
         pool.close()
         lock.release()

@@ -245,9 +245,9 @@ def reconcile(
     observed: list[ActualState] = []
 
     def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
-               errors: tuple[str, ...] = ()) -> ReconcileOutcome:
+               errors: tuple[str, ...] = (), requeue_after: float | None = None) -> ReconcileOutcome:
         outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests,
-                                   observed[0] if observed else None)
+                                   observed[0] if observed else None, requeue_after)
         return record_step(recorder, outcome)
 
     mark = time.monotonic()
@@ -294,6 +294,9 @@ def reconcile(
     mark = time.monotonic()
     changes = apply_step(plan, desired, targets, options)
     durations["apply"] = time.monotonic() - mark
-    failed = [c for c in changes if c.status is not ChangeStatus.SUCCEEDED]
+    failed = [c for c in changes if c.status not in (ChangeStatus.SUCCEEDED, ChangeStatus.PROGRESSING)]
     errors = tuple(f"{c.id}: {c.error}" for c in failed if c.error)
-    return finish(ReconcileStatus.FAILED if failed else ReconcileStatus.APPLIED, plan, changes, errors)
+    # A rollout under way is a requeue, controller-runtime style: the pass ends, the next one is due soon.
+    waits = [c.requeue_after for c in changes if c.status is ChangeStatus.PROGRESSING and c.requeue_after is not None]
+    status = ReconcileStatus.FAILED if failed else ReconcileStatus.PROGRESSING if waits else ReconcileStatus.APPLIED
+    return finish(status, plan, changes, errors, min(waits) if waits else None)

@@ -188,7 +188,8 @@ class Recorder:
 
     def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
         """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""
-        if outcome.plan is None or outcome.status not in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES, ReconcileStatus.FAILED):
+        if outcome.plan is None or outcome.status not in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES,
+                                                          ReconcileStatus.FAILED, ReconcileStatus.PROGRESSING):
             return
         now = _now()
         revision = outcome.revision
@@ -228,6 +229,11 @@ class Recorder:
             elif result.status is ChangeStatus.SUCCEEDED:
                 conditions = (Condition("Ready", True, "ReconciliationSucceeded", f"{change.action.value} at revision {revision}"),)
                 last_applied = revision
+            elif result.status is ChangeStatus.PROGRESSING:
+                conditions = (
+                    Condition("Ready", False, "RolloutInProgress", result.message or ""),
+                    Condition("Progressing", True, "RolloutInProgress", result.message or ""),
+                )
             elif result.status is ChangeStatus.SKIPPED:
                 conditions = (
                     Condition("Ready", False, result.reason or "DependencyFailed", result.error or ""),

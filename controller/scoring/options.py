@@ -30,6 +30,7 @@ class ScoringOptions:
     max_queue_wait_ms: int
     max_request_bytes: int
     status_file: str | None
+    split_file: str | None
     tensorflow_compat: str
     log_format: str
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-queue-wait-ms", type=_positive, default=500)
     add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024)
     add("--status-file", help="JSON status, replaced atomically on each change")
+    add("--split-file", help="JSON {weight, port}: hand that percentage of scoring requests to the port (a canary)")
     add("--tensorflow-compat", choices=("v1", "none"), default="none")
     add("--log-format", choices=("text", "json"), default="text")
     return parser
@@ -96,7 +98,7 @@ def parse_options(argv: Sequence[str]) -> ScoringOptions:
         parser.error(f"--auth {ns.auth} needs --keys-file")
     values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__}
     # Absolute paths now: the entry script later runs with --source-dir as its working directory.
-    for name in ("source_dir", "model_dir", "keys_file", "status_file", "fd_socket"):
+    for name in ("source_dir", "model_dir", "keys_file", "status_file", "split_file", "fd_socket"):
         if values[name]:
             values[name] = os.path.abspath(values[name])
     options = ScoringOptions(**values)

@@ -21,6 +21,8 @@ class ChangeStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    # A rollout under way: neither done nor failed; the next pass carries it on.
+    PROGRESSING = "progressing"
 
 
 class ReconcileStatus(StrEnum):
@@ -28,6 +30,7 @@ class ReconcileStatus(StrEnum):
 
     NO_CHANGES = "no-changes"
     APPLIED = "applied"
+    PROGRESSING = "progressing"
     DETECTED = "detected"
     HELD = "held"
     INVALID = "invalid"
@@ -49,10 +52,14 @@ class ChangeOutcome:
     duration_s: float = 0.0
     error: str | None = None
     reason: str | None = None
+    # A rollout's progress: where it stands, when to look again, and each passed step's figures.
+    message: str | None = None
+    requeue_after: float | None = None
+    rollout: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for JSON output and the history database."""
-        return {
+        data: dict[str, Any] = {
             "kind": self.id.kind.value,
             "name": self.id.name,
             "action": self.action.value,
@@ -62,6 +69,11 @@ class ChangeOutcome:
             "error": self.error,
             "reason": self.reason,
         }
+        if self.message is not None:
+            data["message"] = self.message
+        if self.rollout:
+            data["rollout"] = list(self.rollout)
+        return data
 
 
 class ExecutionPhase(StrEnum):
@@ -69,6 +81,7 @@ class ExecutionPhase(StrEnum):
 
     STARTED = "started"
     RETRYING = "retrying"
+    PROGRESSING = "progressing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -106,6 +119,8 @@ class ReconcileOutcome:
     digests: dict[ResourceId, str] = field(default_factory=dict)
     # Actual state as this pass read it (before applying), for status pages that need no second read.
     actual: ActualState | None = None
+    # Set while a rollout is under way: the next pass is due this many seconds from now.
+    requeue_after: float | None = None
 
     @property
     def ok(self) -> bool:
