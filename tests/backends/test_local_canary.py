@@ -8,6 +8,9 @@ exact per live replica; the points cover answers in flight while the weight chan
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from controller.backends.local import LocalBackend
@@ -26,6 +29,7 @@ from .canaries import (
     new_version,
     port_of,
     stopped_candidate,
+    wait_for,
 )
 from .conftest import Repo, apply_all
 
@@ -89,3 +93,102 @@ def test_a_version_that_errors_on_a_share_of_requests_is_rolled_back_at_the_firs
     status = recorder.resource_status()
     stalled = next(s for rid, s in status.items() if rid.kind is Kind.WEBSERVICE).condition("Stalled")
     assert stalled is not None and stalled.status and "error rate" in stalled.message
+
+
+def test_a_version_five_times_slower_is_rolled_back_on_its_p99_against_the_live_version(
+    backend: LocalBackend, repo: Repo, tmp_path: Path
+) -> None:
+    recorder, load = _start(backend, repo, tmp_path)
+    new_version(repo, "3", sleepMs=100)  # the live version takes 20 ms
+    try:
+        outcomes = drive(repo, backend, recorder, "r2")
+    finally:
+        answers = load.finish()
+
+    change = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
+    assert change.status is ChangeStatus.FAILED and change.reason == "AnalysisFailed"
+    assert change.error is not None and change.error.startswith("analysis failed at step 1 (10 %): p99 ")
+    assert "× live p99" in change.error
+    assert failures(answers) == []
+    share, candidate, total = candidate_share(answers)
+    assert candidate > 0 and share <= 0.10 + TOLERANCE, (candidate, total)
+    assert stopped_candidate(backend)
+
+
+def test_a_version_whose_init_fails_is_rolled_back_before_any_request_reaches_it(
+    backend: LocalBackend, repo: Repo, tmp_path: Path
+) -> None:
+    recorder, load = _start(backend, repo, tmp_path)
+    new_version(repo, "3", initFails=True)
+    try:
+        outcomes = drive(repo, backend, recorder, "r2")
+    finally:
+        answers = load.finish()
+
+    change = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
+    assert change.status is ChangeStatus.FAILED and change.reason == "CandidateFailed"
+    assert change.error is not None and "the model files are corrupt" in change.error
+    assert failures(answers) == []
+    assert answers and all(a.version == "live" for a in answers)
+    assert stopped_candidate(backend)
+    svc = backend.read().get(Kind.WEBSERVICE, SERVICE)
+    assert svc is not None and svc.condition("Ready").status  # type: ignore[union-attr]
+
+
+def test_a_person_aborting_mid_rollout_returns_all_traffic_to_the_live_version(
+    backend: LocalBackend, repo: Repo, tmp_path: Path
+) -> None:
+    recorder, load = _start(backend, repo, tmp_path)
+    new_version(repo, "3")
+    aborted: list[float] = []
+
+    def abort_at_second_step(outcome: object) -> None:
+        state = backend.rollout_state(SERVICE)
+        if not aborted and state is not None and state.step == 1:
+            assert backend.request_rollout(SERVICE, "abort")
+            aborted.append(time.monotonic())
+
+    try:
+        outcomes = drive(repo, backend, recorder, "r2", between=abort_at_second_step)
+        time.sleep(1.0)  # answers after the rollback: all from the live version
+    finally:
+        answers = load.finish()
+
+    change = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
+    assert change.status is ChangeStatus.FAILED and change.reason == "RolloutAborted"
+    assert change.error is not None and "aborted by amlops rollout abort at step 2 (50 %)" in change.error
+    assert failures(answers) == []
+    finished = outcomes[-1].finished.timestamp()
+    assert aborted and any(a.version == "candidate" for a in answers)
+    after = [a for a in answers if a.at > time.monotonic() - (time.time() - finished) + 0.5]
+    assert after and all(a.version == "live" for a in after)
+    assert stopped_candidate(backend)
+
+
+def test_a_controller_killed_mid_rollout_leaves_a_tracked_split_and_the_next_one_finishes_it(
+    backend: LocalBackend, repo: Repo, tmp_path: Path, state_dir: Path
+) -> None:
+    recorder, load = _start(backend, repo, tmp_path)
+    new_version(repo, "3")
+    root = Path(__file__).resolve().parents[2]
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "tests.backends.canary_driver", str(state_dir), str(repo.root), "r2",
+         str(tmp_path / "history")], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (s := backend.rollout_state(SERVICE)) is not None and s.step == 1, timeout=90)
+        controller.kill()  # SIGKILL in the middle of step 2: no cleanup of any kind
+        controller.wait(10)
+        state = backend.rollout_state(SERVICE)
+        assert state is not None and state.weight == 50  # the split in force is the one recorded
+        outcomes = drive(repo, backend, recorder, "r2")
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        answers = load.finish()
+
+    assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
+    done = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
+    assert [s["weight"] for s in done.rollout] == [10, 50, 100]
+    assert failures(answers) == []
+    assert stopped_candidate(backend)
+    assert answers[-5:] and all(a.version == "candidate" for a in answers[-5:])
