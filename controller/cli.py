@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
 from controller import __version__
-from controller.backends.base import ApplyContext, Backend, ServiceAccess
+from controller.backends.base import ApplyContext, Backend, ServiceAccess, TrafficSplitting
 from controller.core.connecting import BackendPool
 from controller.core.executing import execute
 from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
 from controller.core.recording import Recorder, ResourceStatus
-from controller.core.rendering import render_json, render_markdown, render_text
+from controller.core.rendering import describe_rollout_state, render_json, render_markdown, render_text
+from controller.core.rolling_out import describe, intervene
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
@@ -177,6 +178,8 @@ class _LiveProgress:
             self._line(f"{label}: attempt {event.attempt} failed, {event.message}", final=False)
         elif event.phase is ExecutionPhase.SUCCEEDED:
             self._line(f"{label}: done after {elapsed:.1f}s", final=True)
+        elif event.phase is ExecutionPhase.PROGRESSING:
+            self._line(f"{label}: {event.message}", final=False)
         else:
             self._line(f"{label}: {event.phase.value}: {event.message}", final=True)
 
@@ -551,6 +554,51 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _figures(label: str, figures: Mapping[str, Any]) -> str:
+    p99 = figures.get("p99Ms")
+    return (f"{label} {figures.get('requests', 0)} requests, {figures.get('errors', 0)} errors "
+            f"({100 * float(figures.get('errorRate', 0)):.1f} %), p99 {'-' if p99 is None else f'{p99:g} ms'}")
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """Show where a service's rollout stands, or ask the controller to ``promote`` or ``abort`` it."""
+    settings = _settings(args)
+    pool = _pool(settings)
+    try:
+        backend = _service_backend(_backends_in_use(args, pool, "rollout"), args.service)
+        if not isinstance(backend, TrafficSplitting):
+            raise PermanentError(f"the {backend.name} backend cannot split traffic", reason="Unsupported")
+        if args.action != "status":
+            if not intervene(backend, args.service, args.action):
+                print(f"amlops rollout: {args.service} has no rollout in progress", file=sys.stderr)
+                return EXIT_ERROR
+            print(f"{args.action} requested for the rollout of {args.service}: the controller acts on its next pass")
+            return EXIT_OK
+        data = describe(backend, args.service)
+    except BackendError as exc:
+        print(f"amlops rollout: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
+    if args.output == "json":
+        print(json.dumps({"service": args.service, "rollout": data}, indent=2, sort_keys=True))
+        return EXIT_OK
+    if data is None:
+        print(f"{args.service}: no rollout in progress")
+        return EXIT_OK
+    print(f"{args.service}: {describe_rollout_state(data)}")
+    if data.get("weights"):
+        print(f"  steps: {' → '.join(f'{w} %' for w in data['weights'])}")
+    current = data.get("window")
+    if current:
+        print(f"  this step, {current['seconds']:g} s: {_figures('new', current['candidate'])}; "
+              f"{_figures('live', current['live'])}")
+    for step in data.get("passed") or []:
+        print(f"  passed step {step['step']} ({step['weight']} %) in {step['seconds']:g} s: "
+              f"{_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
+    return EXIT_OK
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a fresh access token of a service with ``auth: token`` to stdout (never to a log)."""
     settings = _settings(args)
@@ -793,6 +841,14 @@ def build_parser() -> argparse.ArgumentParser:
     _manifests_arg(token)
     _common(token)
     token.set_defaults(handler=cmd_token)
+
+    rollout = sub.add_parser("rollout", help="where a service's rollout stands; promote or abort it")
+    rollout.add_argument("action", choices=("status", "promote", "abort"))
+    rollout.add_argument("service")
+    rollout.add_argument("--output", choices=("text", "json"), default="text")
+    _manifests_arg(rollout)
+    _common(rollout)
+    rollout.set_defaults(handler=cmd_rollout)
 
     logs = sub.add_parser("logs", help="a service replica's log")
     logs.add_argument("service")

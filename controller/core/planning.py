@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
+from controller.core.rendering import describe_rollout, describe_rollout_state
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
@@ -35,6 +36,7 @@ from controller.structs.manifests import (
     canonical_base_image,
 )
 from controller.structs.plans import Action, Change, FieldDiff, Plan
+from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
 from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
@@ -368,18 +370,38 @@ def plan_resource(
                                  "deletionPolicy: Delete to allow the replacement, or delete it with amlops delete")
         return Change(desired.id, Action.REPLACE, diffs, reason=f"{names} cannot change in place (forces replacement)",
                       manifest_file=desired.origin.file)
+    if (actual.digest or "").startswith(ROLLOUT_DIGEST_PREFIX):
+        rollout = actual.details.get("rollout") or {}
+        return Change(desired.id, Action.UPDATE, diffs, manifest_file=desired.origin.file,
+                      reason=f"rollout in progress: {describe_rollout_state(rollout)}")
     if diffs:
         if actual.digest == desired.digest:
             reason = _drift_reason(diffs, actual)
         else:
             reason = "manifest changed: " + ", ".join(d.path for d in diffs)
-        return Change(desired.id, Action.UPDATE, diffs, reason=reason, manifest_file=desired.origin.file)
+        return Change(desired.id, Action.UPDATE, diffs, reason=reason, manifest_file=desired.origin.file,
+                      rollout=_rollout_of(manifest, diffs))
     if not actual.owned_by(controller_name):
         return Change(desired.id, Action.UPDATE, reason="adopt: exists but carries no ownership tags yet",
                       manifest_file=desired.origin.file)
     if actual.digest != desired.digest:
-        return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file)
+        return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file,
+                      rollout=_rollout_of(manifest, ()))
     return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file)
+
+
+# Fields a service changes in place, without a new version: no rollout for a change of only these.
+_IN_PLACE_PREFIXES: Final = ("spec.replicas", "spec.autoscale", "spec.tags", "spec.description", "spec.rollout",
+                             "spec.deletionPolicy")
+
+
+def _rollout_of(manifest: AnyManifest, diffs: tuple[FieldDiff, ...]) -> str:
+    """How the change reaches traffic, for a service whose strategy is not replica by replica."""
+    if not isinstance(manifest, WebserviceManifest) or manifest.spec.rollout.strategy == "rolling":
+        return ""
+    if diffs and all(d.path.startswith(_IN_PLACE_PREFIXES) for d in diffs):
+        return ""
+    return describe_rollout(manifest.spec.rollout)
 
 
 def plan_removal(actual: ActualResource, *, controller_name: str) -> Change | None:

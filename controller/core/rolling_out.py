@@ -197,7 +197,8 @@ def _begin(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyConte
     if annotation == "abort":
         raise PermanentError(f"rollout held: the annotation {ROLLOUT_ANNOTATION}=abort is set", reason="RolloutAborted")
     state = RolloutState(service=name, target=resource.digest, revision=ctx.revision, strategy=rollout.strategy,
-                         phase=Phase.STARTING, started=now(), message="starting the candidate version")
+                         phase=Phase.STARTING, started=now(), message="starting the candidate version",
+                         weights=tuple(s.weight for s in rollout.steps))
     backend.discard_candidate(name)  # a leftover nobody tracks goes before a new one starts
     backend.save_rollout(name, state)  # stored first: a crash from here on finds the candidate tracked
     backend.start_candidate(resource, ctx)
@@ -312,3 +313,29 @@ def _promoting(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyC
     backend.save_rollout(state.service, None)
     log.info("rollout.promoted", extra={"service": state.service, "steps": len(state.steps)})
     return Progress(True, f"{state.strategy}: promoted after {len(state.steps)} steps", None, state.steps)
+
+
+# --- looking and intervening (``amlops rollout``) -------------------------------------------------
+
+
+def describe(backend: TrafficSplitting, service: str, now: Clock = time.time) -> dict[str, Any] | None:
+    """Where ``service``'s rollout stands, with both versions' figures over the current step so far; None without one."""
+    state = backend.rollout_state(service)
+    if state is None:
+        return None
+    data = state.summary()
+    if state.phase == Phase.STEPPING:
+        traffic = backend.traffic(service)
+        data["window"] = {
+            "seconds": round(now() - state.step_started, 1),
+            "candidate": VersionFigures.of(window(traffic.candidate, state.baseline_of("candidate"))).to_json(),
+            "live": VersionFigures.of(window(traffic.live, state.baseline_of("live"))).to_json(),
+        }
+    return data
+
+
+def intervene(backend: TrafficSplitting, service: str, action: str) -> bool:
+    """Ask the controller to ``abort`` or ``promote`` ``service``'s rollout on its next pass; False without one."""
+    if action not in ("abort", "promote"):
+        raise ValueError(f"unknown rollout action {action!r} (abort or promote)")
+    return backend.request_rollout(service, action)

@@ -567,6 +567,8 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     for key in ("modelVersions", "models", "version", "gpus"):
         if details.get(key):
             shown[key] = details[key]
+    if isinstance(details.get("rollout"), dict):
+        shown["rollout"] = details["rollout"]
     return shown
 
 

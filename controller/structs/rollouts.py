@@ -13,8 +13,7 @@ killed mid-rollout resumes (or rolls back) from it on restart.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
@@ -23,6 +22,10 @@ LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 ROLLOUT_ANNOTATION: Final = "amlops.dev/rollout"
 """Set to ``abort`` or ``promote`` on a Webservice to intervene in its rollout in progress."""
+
+ROLLOUT_DIGEST_PREFIX: Final = "rollout:"
+"""What a backend reports as a service's digest while a rollout is under way: no desired digest
+equals it, so every pass plans an update and drives (or cleans up) the rollout."""
 
 SPLIT_POLL_S: Final = 0.1
 """How often a replica looks at its split file: a weight change reaches traffic within this."""
@@ -213,6 +216,7 @@ class RolloutState:
     live_p99_ms: float | None = None
     request: str | None = None
     message: str = ""
+    weights: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
@@ -232,26 +236,19 @@ class RolloutState:
         )
         known = {name for name in cls.__dataclass_fields__}
         values = {k: v for k, v in data.items() if k in known and k != "steps"}
-        return replace(cls(**values), steps=steps)
+        return replace(cls(**values), steps=steps, weights=tuple(data.get("weights") or ()))
 
     def baseline_of(self, side: str) -> dict[str, Counters]:
         """Per-replica counters at the start of the current step, for ``live`` or ``candidate``."""
         return {key: Counters.from_json(value) for key, value in self.baseline.get(side, {}).items()}
 
-    def summary(self, steps: Sequence[int] = ()) -> dict[str, Any]:
-        """What status pages show: phase, step (1-based) of how many, weight, the last figures."""
+    def summary(self) -> dict[str, Any]:
+        """What status pages show: phase, step (1-based) of the weights, weight, each passed step's figures."""
         data: dict[str, Any] = {"strategy": self.strategy, "phase": self.phase, "weight": self.weight,
-                                "revision": self.revision, "message": self.message}
+                                "weights": list(self.weights), "revision": self.revision, "message": self.message}
         if self.step >= 0:
             data["step"] = self.step + 1
-        if steps:
-            data["steps"] = list(steps)
         if self.request:
             data["request"] = self.request
         data["passed"] = [s.to_json() for s in self.steps]
         return data
-
-
-def ceil_weight(weight: float) -> int:
-    """A weight as a whole percent (rounded up: a step never gets less than it asked for)."""
-    return min(100, max(0, math.ceil(weight)))

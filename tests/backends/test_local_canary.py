@@ -8,11 +8,16 @@ exact per live replica; the points cover answers in flight while the weight chan
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from controller import cli
 from controller.backends.local import LocalBackend
 from controller.core.recording import Recorder
 from controller.structs.manifests import Kind
@@ -136,16 +141,22 @@ def test_a_version_whose_init_fails_is_rolled_back_before_any_request_reaches_it
 
 
 def test_a_person_aborting_mid_rollout_returns_all_traffic_to_the_live_version(
-    backend: LocalBackend, repo: Repo, tmp_path: Path
+    backend: LocalBackend, repo: Repo, tmp_path: Path, state_dir: Path
 ) -> None:
     recorder, load = _start(backend, repo, tmp_path)
     new_version(repo, "3")
     aborted: list[float] = []
+    shown: list[dict[str, Any]] = []
+    flags = ["--state-dir", str(state_dir), "--controller-name", "test-controller", "--path", str(repo.root)]
 
     def abort_at_second_step(outcome: object) -> None:
         state = backend.rollout_state(SERVICE)
         if not aborted and state is not None and state.step == 1:
-            assert backend.request_rollout(SERVICE, "abort")
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                assert cli.main(["rollout", "status", SERVICE, "--output", "json", *flags]) == 0
+                assert cli.main(["rollout", "abort", SERVICE, *flags]) == 0
+            shown.append(json.loads(out.getvalue().split("\nabort requested")[0]))
             aborted.append(time.monotonic())
 
     try:
@@ -163,6 +174,10 @@ def test_a_person_aborting_mid_rollout_returns_all_traffic_to_the_live_version(
     after = [a for a in answers if a.at > time.monotonic() - (time.time() - finished) + 0.5]
     assert after and all(a.version == "live" for a in after)
     assert stopped_candidate(backend)
+    status = shown[0]["rollout"]
+    assert status["step"] == 2 and status["weight"] == 50 and status["weights"] == [10, 50, 100]
+    assert status["passed"][0]["weight"] == 10 and status["passed"][0]["candidate"]["requests"] >= 15
+    assert set(status["window"]) == {"seconds", "candidate", "live"}
 
 
 def test_a_controller_killed_mid_rollout_leaves_a_tracked_split_and_the_next_one_finishes_it(

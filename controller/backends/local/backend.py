@@ -66,7 +66,7 @@ from controller.structs.manifests import (
     WebserviceSpec,
 )
 from controller.structs.plans import Change
-from controller.structs.rollouts import SPLIT_POLL_S, RolloutState, Traffic
+from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX, SPLIT_POLL_S, RolloutState, Traffic
 from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
@@ -272,12 +272,12 @@ class LocalBackend:
         split = read_split(self.state_dir, name)
         if stored is None:
             details["rollout"] = {"phase": "untracked", "weight": split.weight if split else 0}
-            tags[DIGEST_TAG] = "rollout:untracked"
+            tags[DIGEST_TAG] = ROLLOUT_DIGEST_PREFIX + "untracked"
             message = "a candidate version runs without a rollout: the next pass removes it"
         else:
             state = RolloutState.from_json(stored)
             details["rollout"] = {**state.summary(), "splitWeight": split.weight if split else 0}
-            tags[DIGEST_TAG] = f"rollout:{state.target}"
+            tags[DIGEST_TAG] = ROLLOUT_DIGEST_PREFIX + state.target
             message = state.message or f"{state.strategy} {state.phase}"
         conditions = [c for c in conditions if c.type != ConditionType.PROGRESSING]
         conditions.append(Condition(ConditionType.PROGRESSING, True, "RolloutInProgress", message))
