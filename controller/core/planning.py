@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -210,11 +211,37 @@ def _diff_model(
             _diff_model(value, observed, here, type(value), replace_fields, out)
             continue
         wanted = user_set(value)
+        if _model_list(value) and _same_models(value, observed, here):
+            continue  # a list of models (rollout steps) equal field by field, defaults included
         if isinstance(wanted, dict) and isinstance(observed, Mapping) and here[-1] != "models":
             _diff_mapping(wanted, observed, here, replace_fields, out)
             continue
         if not _equal(here, wanted, observed):
             out.append(FieldDiff(".".join(here), _plain(observed), wanted, _forces(here, replace_fields)))
+
+
+def _model_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, BaseModel) for v in value)
+
+
+def _same_models(desired: list[BaseModel], observed: Any, path: tuple[str, ...]) -> bool:
+    """Whether an observed list matches a list of models, each key either set alike or left at its default."""
+    if not isinstance(observed, list) or len(observed) != len(desired):
+        return False
+    for wanted, seen in zip(desired, observed, strict=True):
+        if not isinstance(seen, Mapping):
+            return False
+        nested: list[FieldDiff] = []
+        _diff_model(wanted, seen, path, type(wanted), frozenset(), nested)
+        if nested:
+            return False
+        for key, value in seen.items():
+            if key in wanted.model_fields_set:
+                continue
+            default = _field_default(type(wanted), str(key))
+            if default is _MISSING or not _equal((*path, str(key)), user_set(default), value):
+                return False
+    return True
 
 
 def _diff_mapping(
@@ -446,7 +473,7 @@ def _with_dependencies(changes: list[Change], desired: DesiredState, actual: Act
             if resource is not None:
                 deps = {ref for ref in references(resource.manifest) if ref in effective and ref != change.id}
         ordered = tuple(sorted(deps, key=lambda r: (r.order(), r.name)))
-        result.append(Change(change.id, change.action, change.diffs, change.reason, change.manifest_file, ordered))
+        result.append(replace(change, depends_on=ordered))
     return result
 
 

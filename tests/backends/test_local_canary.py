@@ -24,6 +24,7 @@ from controller.structs.manifests import Kind
 from controller.structs.results import ChangeStatus, ReconcileStatus
 
 from .canaries import (
+    CANARY,
     SERVICE,
     Load,
     canary_repo,
@@ -71,6 +72,8 @@ def test_a_good_version_passes_every_canary_step_and_reaches_all_traffic(
     assert svc is not None and "rollout" not in svc.details
     recorded = [c for c in history_changes(recorder) if c.get("rollout")]
     assert recorded and [s["weight"] for s in recorded[0]["rollout"]] == [10, 50, 100]
+    # Done means done: the next pass finds nothing to change (the rollout's own fields included).
+    assert drive(repo, backend, recorder, "r2")[-1].status is ReconcileStatus.NO_CHANGES
 
 
 def test_a_version_that_errors_on_a_share_of_requests_is_rolled_back_at_the_first_step(
@@ -207,3 +210,45 @@ def test_a_controller_killed_mid_rollout_leaves_a_tracked_split_and_the_next_one
     assert failures(answers) == []
     assert stopped_candidate(backend)
     assert answers[-5:] and all(a.version == "candidate" for a in answers[-5:])
+
+
+def test_blue_green_gives_the_new_version_no_traffic_until_checked_then_all_of_it(
+    backend: LocalBackend, repo: Repo, tmp_path: Path
+) -> None:
+    canary_repo(repo, rollout={"strategy": "blueGreen", "sampleRequest": {"body": '{"data": [1]}', "expect": "[3.0]"}})
+    apply_all(backend, repo)
+    recorder = Recorder(tmp_path / "history")
+    load = Load(port_of(backend), backend.get_keys(SERVICE)[0]).start()
+    new_version(repo, "3")
+    try:
+        outcomes = drive(repo, backend, recorder, "r2")
+        time.sleep(1.0)
+    finally:
+        answers = load.finish()
+
+    assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
+    assert failures(answers) == []
+    first = next(a.at for a in answers if a.version == "candidate")
+    assert all(a.version == "candidate" for a in answers if a.at > first + 0.5)
+    assert stopped_candidate(backend)
+
+
+def test_a_version_that_answers_the_sample_request_wrongly_never_gets_traffic(
+    backend: LocalBackend, repo: Repo, tmp_path: Path
+) -> None:
+    rollout = {**CANARY, "sampleRequest": {"body": '{"data": [1]}', "compareWithLive": True}}
+    canary_repo(repo, rollout=rollout)
+    apply_all(backend, repo)
+    recorder = Recorder(tmp_path / "history")
+    load = Load(port_of(backend), backend.get_keys(SERVICE)[0]).start()
+    new_version(repo, "3")  # answers 3× where the live version answers 2×
+    try:
+        outcomes = drive(repo, backend, recorder, "r2")
+    finally:
+        answers = load.finish()
+
+    change = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
+    assert change.status is ChangeStatus.FAILED and change.reason == "SampleRequestFailed"
+    assert change.error == "sample request failed on the candidate version: answered [3.0] where [2.0] was expected"
+    assert failures(answers) == [] and all(a.version == "live" for a in answers)
+    assert stopped_candidate(backend)
