@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from benchmarks.reports import print_machine
 from benchmarks.workfolders import REPO
 
-NAMES = ("scorer", "reconcile", "calls", "idle", "commit_to_serving")
+NAMES = ("scorer", "reconcile", "calls", "idle", "commit_to_serving", "rollout")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

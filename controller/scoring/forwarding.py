@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
+from collections.abc import Callable
 
 import httptools
 import orjson
@@ -35,26 +37,26 @@ class _Upstream(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Answer] | None = None
         self.headers: dict[bytes, bytes] = {}
         self.body: list[bytes] = []
         self.answered_bytes = False
         self.closed = False
         self.keep_alive = True
+        self.deadline = 0.0
+        self.done: Callable[[Answer | None], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(exc or ConnectionResetError("the candidate closed the connection"))
+        self._fail()
 
     def data_received(self, data: bytes) -> None:
         self.answered_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(ConnectionError(f"malformed answer from the candidate: {exc}"))
+        except httptools.HttpParserError:
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -65,21 +67,28 @@ class _Upstream(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
+        done, self.done = self.done, None
+        if done is not None:
+            done((self.parser.get_status_code(), self.headers, b"".join(self.body)))
 
-    def _fail(self, exc: BaseException) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+    def _fail(self) -> None:
+        """The exchange ends without an answer: None (run it here) if the candidate sent nothing, else 502."""
+        done, self.done = self.done, None
+        if done is not None:
+            done((502, {}, b"the candidate version closed the connection mid-answer") if self.answered_bytes else None)
 
-    def send(self, loop: asyncio.AbstractEventLoop, data: bytes) -> asyncio.Future[Answer]:
+    def send(self, data: bytes, deadline: float, done: Callable[[Answer | None], None]) -> None:
         self.headers, self.body, self.answered_bytes = {}, [], False
-        self.waiter = loop.create_future()
+        self.deadline, self.done = deadline, done
         assert self.transport is not None
         self.transport.write(data)
-        return self.waiter
+
+    def expire(self) -> None:
+        """Past its deadline: answer 504 and drop the connection (a late answer has nowhere to go)."""
+        done, self.done = self.done, None
+        self.close()
+        if done is not None:
+            done((504, {}, b"the candidate version did not answer in time"))
 
     def close(self) -> None:
         self.closed = True
@@ -88,7 +97,11 @@ class _Upstream(asyncio.Protocol):
 
 
 class Splitter:
-    """Follows a split file and hands the chosen share of scoring requests to the candidate."""
+    """Follows a split file and hands the chosen share of scoring requests to the candidate.
+
+    Forwarding is callback-driven, with no task or timer per request: a pooled connection takes the
+    request at once, and the poll tick that reads the split file also expires overdue exchanges.
+    """
 
     def __init__(self, path: str, timeout_s: float) -> None:
         self.path = path
@@ -97,16 +110,23 @@ class Splitter:
         self.port = 0
         self.credit = 0
         self.idle: list[_Upstream] = []
+        self.busy: set[_Upstream] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._seen: tuple[int, int] | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the file now and every ``SPLIT_POLL_S`` after."""
+        self.loop = loop
         self.poll()
-        loop.call_later(SPLIT_POLL_S, self._tick, loop)
+        loop.call_later(SPLIT_POLL_S, self._tick)
 
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _tick(self) -> None:
         self.poll()
-        loop.call_later(SPLIT_POLL_S, self._tick, loop)
+        now = time.monotonic()
+        for upstream in [u for u in self.busy if u.deadline < now]:
+            upstream.expire()
+        assert self.loop is not None
+        self.loop.call_later(SPLIT_POLL_S, self._tick)
 
     def poll(self) -> None:
         """Take up a changed split file (one ``stat`` when it did not change)."""
@@ -143,48 +163,49 @@ class Splitter:
             return True
         return False
 
-    async def forward(self, url: bytes, headers: dict[bytes, bytes], body: bytes) -> Answer | None:
-        """The candidate's answer, or None when it answered nothing (then the request runs here)."""
-        loop = asyncio.get_running_loop()
+    def forward(self, url: bytes, headers: dict[bytes, bytes], body: bytes, done: Callable[[Answer | None], None]) -> None:
+        """Send the request to the candidate; ``done`` gets its answer, or None when it answered nothing
+        (then the request runs here)."""
         head = [b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n" % (url, len(body))]
         head.extend(b"%s: %s\r\n" % item for item in headers.items() if item[0] not in _HOP_HEADERS)
-        data = b"".join(head) + b"\r\n" + body
-        port = self.port
+        self._send(b"".join(head) + b"\r\n" + body, self.port, done)
+
+    def _send(self, data: bytes, port: int, done: Callable[[Answer | None], None]) -> None:
         while self.idle:
             upstream = self.idle.pop()
-            if upstream.closed:
-                continue
-            answer = await self._exchange(loop, upstream, data)
-            if answer is not None:
-                return self._keep(upstream, port, answer)
-            # A pooled connection the candidate had already dropped: try a fresh one.
-        if not port:
-            return None
+            if not upstream.closed and upstream.transport is not None and not upstream.transport.is_closing():
+                self._exchange(upstream, data, port, done, retry=True)
+                return
+        if not port or self.loop is None:
+            done(None)
+            return
+        self.loop.create_task(self._connect(data, port, done))
+
+    async def _connect(self, data: bytes, port: int, done: Callable[[Answer | None], None]) -> None:
+        assert self.loop is not None
         try:
-            _transport, upstream = await loop.create_connection(_Upstream, "127.0.0.1", port)
+            _transport, upstream = await self.loop.create_connection(_Upstream, "127.0.0.1", port)
         except OSError:
-            return None
-        answer = await self._exchange(loop, upstream, data)
-        return None if answer is None else self._keep(upstream, port, answer)
+            done(None)
+            return
+        self._exchange(upstream, data, port, done, retry=False)
 
-    async def _exchange(self, loop: asyncio.AbstractEventLoop, upstream: _Upstream, data: bytes) -> Answer | None:
-        try:
-            return await asyncio.wait_for(upstream.send(loop, data), self.timeout_s)
-        except (OSError, ConnectionError):
-            upstream.close()
-            if upstream.answered_bytes:
-                return (502, {}, b"the candidate version closed the connection mid-answer")
-            return None
-        except TimeoutError:
-            upstream.close()
-            return (504, {}, b"the candidate version did not answer in time")
+    def _exchange(self, upstream: _Upstream, data: bytes, port: int, done: Callable[[Answer | None], None],
+                  retry: bool) -> None:
+        def settle(answer: Answer | None) -> None:
+            self.busy.discard(upstream)
+            if answer is None and retry:
+                self._send(data, port, done)  # a pooled connection the candidate had dropped: a fresh one
+                return
+            if answer is not None and upstream.keep_alive and not upstream.closed and port == self.port \
+                    and len(self.idle) < POOL_MAX:
+                self.idle.append(upstream)
+            elif not upstream.closed:
+                upstream.close()
+            done(answer)
 
-    def _keep(self, upstream: _Upstream, port: int, answer: Answer) -> Answer:
-        if upstream.keep_alive and not upstream.closed and port == self.port and len(self.idle) < POOL_MAX:
-            self.idle.append(upstream)
-        else:
-            upstream.close()
-        return answer
+        self.busy.add(upstream)
+        upstream.send(data, time.monotonic() + self.timeout_s, settle)
 
     def close(self) -> None:
         """Close pooled connections."""

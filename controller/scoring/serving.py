@@ -34,7 +34,7 @@ import httptools
 import orjson
 
 from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
-from controller.scoring.forwarding import Splitter
+from controller.scoring.forwarding import Answer, Splitter
 from controller.scoring.importing import EntryPoint, load_entry_script
 from controller.scoring.keys import KeyRing
 from controller.scoring.metrics import ScoringMetrics
@@ -352,7 +352,8 @@ class ScoringApp:
         if splitter is not None and splitter.weight and splitter.take():
             if b"x-request-id" not in headers:
                 headers = {**headers, b"x-request-id": request_id}
-            asyncio.get_running_loop().create_task(self.forward(conn, url, headers, body, keep_alive, started, extra))
+            splitter.forward(url, headers, body, lambda answer: self.forwarded(
+                answer, conn, headers, body, keep_alive, started, extra))
             return
         self.run_here(conn, body, keep_alive, started, request_id, extra)
 
@@ -375,11 +376,9 @@ class ScoringApp:
             return
         self.metrics.in_flight += 1
 
-    async def forward(self, conn: Connection, url: bytes, headers: dict[bytes, bytes], body: bytes,
-                      keep_alive: bool, started: float, extra: bytes) -> None:
+    def forwarded(self, answer: Answer | None, conn: Connection, headers: dict[bytes, bytes], body: bytes,
+                  keep_alive: bool, started: float, extra: bytes) -> None:
         """Answer with the candidate version's answer, or run the request here if it gave none."""
-        assert self.splitter is not None
-        answer = await self.splitter.forward(url, headers, body)
         if answer is None:
             self.run_here(conn, body, keep_alive, started, headers[b"x-request-id"], extra)
             return

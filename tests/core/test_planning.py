@@ -291,3 +291,10 @@ def test_a_service_with_a_rollout_in_progress_is_planned_again_until_it_ends(rep
     assert change.action is Action.UPDATE
     assert change.reason == ("rollout in progress: canary step 2 of 3, 50 % to the new version: "
                              "checks pass over 120 requests; pausing 3/30 s")
+
+
+def test_an_applied_canary_service_plans_no_changes(repo: Repo) -> None:
+    # Its rollout steps are a list of models: the backend reports them with defaults filled in.
+    _canary(repo)
+    desired = repo.load()
+    assert not _plan(desired, _applied(desired)).has_changes
