@@ -502,6 +502,10 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"        {error}")
         if len(entry.errors) > 5:
             print(f"        … and {len(entry.errors) - 5} more")
+        for change in entry.changes:
+            for step in change.get("rollout") or []:  # a passed rollout keeps every step's figures
+                print(f"        {change['kind']}/{change['name']} step {step['step']} ({step['weight']} %) "
+                      f"{step['seconds']:g} s: {_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
     return EXIT_OK
 
 

@@ -156,6 +156,19 @@ class Recorder:
     def record(self, outcome: ReconcileOutcome) -> int:
         """Store one reconcile and fold its change outcomes into resource status; return its history id."""
         with self._transaction() as conn:
+            last = conn.execute("SELECT id, status, revision FROM reconciles ORDER BY id DESC LIMIT 1").fetchone()
+            if (outcome.status is ReconcileStatus.PROGRESSING and last is not None
+                    and last[1] == ReconcileStatus.PROGRESSING.value and last[2] == outcome.revision):
+                # A rollout is one entry per revision while it runs (a pass every second would
+                # otherwise push the whole history out): the entry is brought up to date in place.
+                conn.execute(
+                    "UPDATE reconciles SET finished = ?, plan = ?, changes = ?, errors = ?, durations = ? WHERE id = ?",
+                    (outcome.finished.isoformat(timespec="milliseconds"), self._plan_text(outcome.plan),
+                     json.dumps([c.to_json() for c in outcome.changes]), json.dumps(list(outcome.errors)),
+                     json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}), last[0]),
+                )
+                self._fold_status(conn, outcome)
+                return int(last[0])
             cursor = conn.execute(
                 "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

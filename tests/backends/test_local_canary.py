@@ -72,6 +72,8 @@ def test_a_good_version_passes_every_canary_step_and_reaches_all_traffic(
     assert svc is not None and "rollout" not in svc.details
     recorded = [c for c in history_changes(recorder) if c.get("rollout")]
     assert recorded and [s["weight"] for s in recorded[0]["rollout"]] == [10, 50, 100]
+    # Many passes, one history entry while the rollout ran, then its outcome.
+    assert len(outcomes) > 5 and [e.status for e in recorder.history(10)] == ["applied", "progressing"]
     # Done means done: the next pass finds nothing to change (the rollout's own fields included).
     assert drive(repo, backend, recorder, "r2")[-1].status is ReconcileStatus.NO_CHANGES
 
@@ -252,3 +254,4 @@ def test_a_version_that_answers_the_sample_request_wrongly_never_gets_traffic(
     assert change.error == "sample request failed on the candidate version: answered [3.0] where [2.0] was expected"
     assert failures(answers) == [] and all(a.version == "live" for a in answers)
     assert stopped_candidate(backend)
+
