@@ -410,6 +410,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if isinstance(resource.details.get("rollout"), dict):
+            row["rollout"] = resource.details["rollout"]
     return row
 
 
@@ -434,6 +436,8 @@ def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[
 
 def _state_word(row: dict[str, Any]) -> str:
     conditions = {c["type"]: c for c in row["conditions"] or row["recordedConditions"]}
+    # A permanent failure is recorded, not observed: the previous version may well be Ready meanwhile.
+    conditions.setdefault("Stalled", next((c for c in row["recordedConditions"] if c["type"] == "Stalled"), {}))
     if conditions.get("Stalled", {}).get("status"):
         return f"Stalled ({conditions['Stalled']['reason']})"
     ready = conditions.get("Ready")
@@ -481,7 +485,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
-        for condition in row["conditions"]:
+        if row.get("rollout"):
+            print(f"    rollout: {describe_rollout_state(row['rollout'])}")
+        observed = {c["type"] for c in row["conditions"]}
+        recorded = [c for c in row["recordedConditions"] if c["type"] == "Stalled" and c["type"] not in observed]
+        for condition in [*row["conditions"], *recorded]:
             if condition["message"] and (not condition["status"] or condition["type"] != "Ready"):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
     return code
