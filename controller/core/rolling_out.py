@@ -135,8 +135,29 @@ def applies(backend: Backend, resource: DesiredResource) -> bool:
     return manifest.spec.rollout.strategy != "rolling" or backend.rollout_state(manifest.name) is not None
 
 
+class RolledBack(PermanentError):
+    """The rollout was rolled back: all traffic is on the live version, the candidate is gone."""
+
+
 def advance(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyContext, now: Clock = time.time) -> Progress:
-    """Carry ``resource``'s rollout one step further; raise ``PermanentError`` once it is rolled back."""
+    """Carry ``resource``'s rollout one step further; raise ``PermanentError`` once it is rolled back.
+
+    A permanent failure of any step rolls back too: a stalled resource is not looked at again
+    until its input changes, so no split may be left behind it.
+    """
+    try:
+        return _advance(backend, resource, ctx, now)
+    except RolledBack:
+        raise
+    except PermanentError:
+        name = resource.manifest.name
+        if backend.rollout_state(name) is not None:
+            backend.discard_candidate(name)
+            backend.save_rollout(name, None)
+        raise
+
+
+def _advance(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyContext, now: Clock) -> Progress:
     manifest = resource.manifest
     assert isinstance(manifest, WebserviceManifest)
     name, rollout = manifest.name, manifest.spec.rollout
@@ -180,7 +201,7 @@ def _roll_back(backend: TrafficSplitting, state: RolloutState, message: str, rea
     backend.discard_candidate(state.service)
     backend.save_rollout(state.service, None)
     log.warning("rollout.rolled_back", extra={"service": state.service, "reason": reason})
-    raise PermanentError(message, reason=reason)
+    raise RolledBack(message, reason=reason)
 
 
 def _begin(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyContext, rollout: Rollout,
@@ -201,7 +222,13 @@ def _begin(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyConte
                          weights=tuple(s.weight for s in rollout.steps))
     backend.discard_candidate(name)  # a leftover nobody tracks goes before a new one starts
     backend.save_rollout(name, state)  # stored first: a crash from here on finds the candidate tracked
-    backend.start_candidate(resource, ctx)
+    try:
+        backend.start_candidate(resource, ctx)
+    except Exception:
+        # Not started (no GPU for it, a dependency not there yet): nothing to judge, nothing left over.
+        backend.discard_candidate(name)
+        backend.save_rollout(name, None)
+        raise
     log.info("rollout.started", extra={"service": name, "strategy": rollout.strategy, "revision": ctx.revision})
     return Progress(False, f"{rollout.strategy}: starting the candidate version", POLL_S)
 

@@ -296,10 +296,12 @@ class _Builder:
                                f"requests {service.spec.resources.gpu} GPU per replica but cluster {cluster_name} "
                                f"({cluster.vmSize}) has no GPUs; use an N-series vmSize or set gpusPerNode")
                 continue
-            wanted = sum(s.spec.max_replicas() * s.spec.resources.gpu for s, _ in services)
+            wanted = sum(_replicas_at_most(s) * s.spec.resources.gpu for s, _ in services)
             if wanted <= capacity:
                 continue
-            breakdown = ", ".join(f"{s.metadata.name}: {s.spec.max_replicas()} × {s.spec.resources.gpu}" for s, _ in services)
+            breakdown = ", ".join(f"{s.metadata.name}: {_replicas_at_most(s)} × {s.spec.resources.gpu}"
+                                  + (f" ({s.spec.rollout.strategy}: its new version runs beside it)"
+                                     if s.spec.rollout.strategy != "rolling" else "") for s, _ in services)
             per_node = capacity // cluster.agentCount
             for service, origin in services:
                 field = ("spec", "replicas") if service.spec.replicas is not None else ("spec", "resources", "gpu")
@@ -331,6 +333,13 @@ class _Builder:
             for rid, (manifest, origin, paths) in self.resources.items()
         }
         return DesiredState(revision, str(self.root), resources)
+
+
+def _replicas_at_most(service: WebserviceManifest) -> int:
+    """Replicas a service may run at once: during a canary or blue/green its new version's replicas
+    (its minimum count) run beside the live ones."""
+    surge = service.spec.min_replicas() if service.spec.rollout.strategy != "rolling" else 0
+    return service.spec.max_replicas() + surge
 
 
 def _normalise(path: str) -> str | None:
