@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -604,6 +604,8 @@ class LocalBackend:
         try:
             with self.store.transaction() as conn:
                 existing = self.store.get_service(conn, row_name)
+                if candidate:
+                    self._give_up_spare_gpus(conn, name)
                 others = {s.name: Allocation(s.cluster, s.gpu_pool) for s in self.store.all_services(conn) if s.name != row_name}
                 cspec = cluster["spec"]
 
@@ -654,6 +656,23 @@ class LocalBackend:
                 listener.close()
         if wait:
             self.wait_ready(row_name, ctx=ctx)
+
+    def _give_up_spare_gpus(self, conn: Any, name: str) -> None:
+        """The live version's spare GPU (kept for surging a rolling update) goes to its candidate.
+
+        Nothing rolls the live replicas while a candidate runs, and when the candidate is promoted
+        it has all the traffic, so the live replicas may roll stop-first. GPUs a live replica holds
+        are kept; the next apply after the rollout takes a spare again.
+        """
+        live = self.store.get_service(conn, name)
+        if live is None:
+            return
+        need = live.replicas * live.gpus_per_replica
+        held = {g for rep in self.store.replicas(conn, name) for g in rep.gpus}
+        pool = [g for g in live.gpu_pool if g in held] + [g for g in live.gpu_pool if g not in held]
+        trimmed = tuple(pool[: max(need, len(held))])
+        if trimmed != live.gpu_pool:
+            self.store.put_service(conn, replace(live, gpu_pool=trimmed))
 
     def _launch(
         self, name: str, spec: WebserviceSpec, resource: DesiredResource, ctx: ApplyContext,
