@@ -44,6 +44,10 @@ TOLERANCE = 0.05
 
 def _start(backend: LocalBackend, repo: Repo, tmp_path: Path) -> tuple[Recorder, Load]:
     canary_repo(repo)
+    return _start_with(backend, repo, tmp_path)
+
+
+def _start_with(backend: LocalBackend, repo: Repo, tmp_path: Path) -> tuple[Recorder, Load]:
     apply_all(backend, repo)
     recorder = Recorder(tmp_path / "history")
     load = Load(port_of(backend), backend.get_keys(SERVICE)[0]).start()
@@ -255,3 +259,37 @@ def test_a_version_that_answers_the_sample_request_wrongly_never_gets_traffic(
     assert failures(answers) == [] and all(a.version == "live" for a in answers)
     assert stopped_candidate(backend)
 
+
+
+def test_a_canary_on_gpus_gets_gpus_of_its_own_beside_the_live_replicas(
+    repo: Repo, tmp_path: Path, state_dir: Path
+) -> None:
+    from controller.backends.local.gpus import Gpu
+    from controller.backends.local.supervising import candidate_of
+
+    backend = LocalBackend(state_dir, "test-controller", ready_timeout=90,
+                           gpus=[Gpu(i, f"GPU-{i}", "Tesla T4") for i in range(4)])
+    repo.write("clusters/gpu.yaml", json.dumps({"apiVersion": "amlops.dev/v1", "kind": "AksCluster",
+                                                "metadata": {"name": "aks-gpu"},
+                                                "spec": {"vmSize": "Standard_NC6", "agentCount": 4}}))
+    canary_repo(repo, replicas=2)
+    repo.service(replicas=2, gpu=1, rollout=CANARY, maxConcurrentRequestsPerReplica=4)
+    recorder, load = _start_with(backend, repo, tmp_path)
+    new_version(repo, "3")
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def gpus_in_use(outcome: object) -> None:
+        with backend.store.snapshot() as conn:
+            live = {g for r in backend.store.replicas(conn, SERVICE) for g in r.gpus}
+            candidate = {g for r in backend.store.replicas(conn, candidate_of(SERVICE)) for g in r.gpus}
+        if candidate:
+            seen.append((live, candidate))
+
+    try:
+        outcomes = drive(repo, backend, recorder, "r2", between=gpus_in_use)
+    finally:
+        load.finish()
+        backend.close()
+
+    assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
+    assert seen and all(len(c) == 2 and not live & c for live, c in seen)
