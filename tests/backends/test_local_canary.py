@@ -293,3 +293,23 @@ def test_a_canary_on_gpus_gets_gpus_of_its_own_beside_the_live_replicas(
 
     assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
     assert seen and all(len(c) == 2 and not live & c for live, c in seen)
+
+
+def test_the_promote_annotation_skips_the_remaining_steps(backend: LocalBackend, repo: Repo, tmp_path: Path) -> None:
+    slow_steps = {**CANARY, "steps": [{"weight": 10, "pauseSeconds": 600}, {"weight": 100, "pauseSeconds": 600}]}
+    canary_repo(repo, rollout=slow_steps)
+    recorder, load = _start_with(backend, repo, tmp_path)
+    new_version(repo, "3")
+    text = (repo.root / f"services/{SERVICE}.yaml").read_text()
+    document = json.loads(text)
+    document["metadata"]["annotations"] = {"amlops.dev/rollout": "promote"}
+    repo.write(f"services/{SERVICE}.yaml", json.dumps(document))
+    try:
+        outcomes = drive(repo, backend, recorder, "r2", deadline_s=90)
+    finally:
+        answers = load.finish()
+
+    assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
+    assert failures(answers) == []
+    assert answers[-5:] and all(a.version == "candidate" for a in answers[-5:])
+    assert stopped_candidate(backend)
