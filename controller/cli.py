@@ -33,7 +33,8 @@ from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.settings import Settings, resolve_settings
-from controller.sources.loading import load_desired_state
+from controller.sources.loading import desired_documents, load_desired_state
+from controller.sources.overlays import documents_yaml
 from controller.structs.errors import BackendError, PermanentError, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
@@ -52,6 +53,10 @@ def _root_and_path(target: str) -> tuple[Path, str]:
         return cwd, absolute.relative_to(cwd).as_posix() or "."
     except ValueError:
         base = absolute if absolute.is_dir() else absolute.parent
+        # An overlay reaches into its repository (../base): the boundary is the Git work tree's top.
+        top = next((p for p in (base, *base.parents) if (p / ".git").exists()), None)
+        if top is not None:
+            return top, absolute.relative_to(top).as_posix() or "."
         return base, "." if absolute.is_dir() else absolute.name
 
 
@@ -61,6 +66,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     total = 0
     for target in args.paths:
         root, path = _root_and_path(target)
+        if getattr(args, "render", False):
+            _print_rendered(root, path)
         try:
             state = load_desired_state(root, path)
         except ValidationFailed as exc:
@@ -73,6 +80,28 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     print(f"{total} resources valid")
     return 0
+
+
+def _print_rendered(root: Path, path: str) -> None:
+    """The documents ``path`` renders to (an overlay's kustomization applied), as YAML on stdout."""
+    documents, _ = desired_documents(root, root / path)
+    sys.stdout.write(documents_yaml(documents))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Print what a folder renders to (overlays applied), then validate it; exit 1 on any error."""
+    args.render = True
+    failed = False
+    for target in args.paths:
+        root, path = _root_and_path(target)
+        _print_rendered(root, path)
+        try:
+            load_desired_state(root, path)
+        except ValidationFailed as exc:
+            failed = True
+            for error in exc.errors:
+                print(error, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -791,7 +820,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check manifests; exit 1 on any error")
     validate.add_argument("paths", nargs="+", help="files or folders of manifests")
+    validate.add_argument("--render", action="store_true",
+                          help="also print the manifests as rendered (an overlay's kustomization applied)")
     validate.set_defaults(handler=cmd_validate)
+
+    render = sub.add_parser("render", help="print manifests as rendered (overlays applied), then validate them")
+    render.add_argument("paths", nargs="+", help="files or folders of manifests (a folder with a kustomization.yaml is rendered)")
+    render.set_defaults(handler=cmd_render)
 
     schemas = sub.add_parser("schemas", help="JSON Schemas of the manifest kinds")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)

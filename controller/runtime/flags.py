@@ -59,7 +59,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-token-file", default=None, help="file holding the API bearer token (or env AMLOPS_API_TOKEN)"
     )
     srv.add_argument(
-        "--config", default=None, help="YAML file of settings re-read on SIGHUP (interval, *File keys)"
+        "--config", default=None, help="YAML file of settings re-read on SIGHUP (interval, *File keys, notifications)"
     )
     srv.add_argument(
         "--log-format", choices=("text", "json"), default=None, help="default $AMLOPS_LOG_FORMAT or text"

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -39,12 +39,14 @@ from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
+from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
+from controller.structs.notifications import Credentials, Notifications
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import ActualResource, ResourceId
@@ -89,10 +91,13 @@ class Reloadable:
     webhook_secret: str | None
     api_token: str | None
     git_token: str | None
+    notifications: Notifications = field(default_factory=Notifications)
+    notification_credentials: dict[str, Credentials] = field(default_factory=dict)
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
+        found = [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
+        return found + [v for c in self.notification_credentials.values() for v in c.values()]
 
 
 def _read_secret(path: str | None) -> str | None:
@@ -125,11 +130,18 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
     )
     if interval <= 0:
         raise SystemExit("amlops run: --interval must be positive")
+    try:
+        notifications = parse_notifications(args.config) if args.config else Notifications()
+        credentials = resolve_credentials(notifications)
+    except ConfigError as exc:
+        raise SystemExit(f"amlops run: --config: {exc}") from None
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
         api_token=secret(args.api_token_file, "apiTokenFile", "AMLOPS_API_TOKEN"),
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
+        notifications=notifications,
+        notification_credentials=credentials,
     )
 
 
@@ -269,6 +281,15 @@ class Controller:
                 branch=lambda: self.source.branch,
             ),
         )
+        # Reports of each revision's outcome: queued here, delivered on the receivers' own threads.
+        self.notifier = Notifier(self.name, self.source.display_url, args.path, self.metrics.registry,
+                                 lambda health: self.status.update(notifications=health))
+        self.notifier.configure(self.settings.notifications, self.settings.notification_credentials, self._status_url())
+
+    def _status_url(self) -> str:
+        host, _, port = self.server.address.rpartition(":")
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+        return f"http://{host}:{port}/"
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -294,6 +315,7 @@ class Controller:
             log.error("settings.reload.failed", extra={"fields": {"error": str(exc)}})
             return
         self.settings = fresh
+        self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
@@ -330,6 +352,7 @@ class Controller:
             return self._loop()
         finally:
             self.status.update(role="stopping")
+            self.notifier.close()
             self.source.close()
             self.backends.close()
             self.server.close()
@@ -407,6 +430,7 @@ class Controller:
             branch=self.source.branch,
         )
         self.status.update(lastAttemptedRevision=snapshot.revision)
+        self.notifier.started(snapshot.revision)
         # Reconcile: load+validate, read actual, plan, apply, prune, health, record (core's pipeline).
         began = datetime.now(UTC)
         try:
@@ -427,6 +451,7 @@ class Controller:
                 snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
             )
         self._record(outcome, started)
+        self.notifier.reconciled(outcome, _summary(outcome))
         return outcome
 
     def _secrets(self) -> tuple[str, ...]:

@@ -203,6 +203,17 @@ def render_page(doc: dict[str, Any]) -> str:
         f"<td>{esc(str(h.get('status')))}</td><td>{esc(str(h.get('summary', '')))}</td></tr>"
         for h in doc.get("history") or []
     )
+    receivers = "".join(
+        f"<tr><td>{esc(str(n.get('name')))}</td><td>{esc(str(n.get('type')))}</td><td>"
+        + " ".join(f'<span class="c {_tone(c)}">{esc(str(c.get("type")))}: {esc(str(c.get("reason")))}</span> '
+                   f"{esc(str(c.get('message', '')))}" for c in n.get("conditions") or [])
+        + f"</td><td>{esc(str(n.get('delivered')))} / {esc(str(n.get('failed')))} / {esc(str(n.get('dropped')))}</td></tr>"
+        for n in doc.get("notifications") or []
+    )
+    notifications = (
+        "<h2>Notifications</h2><table><tr><th>Receiver</th><th>Type</th><th>Condition</th>"
+        f"<th>Delivered / failed / dropped</th></tr>{receivers}</table>" if receivers else ""
+    )
     status = str(last.get("status", "pending"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
@@ -226,6 +237,7 @@ next at {_when(doc.get("nextReconcileAt"))}.</p>
 {f"<h2>Changes</h2><ul>{changes}</ul>" if changes else ""}
 <h2>Resources</h2>
 <table><tr><th>Kind</th><th>Name</th><th>Status</th><th>Conditions</th><th>Live</th></tr>{"".join(rows)}</table>
+{notifications}
 <h2>History</h2>
 <table><tr><th>Finished</th><th>Revision</th><th>Status</th><th>Summary</th></tr>{history}</table>
 </body></html>

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
@@ -27,6 +27,8 @@ MAX_FILE_BYTES: Final = 2 * 1024 * 1024
 MAX_DEPTH: Final = 48
 MAX_NODES_PER_FILE: Final = 200_000
 MANIFEST_SUFFIXES: Final = (".yaml", ".yml")
+KUSTOMIZATION_FILES: Final = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+"""A folder holding one of these is an overlay: rendered by ``overlays``, not walked."""
 _FLOW_OPENERS = re.compile(rb"[\[{]")
 
 try:  # libyaml is much faster; marks (lines) are the same
@@ -66,12 +68,17 @@ FieldPath = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class Document:
-    """One YAML document: its plain data, the line it starts on and the line of every field."""
+    """One YAML document: its plain data, the line it starts on and the line of every field.
+
+    ``field_files`` names the file of fields that came from elsewhere (an overlay's patch);
+    every other field is in ``file``.
+    """
 
     file: str
     line: int
     data: Any
     field_lines: dict[FieldPath, int]
+    field_files: dict[FieldPath, str] = field(default_factory=dict)
 
 
 class _TooLarge(Exception):
@@ -286,9 +293,16 @@ def read_documents(root: Path, start: Path, cache: DocumentCache = DOCUMENTS) ->
     files, errors = discover_files(root, start)
     documents: list[Document] = []
     seen: set[str] = set()
+    # An overlay's folder is rendered, never walked: one error says so, its files are not read.
+    overlays = {path.parent for path in files if path.name in KUSTOMIZATION_FILES}
     for path in files:
         display = display_path(root, path)
         seen.add(f"{path}\0{display}")
+        if path.name in KUSTOMIZATION_FILES:
+            errors.append(ManifestError(display, 1, "a kustomization inside a folder of plain manifests: point amlops at "
+                                        "the overlay's folder itself (e.g. --path prod), which renders it"))
+        if overlays and any(parent in overlays for parent in path.parents):
+            continue
         found, problems = cache.load(path, display)
         if not problems and found and not any(_looks_like_manifest(d.data) for d in found):
             continue  # a conda file or other YAML data living beside the manifests
@@ -296,6 +310,15 @@ def read_documents(root: Path, start: Path, cache: DocumentCache = DOCUMENTS) ->
         errors.extend(problems)
     cache.retain(seen)
     return documents, errors
+
+
+def desired_documents(root: Path, start: Path, cache: DocumentCache = DOCUMENTS) -> tuple[list[Document], list[ManifestError]]:
+    """The documents of ``start``: a kustomization folder rendered, any other folder or file read as it is."""
+    if start.is_dir() and any((start / name).is_file() for name in KUSTOMIZATION_FILES):
+        from controller.sources.overlays import render_overlay
+
+        return render_overlay(root, start, cache)
+    return read_documents(root, start, cache)
 
 
 def load_desired_state(root: str | Path, path: str = ".", revision: str = "working-tree", *, reuse: bool = False) -> DesiredState:
@@ -322,7 +345,7 @@ def load_desired_state(root: str | Path, path: str = ".", revision: str = "worki
     collecting = gc.isenabled()
     gc.disable()
     try:
-        documents, errors = read_documents(root_path, root_path / path)
+        documents, errors = desired_documents(root_path, root_path / path)
         state, semantic_errors = build_desired_state(root_path, documents, revision)
     finally:
         if collecting:

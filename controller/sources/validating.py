@@ -120,12 +120,12 @@ def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
 
 
 def _schema_errors(doc: Document, kind: str | None, name: str | None, model: type[BaseModel], exc: ValidationError) -> list[ManifestError]:
-    origin = Origin(doc.file, doc.line, doc.field_lines)
+    origin = Origin(doc.file, doc.line, doc.field_lines, doc.field_files)
     found = []
     for error in exc.errors():
         loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
-        line = origin.line_of(loc)
-        found.append(ManifestError(doc.file, line, _message(error, model), kind, name, format_field(loc) or None))
+        file, line = origin.locate(loc)
+        found.append(ManifestError(file, line, _message(error, model), kind, name, format_field(loc) or None))
     return found
 
 
@@ -169,7 +169,8 @@ class _Builder:
         self._locations: dict[str, tuple[bool, bool]] = {}
 
     def error(self, origin: Origin, manifest: AnyManifest, field: FieldPath, message: str) -> None:
-        self.errors.append(ManifestError(origin.file, origin.line_of(field), message, manifest.kind, manifest.metadata.name, format_field(field)))
+        file, line = origin.locate(field)
+        self.errors.append(ManifestError(file, line, message, manifest.kind, manifest.metadata.name, format_field(field)))
 
     def add(self, doc: Document) -> None:
         kind, name, errors = _envelope_errors(doc)
@@ -182,7 +183,7 @@ class _Builder:
         except ValidationError as exc:
             self.errors.extend(_schema_errors(doc, kind.value, name, model, exc))
             return
-        origin = Origin(doc.file, doc.line, doc.field_lines)
+        origin = Origin(doc.file, doc.line, doc.field_lines, doc.field_files)
         rid = ResourceId(kind, manifest.metadata.name)
         if rid in self.resources:
             first = self.resources[rid][1]
@@ -195,13 +196,14 @@ class _Builder:
         # large repo, and pathlib objects cost several times as much here.
         kind = Kind(manifest.kind)
         resolved: dict[str, str] = {}
-        base = posixpath.dirname(origin.file)
         spec = manifest.spec
         for field in PATH_FIELDS.get(kind, ()):
             value = getattr(spec, field)
             if value is None:
                 continue
             where = ("spec", field)
+            # Against the folder of the file that set the field: a base's manifest, or an overlay's patch.
+            base = posixpath.dirname(origin.file_of(where) if origin.field_files else origin.file)
             if value.startswith("/"):
                 self.error(origin, manifest, where, f"must be a path inside the repository, not absolute (got {value!r})")
                 continue

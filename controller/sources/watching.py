@@ -9,6 +9,7 @@ itself (level-triggered), so a missed event is caught by the next periodic pass.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from watchdog.observers.api import BaseObserver
 
 from controller.sources.gitting import Snapshot, SourceUnavailable
 from controller.sources.loading import HASHER
+from controller.sources.overlays import kustomization_file, overlay_folders
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,8 @@ class FolderSource:
         """Start watching; ``on_change`` runs on a watcher thread once each burst of edits settles."""
         target = self.root / self.path
         watched = target if target.is_dir() else target.parent
+        if kustomization_file(target) is not None:
+            watched = self.root  # an overlay reads its bases too (../base)
         if not watched.is_dir():
             raise SourceUnavailable(f"no such folder: {watched}")
 
@@ -120,7 +124,12 @@ class FolderSource:
         if not target.exists():
             raise SourceUnavailable(f"no such file or folder: {target}")
         try:
-            digest = HASHER.tree(target)
+            if target.is_dir() and kustomization_file(target) is not None:
+                # An overlay's revision names its bases' content too, so an edit in ../base is seen.
+                folders = overlay_folders(self.root, target)
+                digest = "sha256:" + hashlib.sha256("".join(HASHER.tree(f) for f in folders).encode()).hexdigest()
+            else:
+                digest = HASHER.tree(target)
         except OSError as exc:
             # A file vanished while hashing: an edit is under way and the watcher will call again.
             raise SourceUnavailable(f"folder changed while reading it: {exc}") from None

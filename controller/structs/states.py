@@ -33,19 +33,32 @@ class ResourceId(NamedTuple):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a manifest came from: repo-relative file, the line of its document, and each field's line."""
+    """Where a manifest came from: repo-relative file, the line of its document, and each field's line.
+
+    ``field_files`` names another file for fields set elsewhere (an overlay's patch): a field's
+    file is that of the nearest ancestor with a line, ``file`` unless ``field_files`` says otherwise.
+    """
 
     file: str
     line: int
     field_lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
+    field_files: Mapping[tuple[str | int, ...], str] = field(default_factory=dict, compare=False, repr=False)
 
     def line_of(self, path: tuple[str | int, ...]) -> int:
         """The line of ``path`` in the document, or of its nearest ancestor that has one."""
+        return self.locate(path)[1]
+
+    def file_of(self, path: tuple[str | int, ...]) -> str:
+        """The file that set ``path`` (or its nearest ancestor that has a line)."""
+        return self.locate(path)[0]
+
+    def locate(self, path: tuple[str | int, ...]) -> tuple[str, int]:
+        """``(file, line)`` of ``path``, or of its nearest ancestor that has a line."""
         while path:
             if path in self.field_lines:
-                return self.field_lines[path]
+                return self.field_files.get(path, self.file), self.field_lines[path]
             path = path[:-1]
-        return self.line
+        return self.file, self.line
 
 
 @dataclass(frozen=True)
