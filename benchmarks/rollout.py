@@ -259,20 +259,22 @@ def part_canary(folder: Path, repeats: int) -> None:
     """Seconds from the commit to 100 % on the new version, by phase (medians over ``repeats``)."""
     heading("Three-step canary: commit to 100 %, by phase")
     runs = [_one_canary(folder, i) for i in range(repeats)]
-    order = ["starting", "step 1 (10 %)", "step 2 (50 %)", "step 3 (100 %)", "promoting", "done"]
+    boundaries = ["starting", "step 1 (10 %)", "step 2 (50 %)", "step 3 (100 %)", "promoting", "done"]
+    names = ["first pass: load, plan, candidate launched", "candidate starting until ready",
+             "step 1 (10 %), 20 requests", "step 2 (50 %), 20 requests", "step 3 (100 %), 20 requests",
+             "promoting: live replicas rolled, candidate removed"]
     rows = []
     previous = 0.0
-    for label in order:
+    for name, label in zip(names, boundaries, strict=True):
         ends = [r[label] for r in runs if label in r]
         if not ends:
             continue
         at = statistics.median(ends)
-        rows.append([f"until {label} began" if label != "done" else "until done", at, at - previous])
+        rows.append([name, at - previous, at])
         previous = at
-    print(table(["phase boundary", "s since commit", "s in the phase before"], rows))
-    print(f"\n{repeats} run(s), medians; load: 4 clients × 25 req/s; steps 10/50/100 % with 20 requests each "
-          "(no pause); 'starting' is the first pass (candidate launched), 'promoting' begins once step 3 passed, "
-          "'done' once the live replicas run the new version and the candidate is gone.")
+    print(table(["phase", "seconds", "since commit"], rows))
+    print(f"\n{repeats} run(s), medians of each boundary; load: 4 clients × 25 req/s of a trivial run(); steps "
+          "with 20 requests each and no pause.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
