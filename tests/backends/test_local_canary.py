@@ -192,29 +192,31 @@ def test_a_person_aborting_mid_rollout_returns_all_traffic_to_the_live_version(
 def test_a_controller_killed_mid_rollout_leaves_a_tracked_split_and_the_next_one_finishes_it(
     backend: LocalBackend, repo: Repo, tmp_path: Path, state_dir: Path
 ) -> None:
-    recorder, load = _start(backend, repo, tmp_path)
+    _recorder, load = _start(backend, repo, tmp_path)
     new_version(repo, "3")
-    root = Path(__file__).resolve().parents[2]
-    controller = subprocess.Popen(
-        [sys.executable, "-m", "tests.backends.canary_driver", str(state_dir), str(repo.root), "r2",
-         str(tmp_path / "history")], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The real controller, polling every 60 s: only its requeue-after can carry a rollout on in time.
+    argv = [sys.executable, "-m", "controller", "run", "--repo", str(repo.root), "--path", ".", "--state-dir",
+            str(state_dir), "--controller-name", "test-controller", "--interval", "60", "--listen", "127.0.0.1:0"]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second: subprocess.Popen[bytes] | None = None
     try:
         wait_for(lambda: (s := backend.rollout_state(SERVICE)) is not None and s.step == 1, timeout=90)
-        controller.kill()  # SIGKILL in the middle of step 2: no cleanup of any kind
-        controller.wait(10)
+        first.kill()  # SIGKILL in the middle of step 2: no cleanup of any kind
+        first.wait(10)
         state = backend.rollout_state(SERVICE)
         assert state is not None and state.weight == 50  # the split in force is the one recorded
-        outcomes = drive(repo, backend, recorder, "r2")
+        second = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: backend.rollout_state(SERVICE) is None and stopped_candidate(backend), timeout=90)
     finally:
-        if controller.poll() is None:
-            controller.kill()
+        for controller in (first, second):
+            if controller is not None and controller.poll() is None:
+                controller.terminate()
+                controller.wait(30)
         answers = load.finish()
 
-    assert outcomes[-1].status is ReconcileStatus.APPLIED, outcomes[-1].errors
-    done = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
-    assert [s["weight"] for s in done.rollout] == [10, 50, 100]
+    passed = [c for c in history_changes(Recorder(state_dir)) if c.get("rollout")]
+    assert passed and [s["weight"] for s in passed[0]["rollout"]] == [10, 50, 100]
     assert failures(answers) == []
-    assert stopped_candidate(backend)
     assert answers[-5:] and all(a.version == "candidate" for a in answers[-5:])
 
 
