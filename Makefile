@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STATE  ?= .state
 
-.PHONY: run test lint setup plan bench clean
+.PHONY: run test lint setup plan bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ plan: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+
+## GPU proof (one GPU per replica, refusal beyond the machine, GPU vs CPU at 1/32/256 rows): .bench/gpu/gpu.{json,md}.
+## On a GPU machine install the gpu extra first: $(BIN)/pip install -e '.[gpu]'. Without a GPU it runs its CPU half.
+gpu-check: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -241,7 +241,7 @@ class Emulator:
         home.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(work),
                "AZUREML_LOG_DEPRECATION_WARNING_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-               "AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(REPO), **self.env}
+               "PYTHONPATH": str(REPO), **self.env}
         args = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision}
         done = subprocess.run([project_python(), "-c", AZ_DRIVER, json.dumps(args)], cwd=work, env=env, text=True,
                               capture_output=True, timeout=600, check=False)

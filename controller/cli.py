@@ -7,6 +7,7 @@ Exit codes follow Terraform's ``-detailed-exitcode`` where a plan is involved: 0
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -35,12 +36,12 @@ from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import desired_documents, load_desired_state
 from controller.sources.overlays import documents_yaml
-from controller.structs.errors import BackendError, PermanentError, ValidationFailed
+from controller.structs.errors import BackendError, PermanentError, StateDirFull, ValidationFailed
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
+from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId, source_id
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -291,7 +292,7 @@ def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple
     try:
         targets = target_step(desired, pool.backend_for)
         actual = read_step(targets)
-        options = ReconcileOptions(controller_name=settings.controller_name,
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
                                    allow_mass_delete=getattr(args, "allow_mass_delete", False))
         the_plan = plan_step(desired, actual, targets, options)
     except BackendError as exc:
@@ -342,7 +343,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     progress = _LiveProgress(sys.stderr)
     pool = _pool(settings)
     try:
-        options = ReconcileOptions(controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete,
+        # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+                                   allow_mass_delete=args.allow_mass_delete,
                                    parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                                    confirm=confirm)
         revision = _revision_of(root)
@@ -363,7 +366,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"{len(outcome.errors)} error(s); nothing applied", file=sys.stderr)
         return EXIT_ERROR
     if outcome.status is ReconcileStatus.NO_CHANGES:
-        return EXIT_OK
+        # Nothing to do can still mean a resource is stuck on this very input (Unschedulable, ...).
+        stalled = [c for c in outcome.plan.changes if c.reason.startswith("stalled")] if outcome.plan else []
+        for change in stalled:
+            print(f"amlops apply: {change.id} is still {change.reason.splitlines()[0]}", file=sys.stderr)
+        return EXIT_ERROR if stalled else EXIT_OK
     if outcome.status is ReconcileStatus.HELD:
         print("amlops apply: nothing applied", file=sys.stderr)
         return EXIT_ERROR
@@ -439,6 +446,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if resource.details.get("placement"):
+            row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
         if isinstance(resource.details.get("rollout"), dict):
             row["rollout"] = resource.details["rollout"]
     return row
@@ -514,6 +523,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
+            for replica in row.get("placement") or []:
+                gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
+                print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "
+                      f"{gpus or 'no GPU'}")
         if row.get("rollout"):
             print(f"    rollout: {describe_rollout_state(row['rollout'])}")
         observed = {c["type"] for c in row["conditions"]}
@@ -941,4 +954,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         global _REDACTOR
         _REDACTOR = configure_logging(os.environ.get("AMLOPS_LOG_FORMAT", "text"), logging.WARNING)
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except StateDirFull as exc:  # a write the state dir's filesystem had no room for: one line, no traceback
+        print(f"amlops {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"amlops {args.command}: state dir full: {_settings(args).state_dir}: cannot write "
+              f"{exc.filename or 'a file'} ({exc.strerror})", file=sys.stderr)
+        return EXIT_ERROR

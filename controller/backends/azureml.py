@@ -47,13 +47,15 @@ from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
     MANIFEST_PATH_TAG,
-    REVISION_TAG,
+    OWNERSHIP_TAGS,
+    SOURCE_TAG,
     ActualResource,
     ActualState,
     Condition,
     ConditionType,
     DesiredResource,
     ResourceId,
+    ownership_tags,
 )
 from controller.structs.tokens import AccessToken
 
@@ -63,7 +65,7 @@ SPEC_TAG: Final = "amlops.dev/spec"
 CONTENT_TAG: Final = "amlops.dev/content"
 _ENV_PREFIX: Final = "AMLOPS_"
 _ENV_KEYS: Final = {MANAGED_BY_TAG: "AMLOPS_MANAGED_BY", MANIFEST_PATH_TAG: "AMLOPS_MANIFEST_PATH",
-                    DIGEST_TAG: "AMLOPS_DIGEST", SPEC_TAG: "AMLOPS_SPEC"}
+                    DIGEST_TAG: "AMLOPS_DIGEST", SPEC_TAG: "AMLOPS_SPEC", SOURCE_TAG: "AMLOPS_SOURCE"}
 _REPLACE_FIELDS: Final[Mapping[Kind, frozenset[str]]] = {
     Kind.WORKSPACE: frozenset({"backend", "subscriptionId", "resourceGroup", "workspaceName"}),
     # AKS computes made by SDK v1 cannot change size, count or purpose in place.
@@ -84,6 +86,28 @@ def _warn_end_of_support() -> None:
         _warned.set()
         log.warning("azureml_sdk_v1_end_of_support package=azureml-core support_ended=2026-06 "
                     "advice='SDK v1 gets no fixes; plan a move to azure-ai-ml (v2)'")
+
+
+SDK_RETRIES: Final = 0
+"""Retries azureml-core may make on its own: none. Left alone it retries a 429 three times with a
+32 s base back-off, ignoring Retry-After, underneath the executor's retries; the executor retries
+instead, waiting at least what the server's Retry-After asks (``TransientError.retry_after``)."""
+SDK_BACKOFF_S: Final = 1
+"""azureml-core's back-off base for the retries its own REST clients still make (a 429 used 32 s)."""
+
+
+def bound_sdk_retries() -> None:
+    """Make the backend the owner of retries: azureml-core's own retry loop is turned off.
+
+    Its defaults are module globals, read when each call is made (``AZUREML_DEFAULT_RETRIES``
+    only sets them at import), so setting them here holds for every call after the first connect.
+    """
+    from azureml._restclient import clientbase
+
+    clientbase.DEFAULT_RETRIES = SDK_RETRIES
+    clientbase.DEFAULT_BACKOFF = SDK_BACKOFF_S
+    clientbase.DEFAULT_500_BACKOFF = SDK_BACKOFF_S
+    clientbase.DEFAULT_503_BACKOFF = SDK_BACKOFF_S
 
 
 def _resolve(ref: Any, environ: Mapping[str, str], what: str) -> str:
@@ -207,6 +231,7 @@ class AzureMLBackend:
             if self._ws is None:
                 from azureml.core import Workspace
 
+                bound_sdk_retries()
                 spec = self.manifest.spec
                 self._ws = self._call("connect to workspace", lambda: Workspace(
                     subscription_id=spec.subscriptionId, resource_group=spec.resourceGroup,
@@ -224,14 +249,13 @@ class AzureMLBackend:
     # -- ownership -------------------------------------------------------------------------------
 
     def _tags(self, resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
-        return {MANAGED_BY_TAG: ctx.controller_name, MANIFEST_PATH_TAG: resource.origin.file,
-                REVISION_TAG: ctx.revision, DIGEST_TAG: resource.digest,
+        return {**ownership_tags(ctx.controller_name, ctx.source, ctx.revision, resource),
                 SPEC_TAG: json.dumps(resource.manifest.spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))}
 
     @staticmethod
     def _ownership(tags: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Any]]:
         tags = dict(tags or {})
-        own = {k: str(v) for k, v in tags.items() if k in (MANAGED_BY_TAG, MANIFEST_PATH_TAG, REVISION_TAG, DIGEST_TAG, CONTENT_TAG)}
+        own = {k: str(v) for k, v in tags.items() if k in OWNERSHIP_TAGS or k == CONTENT_TAG}
         try:
             spec = json.loads(tags.get(SPEC_TAG) or "{}")
         except ValueError:
@@ -412,6 +436,8 @@ class AzureMLBackend:
             # Only the versions this controller registered: a version registered by hand stays.
             owned = self._call(f"list model {id.name}",
                                lambda: Model.list(ws, name=id.name, tags=[[MANAGED_BY_TAG, self.controller_name]]))
+            # ... and of those, only the versions this source registered (another source's stay).
+            owned = [m for m in owned if not ctx.source or (m.tags or {}).get(SOURCE_TAG, "") == ctx.source]
             for model in owned:
                 self._call(f"delete model {model.id}", model.delete)
         elif id.kind is Kind.ENVIRONMENT:
@@ -523,7 +549,7 @@ class AzureMLBackend:
         env.docker.base_image = BASE_IMAGE_ALIASES.get(spec.baseImage, spec.baseImage)
         tags = self._tags(resource, ctx)
         env.environment_variables = {**spec.environmentVariables,
-                                     **{var: tags[tag] for tag, var in _ENV_KEYS.items()}}
+                                     **{var: tags[tag] for tag, var in _ENV_KEYS.items() if tag in tags}}
         return env
 
     def _register_environment(self, resource: DesiredResource, m: EnvironmentManifest, ctx: ApplyContext) -> Any:
@@ -540,6 +566,8 @@ class AzureMLBackend:
         ws = self.ws
         content = resource.content_digests.get("path") or resource.digest
         existing = self._call(f"find model {m.name}", lambda: Model.list(ws, name=m.name, tags=[[CONTENT_TAG, content]]))
+        # A version is reused only from this source's inventory (v1 models cannot be re-tagged in place).
+        existing = [e for e in existing if not ctx.source or (e.tags or {}).get(SOURCE_TAG, "") == ctx.source]
         if existing:
             log.info("model_unchanged name=%s version=%s", m.name, existing[0].version)
             return existing[0]

@@ -32,7 +32,7 @@ class ApplyContext:
 
     ``root`` is the folder on disk where the manifests' relative paths resolve (the checkout of
     ``revision``). ``desired`` gives access to related resources (a service's environment and
-    models). ``controller_name`` goes into the ownership tags.
+    models). ``controller_name`` and ``source`` go into the ownership tags.
     """
 
     controller_name: str
@@ -40,6 +40,8 @@ class ApplyContext:
     root: str
     desired: DesiredState
     progress: ProgressFn = field(default=no_progress)
+    # The source applying (``structs.states.source_id``), written in the ownership tags.
+    source: str = ""
 
 
 @runtime_checkable

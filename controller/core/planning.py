@@ -39,15 +39,14 @@ from controller.structs.manifests import (
 from controller.structs.plans import Action, Change, FieldDiff, Plan
 from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
 from controller.structs.states import (
-    DIGEST_TAG,
     MANAGED_BY_TAG,
     MANIFEST_PATH_TAG,
-    REVISION_TAG,
     ActualResource,
     ActualState,
     DesiredResource,
     DesiredState,
     ResourceId,
+    ownership_tags,
 )
 
 ReplaceFields = Callable[[Kind], frozenset[str]]
@@ -368,6 +367,7 @@ def plan_resource(
     *,
     controller_name: str,
     replace_fields: frozenset[str],
+    source: str = "",
 ) -> Change:
     """The change that brings ``actual`` (or nothing) to ``desired``."""
     manifest = desired.manifest
@@ -381,6 +381,16 @@ def plan_resource(
     if owner and owner != controller_name:
         # Another controller instance owns it; fighting over it would flap forever.
         return Change(desired.id, Action.NOOP, reason=f"managed by {owner!r}; left alone", manifest_file=desired.origin.file)
+    if owner and source and actual.source and actual.source != source:
+        # Another source's inventory holds it. The same content is simply shared; other content is
+        # a conflict to report: taking it over would make the two sources undo each other forever.
+        if actual.digest == desired.digest:
+            return Change(desired.id, Action.NOOP, reason=f"shared: applied with the same content by {actual.source}",
+                          manifest_file=desired.origin.file)
+        return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file,
+                      reason=f"conflict: {desired.id} is applied by another source, {actual.source} (from "
+                             f"{actual.tags.get(MANIFEST_PATH_TAG, '?')}), with other content; left as it is. Rename it "
+                             "or remove it from one of the two sources")
     diffs = diff_spec(manifest.spec, actual.spec, replace_fields) + _replica_drift(manifest, actual)
     forced = [d for d in diffs if d.forces_replace]
     if forced:
@@ -411,6 +421,11 @@ def plan_resource(
     if not actual.owned_by(controller_name):
         return Change(desired.id, Action.UPDATE, reason="adopt: exists but carries no ownership tags yet",
                       manifest_file=desired.origin.file)
+    if source and not actual.source and desired.id.kind is not Kind.WORKSPACE:
+        # Applied before sources were recorded: stamp it, so it is pruned when its manifest goes.
+        # (A workspace is never created nor pruned by amlops: it needs no inventory entry.)
+        return Change(desired.id, Action.UPDATE, reason=f"adopt: recorded without a source; now in the inventory of {source}",
+                      manifest_file=desired.origin.file)
     if actual.digest != desired.digest:
         return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file,
                       rollout=_rollout_of(manifest, ()))
@@ -431,9 +446,13 @@ def _rollout_of(manifest: AnyManifest, diffs: tuple[FieldDiff, ...]) -> str:
     return describe_rollout(manifest.spec.rollout)
 
 
-def plan_removal(actual: ActualResource, *, controller_name: str) -> Change | None:
-    """What to do with a resource no manifest declares: prune it, retain it, or (not ours) nothing."""
-    if not actual.owned_by(controller_name):
+def plan_removal(actual: ActualResource, *, controller_name: str, source: str = "") -> Change | None:
+    """What to do with a resource no manifest declares: prune it, retain it, or (not ours) nothing.
+
+    Ours means in this source's inventory: created by this controller name *from this source*. What
+    another source applied (or what was applied before sources were recorded) is never pruned.
+    """
+    if not actual.claimed_by(controller_name, source):
         return None  # never ours: never touched, never listed
     source = actual.tags.get(MANIFEST_PATH_TAG, "the repository")
     if actual.id.kind is Kind.WORKSPACE:
@@ -477,7 +496,26 @@ def _with_dependencies(changes: list[Change], desired: DesiredState, actual: Act
     return result
 
 
-def _mass_delete_hold(changes: list[Change], desired: DesiredState, actual: ActualState, controller_name: str) -> str | None:
+def _conflicting_dependencies(changes: list[Change], desired: DesiredState) -> list[Change]:
+    """A change that needs a resource another source claims waits too: it would run on the other's content."""
+    conflicts = {c.id for c in changes if c.action is Action.NOOP and c.reason.startswith("conflict")}
+    if not conflicts:
+        return changes
+    result = []
+    for change in changes:
+        resource = desired.resources.get(change.id)
+        if change.action is not Action.NOOP and change.action is not Action.DELETE and resource is not None:
+            needed = [str(ref) for ref in references(resource.manifest) if ref in conflicts]
+            if needed:
+                change = Change(change.id, Action.NOOP, change.diffs, manifest_file=change.manifest_file,
+                                reason=f"conflict: needs {', '.join(needed)}, which another source applied with other "
+                                       "content; not applied until that conflict is resolved")
+        result.append(change)
+    return result
+
+
+def _mass_delete_hold(changes: list[Change], desired: DesiredState, actual: ActualState, controller_name: str,
+                      source: str = "") -> str | None:
     """Hold a plan that would delete more than half (or all) of what this controller owns.
 
     A bad merge or an emptied folder must not wipe production; a human confirms with
@@ -487,7 +525,7 @@ def _mass_delete_hold(changes: list[Change], desired: DesiredState, actual: Actu
     deletes = sum(1 for c in changes if c.action is Action.DELETE)
     if deletes == 0:
         return None
-    owned = sum(1 for r in actual if r.owned_by(controller_name) and r.id.kind is not Kind.WORKSPACE)
+    owned = sum(1 for r in actual if r.claimed_by(controller_name, source) and r.id.kind is not Kind.WORKSPACE)
     if deletes < owned and deletes * 2 <= owned:
         return None
     if any(r.manifest.metadata.annotations.get(ALLOW_MASS_DELETE_ANNOTATION, "").lower() == "true" for r in desired):
@@ -507,8 +545,13 @@ def plan(
     replace_fields: ReplaceFields,
     base_revision: str | None = None,
     allow_mass_delete: bool = False,
+    source: str = "",
 ) -> Plan:
-    """The ordered changes that bring ``actual`` to ``desired`` (see the module docstring for the order)."""
+    """The ordered changes that bring ``actual`` to ``desired`` (see the module docstring for the order).
+
+    ``source`` names the source applying (``structs.states.source_id``): only its own inventory
+    is pruned, and what another source applied with other content is a conflict, never taken over.
+    """
     changes: list[Change] = []
     for resource in desired:
         changes.append(
@@ -517,40 +560,42 @@ def plan(
                 actual.resources.get(resource.id),
                 controller_name=controller_name,
                 replace_fields=replace_fields(resource.id.kind),
+                source=source,
             )
         )
-    unmanaged = 0
+    unmanaged = foreign = 0
     for existing in actual:
         if existing.id in desired.resources:
             continue
-        removal = plan_removal(existing, controller_name=controller_name)
-        if removal is None:
-            unmanaged += 1
-        else:
+        removal = plan_removal(existing, controller_name=controller_name, source=source)
+        if removal is not None:
             changes.append(removal)
+        elif existing.owned_by(controller_name):
+            foreign += 1
+        else:
+            unmanaged += 1
+    changes = _conflicting_dependencies(changes, desired)
     changes.sort(key=_sort_key)
     changes = _with_dependencies(changes, desired, actual)
     warnings: list[str] = []
     if unmanaged:
         warnings.append(f"{unmanaged} resource(s) not declared in Git and not managed by {controller_name} are left alone")
-    held = None if allow_mass_delete else _mass_delete_hold(changes, desired, actual, controller_name)
+    if foreign:
+        warnings.append(f"{foreign} resource(s) managed by {controller_name} but applied by another source (or before "
+                        "sources were recorded) are left alone: only what this source applied is pruned")
+    held = None if allow_mass_delete else _mass_delete_hold(changes, desired, actual, controller_name, source)
     return Plan(desired.revision, tuple(changes), base_revision=base_revision, held=held, warnings=tuple(warnings))
 
 
-def as_applied(desired: DesiredState, *, controller_name: str) -> ActualState:
-    """The actual state a backend would report had ``desired`` been applied by ``controller_name``.
+def as_applied(desired: DesiredState, *, controller_name: str, source: str = "") -> ActualState:
+    """The actual state a backend would report had ``desired`` been applied by ``controller_name`` from ``source``.
 
     Lets ``amlops plan --base --head`` show what merging would change without touching a backend.
     """
     resources: dict[ResourceId, ActualResource] = {}
     for resource in desired:
         spec = resource.manifest.spec.model_dump(mode="json")
-        tags = {
-            MANAGED_BY_TAG: controller_name,
-            MANIFEST_PATH_TAG: resource.origin.file,
-            REVISION_TAG: desired.revision,
-            DIGEST_TAG: resource.digest,
-        }
+        tags = ownership_tags(controller_name, source, desired.revision, resource)
         resources[resource.id] = ActualResource(
             resource.id, spec, tags, details={"content_digests": dict(resource.content_digests)}
         )

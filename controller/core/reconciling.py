@@ -28,7 +28,15 @@ from controller.structs.errors import BackendError, TransientError, ValidationFa
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
-from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId
+from controller.structs.states import (
+    ActualResource,
+    ActualState,
+    Condition,
+    ConditionType,
+    DesiredResource,
+    DesiredState,
+    ResourceId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,10 @@ class RecorderLike(Protocol):
 
     def resource_status(self) -> Mapping[ResourceId, ResourceStatus]:
         """Recorded status of every resource."""
+        ...
+
+    def begin(self, revision: str, started: datetime, plan: Plan, digests: Mapping[ResourceId, str]) -> int:
+        """Note an apply about to start (so an interrupted one is known after a crash); its history id."""
         ...
 
 
@@ -71,6 +83,8 @@ class ReconcileOptions:
     """
 
     controller_name: str = "amlops"
+    # The source applying (``structs.states.source_id``): its inventory is what it may prune.
+    source: str = ""
     detect_only: bool = False
     allow_mass_delete: bool = False
     parallelism: int = 4
@@ -169,33 +183,75 @@ def plan_step(desired: DesiredState, actual: ActualState, targets: _Targets, opt
         controller_name=options.controller_name,
         replace_fields=replace_fields,
         allow_mass_delete=options.allow_mass_delete,
+        source=options.source,
     )
 
 
-def stall_step(plan: Plan, desired: DesiredState, recorder: RecorderLike) -> Plan:
-    """Hold back changes that already failed permanently on the same input: retrying cannot help.
+def resume_step(plan: Plan, desired: DesiredState, statuses: Mapping[ResourceId, ResourceStatus]) -> Plan:
+    """Apply again what an interrupted pass was applying: its outcome was never seen.
 
-    Flux's split: a permanent error (invalid spec, quota, Unschedulable) stalls the resource until
-    its manifest or the files it deploys change (its digest), instead of failing every pass.
+    A controller killed while a change was in flight leaves the resource at the new input (the
+    backend wrote it) but nobody learnt whether it became healthy. The plan then says "in sync";
+    applying it again is idempotent and waits for health, so the outcome gets recorded.
     """
-    statuses = recorder.resource_status()
     changes = []
+    resumed = False
+    for change in plan.changes:
+        resource = desired.resources.get(change.id)
+        status = statuses.get(change.id)
+        if (change.action is Action.NOOP and not change.reason and resource is not None and status is not None
+                and status.interrupted_on(resource.digest)):
+            change = Change(change.id, Action.UPDATE, (), f"resume: the apply of revision {status.last_attempted_revision} "
+                            "was interrupted before its outcome was known", change.manifest_file, change.depends_on)
+            resumed = True
+        changes.append(change)
+    return replace(plan, changes=tuple(changes)) if resumed else plan
+
+
+def _live_stall(change: Change, resource: DesiredResource | None, live: ActualResource | None) -> Condition | None:
+    """The Stalled condition the backend reports for a resource already at its desired input."""
+    if resource is None or live is None or live.digest != resource.digest:
+        return None
+    stalled = live.condition(ConditionType.STALLED)
+    return stalled if stalled is not None and stalled.status else None
+
+
+def stall_step(plan: Plan, desired: DesiredState, actual: ActualState,
+               statuses: Mapping[ResourceId, ResourceStatus]) -> tuple[Plan, dict[ResourceId, Condition]]:
+    """Hold back changes that already failed permanently on the same input, and list what is blocked.
+
+    Flux's split: a permanent error (invalid spec, quota, Unschedulable, replicas that crash at
+    start) stalls the resource until its manifest or the files it deploys change (its digest),
+    instead of failing every pass. A stalled resource is not retried, but neither is it applied:
+    it is returned as blocked (as are refused replaces and resources another source claims), so
+    the pass is recorded as degraded and the revision never as applied.
+    """
+    changes = []
+    blocked: dict[ResourceId, Condition] = {}
     held_back = False
     for change in plan.changes:
         resource = desired.resources.get(change.id)
         status = statuses.get(change.id)
-        stalled = status.stalled_on(resource.digest) if resource is not None and status is not None else None
-        if stalled is not None and change.action is not Action.DELETE and change.action is not Action.NOOP:
-            change = Change(change.id, Action.NOOP, (), f"stalled: {stalled.reason}: {stalled.message} "
-                            "(not retried until the manifest or its files change)", change.manifest_file)
-            held_back = True
+        if change.action is Action.NOOP and change.reason.startswith(("refused", "conflict")):
+            reason = "ReplaceRefused" if change.reason.startswith("refused") else "OwnershipConflict"
+            blocked[change.id] = Condition(ConditionType.STALLED, True, reason, change.reason)
+        elif change.action is not Action.DELETE and (change.action is not Action.NOOP or not change.reason):
+            recorded = status.stalled_on(resource.digest) if resource is not None and status is not None else None
+            stalled = recorded or _live_stall(change, resource, actual.resources.get(change.id))
+            if stalled is not None:
+                first_line = stalled.message.splitlines()[0] if stalled.message else ""
+                change = Change(change.id, Action.NOOP, (), f"stalled: {stalled.reason}: {first_line} "
+                                "(not retried until the manifest or its files change)", change.manifest_file)
+                blocked[change.id] = Condition(ConditionType.STALLED, True, stalled.reason, stalled.message)
+                held_back = True
         changes.append(change)
-    return replace(plan, changes=tuple(changes)) if held_back else plan
+    return (replace(plan, changes=tuple(changes)) if held_back else plan), blocked
 
 
 def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
     """Apply the plan in dependency order, retrying what may pass and isolating what will not."""
-    ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress)
+    ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress,
+                       options.source)
     fallback = targets.backends[0]
     return execute(
         plan,
@@ -207,6 +263,15 @@ def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: Re
         progress=options.progress,
         stop=options.stop,
     )
+
+
+def begin_step(recorder: RecorderLike, revision: str, started: datetime, plan: Plan,
+               digests: Mapping[ResourceId, str]) -> None:
+    """Note the apply before it starts: if the controller dies mid-apply, the next one knows."""
+    try:
+        recorder.begin(revision, started, plan, digests)
+    except Exception:  # a full disk must not stop an apply; the outcome is still recorded after it
+        log.exception("reconcile.begin_failed", extra={"revision": revision})
 
 
 def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileOutcome:
@@ -245,9 +310,10 @@ def reconcile(
     observed: list[ActualState] = []
 
     def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
-               errors: tuple[str, ...] = (), requeue_after: float | None = None) -> ReconcileOutcome:
+               errors: tuple[str, ...] = (), blocked: Mapping[ResourceId, Condition] | None = None,
+               requeue_after: float | None = None) -> ReconcileOutcome:
         outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests,
-                                   observed[0] if observed else None, requeue_after)
+                                   observed[0] if observed else None, dict(blocked or {}), requeue_after)
         return record_step(recorder, outcome)
 
     mark = time.monotonic()
@@ -278,25 +344,31 @@ def reconcile(
         planned = plan_step(desired, actual, targets, options)
         if memo is not None:
             memo.desired, memo.actual, memo.plan = desired, actual, planned
-    plan = stall_step(planned, desired, recorder)
+    statuses = recorder.resource_status()
+    plan, blocked = stall_step(resume_step(planned, desired, statuses), desired, actual, statuses)
     durations["plan"] = time.monotonic() - mark
     log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
+    # What keeps this revision from being applied though nothing fails in this pass.
+    blocked_errors = tuple(f"{c.id}: {c.reason}" for c in plan.changes if c.id in blocked)
 
     if options.detect_only:
         return finish(ReconcileStatus.DETECTED, plan)
     if plan.held:
         return finish(ReconcileStatus.HELD, plan, errors=(plan.held,))
     if not plan.has_changes:
-        return finish(ReconcileStatus.NO_CHANGES, plan)
+        status = ReconcileStatus.DEGRADED if blocked else ReconcileStatus.NO_CHANGES
+        return finish(status, plan, errors=blocked_errors, blocked=blocked)
     if options.confirm is not None and not options.confirm(plan):
         return finish(ReconcileStatus.HELD, plan, errors=("not confirmed: nothing applied",))
 
     mark = time.monotonic()
+    begin_step(recorder, revision, started, plan, digests)
     changes = apply_step(plan, desired, targets, options)
     durations["apply"] = time.monotonic() - mark
     failed = [c for c in changes if c.status not in (ChangeStatus.SUCCEEDED, ChangeStatus.PROGRESSING)]
-    errors = tuple(f"{c.id}: {c.error}" for c in failed if c.error)
+    errors = tuple(f"{c.id}: {c.error}" for c in failed if c.error) + blocked_errors
     # A rollout under way is a requeue, controller-runtime style: the pass ends, the next one is due soon.
     waits = [c.requeue_after for c in changes if c.status is ChangeStatus.PROGRESSING and c.requeue_after is not None]
-    status = ReconcileStatus.FAILED if failed else ReconcileStatus.PROGRESSING if waits else ReconcileStatus.APPLIED
-    return finish(status, plan, changes, errors, min(waits) if waits else None)
+    status = (ReconcileStatus.FAILED if failed else ReconcileStatus.DEGRADED if blocked
+              else ReconcileStatus.PROGRESSING if waits else ReconcileStatus.APPLIED)
+    return finish(status, plan, changes, errors, blocked, min(waits) if waits else None)

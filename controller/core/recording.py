@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,12 @@ CREATE TABLE IF NOT EXISTS resource_status (
 
 # A reconcile that left actual state as its revision says: its revision is a "good" one.
 _GOOD: Final = (ReconcileStatus.APPLIED.value, ReconcileStatus.NO_CHANGES.value)
+# Stalls the planner finds afresh every pass: they clear when the world changes, not only the input.
+_REEVALUATED: Final = frozenset({"OwnershipConflict", "ReplaceRefused"})
+# The reason of the conditions written before a change is applied (see ``Recorder.begin``).
+APPLYING_REASON: Final = "Applying"
+INTERRUPTED: Final = ("interrupted: the controller stopped while applying this revision; "
+                      "the next pass applies again what it was changing and records the outcome")
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,17 @@ class ResourceStatus:
     attempted_digest: str | None = None
 
     def stalled_on(self, digest: str) -> Condition | None:
-        """The Stalled condition if this resource failed permanently on exactly ``digest``."""
+        """The Stalled condition if applying this resource failed permanently on exactly ``digest``."""
         stalled = self.condition("Stalled")
-        return stalled if stalled is not None and stalled.status and self.attempted_digest == digest else None
+        if stalled is None or not stalled.status or stalled.reason in _REEVALUATED:
+            return None
+        return stalled if self.attempted_digest == digest else None
+
+    def interrupted_on(self, digest: str) -> bool:
+        """Whether an apply of exactly ``digest`` began and never recorded its outcome (the controller stopped)."""
+        progressing = self.condition("Progressing")
+        return (progressing is not None and progressing.reason == APPLYING_REASON
+                and self.attempted_digest == digest)
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of ``type_``, if recorded."""
@@ -150,41 +165,100 @@ class Recorder:
         # (PlanMemo) pass after pass, and serialising thousands of changes each time was most of
         # an idle pass's CPU.
         self._last_plan: tuple[Plan, str] | None = None
+        # The ``applying`` row ``begin`` wrote for the pass in flight: (history id, revision).
+        self._open: tuple[int, str] | None = None
 
     # --- writing ------------------------------------------------------------------------------
 
+    def begin(self, revision: str, started: datetime, plan: Plan, digests: Mapping[ResourceId, str]) -> int:
+        """Write down an apply before it starts, so a controller killed in the middle leaves a trace.
+
+        The history gets an ``applying`` row (``record`` replaces it with the outcome) and every
+        resource about to be created, updated or replaced a ``Progressing/Applying`` condition with
+        the digest being applied. A later pass that finds such a condition on a digest that is
+        already in place knows the apply was interrupted and applies it again to learn its outcome.
+        """
+        now = _now()
+        with self._transaction() as conn:
+            self._close_interrupted(conn)
+            last = conn.execute("SELECT id, status, revision FROM reconciles ORDER BY id DESC LIMIT 1").fetchone()
+            reopened = (last is not None and last[1] == ReconcileStatus.PROGRESSING.value and last[2] == revision)
+            if reopened:
+                # A rollout is one entry per revision while it runs (a pass each half second would
+                # otherwise push the whole history out): each pass reopens it and ``record`` updates it.
+                conn.execute("UPDATE reconciles SET status = ?, plan = ? WHERE id = ?",
+                             (ReconcileStatus.APPLYING.value, self._plan_text(plan), last[0]))
+                row_id = int(last[0])
+            else:
+                cursor = conn.execute(
+                    "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
+                    " VALUES (?, ?, ?, ?, ?, '[]', '[]', '{}')",
+                    (revision, ReconcileStatus.APPLYING.value, started.isoformat(timespec="milliseconds"), now,
+                     self._plan_text(plan)),
+                )
+                row_id = int(cursor.lastrowid or 0)
+            message = f"applying revision {revision}"
+            conditions = json.dumps([_condition_json(Condition("Ready", False, APPLYING_REASON, message)),
+                                     _condition_json(Condition("Progressing", True, APPLYING_REASON, message))])
+            for change in plan.effective:
+                if change.action is Action.DELETE:
+                    continue  # a delete cut short is planned again: the resource is still there
+                conn.execute(
+                    "INSERT INTO resource_status (kind, name, conditions, last_applied_revision, last_attempted_revision,"
+                    " attempted_digest, updated) VALUES (?, ?, ?, NULL, ?, ?, ?) ON CONFLICT (kind, name) DO UPDATE SET"
+                    " conditions = excluded.conditions, last_attempted_revision = excluded.last_attempted_revision,"
+                    " attempted_digest = excluded.attempted_digest, updated = excluded.updated",
+                    (change.id.kind.value, change.id.name, conditions, revision, digests.get(change.id), now),
+                )
+        self._open = (row_id, revision)
+        return row_id
+
+    def close_interrupted(self) -> int:
+        """Mark every ``applying`` row as failed (interrupted); the number closed.
+
+        Only the leader lock's holder writes history, so when it calls this no pass is in flight.
+        """
+        with self._transaction() as conn:
+            return self._close_interrupted(conn)
+
+    def _close_interrupted(self, conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
+            "UPDATE reconciles SET status = ?, errors = ?, finished = ? WHERE status = ?",
+            (ReconcileStatus.FAILED.value, json.dumps([INTERRUPTED]), _now(), ReconcileStatus.APPLYING.value),
+        )
+        return cursor.rowcount
+
     def record(self, outcome: ReconcileOutcome) -> int:
         """Store one reconcile and fold its change outcomes into resource status; return its history id."""
+        values = (
+            outcome.revision,
+            outcome.status.value,
+            outcome.started.isoformat(timespec="milliseconds"),
+            outcome.finished.isoformat(timespec="milliseconds"),
+            self._plan_text(outcome.plan),
+            json.dumps([c.to_json() for c in outcome.changes]),
+            json.dumps(list(outcome.errors)),
+            json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}),
+        )
+        opened, self._open = self._open, None
         with self._transaction() as conn:
-            last = conn.execute("SELECT id, status, revision FROM reconciles ORDER BY id DESC LIMIT 1").fetchone()
-            if (outcome.status is ReconcileStatus.PROGRESSING and last is not None
-                    and last[1] == ReconcileStatus.PROGRESSING.value and last[2] == outcome.revision):
-                # A rollout is one entry per revision while it runs (a pass every second would
-                # otherwise push the whole history out): the entry is brought up to date in place.
-                conn.execute(
-                    "UPDATE reconciles SET finished = ?, plan = ?, changes = ?, errors = ?, durations = ? WHERE id = ?",
-                    (outcome.finished.isoformat(timespec="milliseconds"), self._plan_text(outcome.plan),
-                     json.dumps([c.to_json() for c in outcome.changes]), json.dumps(list(outcome.errors)),
-                     json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}), last[0]),
+            updated = 0
+            if opened is not None and opened[1] == outcome.revision:
+                updated = conn.execute(
+                    "UPDATE reconciles SET revision = ?, status = ?, started = ?, finished = ?, plan = ?, changes = ?,"
+                    " errors = ?, durations = ? WHERE id = ? AND status = ?",
+                    (*values, opened[0], ReconcileStatus.APPLYING.value),
+                ).rowcount
+            if updated:
+                row_id = opened[0] if opened is not None else 0
+            else:
+                cursor = conn.execute(
+                    "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
                 )
-                self._fold_status(conn, outcome)
-                return int(last[0])
-            cursor = conn.execute(
-                "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    outcome.revision,
-                    outcome.status.value,
-                    outcome.started.isoformat(timespec="milliseconds"),
-                    outcome.finished.isoformat(timespec="milliseconds"),
-                    self._plan_text(outcome.plan),
-                    json.dumps([c.to_json() for c in outcome.changes]),
-                    json.dumps(list(outcome.errors)),
-                    json.dumps({k: round(v, 4) for k, v in outcome.durations.items()}),
-                ),
-            )
+                row_id = int(cursor.lastrowid or 0)
             self._fold_status(conn, outcome)
-            row_id = int(cursor.lastrowid or 0)
             # A pass a minute for a year would be half a million plans: keep the recent ones.
             conn.execute("DELETE FROM reconciles WHERE id <= ?", (row_id - self.keep,))
             return row_id
@@ -202,7 +276,8 @@ class Recorder:
     def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
         """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""
         if outcome.plan is None or outcome.status not in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES,
-                                                          ReconcileStatus.FAILED, ReconcileStatus.PROGRESSING):
+                                                          ReconcileStatus.DEGRADED, ReconcileStatus.FAILED,
+                                                          ReconcileStatus.PROGRESSING):
             return
         now = _now()
         revision = outcome.revision
@@ -224,13 +299,15 @@ class Recorder:
             previous = existing.get(key)
             last_applied = previous[1] if previous else None
             conditions: tuple[Condition, ...]
-            if change.action is Action.NOOP and change.reason.startswith("stalled"):
-                continue  # still stalled on the same input: keep the recorded failure as it is
-            if change.action is Action.NOOP:
-                if change.reason.startswith("refused"):
-                    conditions = (Condition("Ready", False, "ReplaceRefused", change.reason),
-                                  Condition("Stalled", True, "ReplaceRefused", change.reason))
-                elif change.reason == "suspended":
+            blocked = outcome.blocked.get(change.id)
+            if blocked is not None:
+                if previous is not None and previous[3] == outcome.digests.get(change.id) and any(
+                        c.type == blocked.type and c.status and c.reason == blocked.reason
+                        for c in _conditions_from(previous[0])):
+                    continue  # still blocked the same way on the same input: keep the recorded failure as it is
+                conditions = (Condition("Ready", False, blocked.reason, blocked.message), blocked)
+            elif change.action is Action.NOOP:
+                if change.reason == "suspended":
                     conditions = (Condition("Ready", False, "Suspended", "reconciliation suspended by annotation"),)
                 elif change.reason.startswith("retained"):
                     conditions = (Condition("Ready", True, "Retained", change.reason),)

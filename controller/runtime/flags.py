@@ -22,6 +22,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--git-token-file", default=None, help="file holding an HTTPS token (or env AMLOPS_GIT_TOKEN)"
     )
     src.add_argument(
+        "--git-timeout",
+        type=float,
+        default=None,
+        help="seconds a git fetch may take before the remote counts as unreachable (default 30; config gitTimeout)",
+    )
+    src.add_argument(
         "--ssh-key-file", default=None, help="private key for SSH remotes (sets GIT_SSH_COMMAND)"
     )
     loop = parser.add_argument_group("loop")

@@ -27,8 +27,9 @@ class LeaderLock:
         """Whether this process holds the lock."""
         return self._fd is not None
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; never blocks. Records our pid in the file for people to read."""
+    def try_acquire(self, source: str = "") -> bool:
+        """Take the lock if it is free; never blocks. Records our pid (and the source a controller
+        follows) in the file, for people and for standbys to read."""
         if self._fd is not None:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +40,7 @@ class LeaderLock:
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.write(fd, f"{os.getpid()}\n{source}\n".encode())
         self._fd = fd
         return True
 
@@ -51,12 +52,21 @@ class LeaderLock:
             stop.wait(poll)
         return False
 
+    def _lines(self) -> list[str]:
+        try:
+            return self.path.read_text().splitlines()
+        except OSError:
+            return []
+
     def holder(self) -> str:
         """The pid written by the current holder, as text (empty if unknown)."""
-        try:
-            return self.path.read_text().strip()
-        except OSError:
-            return ""
+        lines = self._lines()
+        return lines[0].strip() if lines else ""
+
+    def holder_source(self) -> str:
+        """The source the current holder follows ('' for ``amlops apply`` or when unknown)."""
+        lines = self._lines()
+        return lines[1].strip() if len(lines) > 1 else ""
 
     def release(self) -> None:
         """Give the lock up (the kernel does it anyway when the process ends)."""

@@ -41,15 +41,23 @@ from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
+from controller.runtime.statedirs import state_dir_problem, state_dir_status
 from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import GitSource, Snapshot, SourceUnavailable, looks_like_git_repo, redact
+from controller.sources.gitting import (
+    GIT_TIMEOUT_S,
+    GitSource,
+    Snapshot,
+    SourceUnavailable,
+    looks_like_git_repo,
+    redact,
+)
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.notifications import Credentials, Notifications
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
-from controller.structs.states import ActualResource, ResourceId
+from controller.structs.states import ActualResource, ResourceId, source_id
 
 log = logging.getLogger("amlops.run")
 
@@ -93,6 +101,7 @@ class Reloadable:
     git_token: str | None
     notifications: Notifications = field(default_factory=Notifications)
     notification_credentials: dict[str, Credentials] = field(default_factory=dict)
+    git_timeout: float = GIT_TIMEOUT_S
 
     @property
     def secrets(self) -> list[str]:
@@ -135,6 +144,13 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         credentials = resolve_credentials(notifications)
     except ConfigError as exc:
         raise SystemExit(f"amlops run: --config: {exc}") from None
+    flag_timeout = getattr(args, "git_timeout", None)
+    try:
+        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
+    except (TypeError, ValueError):
+        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
+    if git_timeout <= 0:
+        raise SystemExit("amlops run: --git-timeout must be positive")
     return Reloadable(
         interval=interval,
         webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
@@ -142,6 +158,7 @@ def load_reloadable(args: argparse.Namespace) -> Reloadable:
         git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
         notifications=notifications,
         notification_credentials=credentials,
+        git_timeout=git_timeout,
     )
 
 
@@ -159,6 +176,7 @@ def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable)
         branch=args.branch,
         token=settings.git_token,
         ssh_key_file=args.ssh_key_file,
+        timeout_s=settings.git_timeout,
     )
 
 
@@ -253,12 +271,15 @@ class Controller:
             },
             detect_only=args.detect_only,
         )
+        # The name of what this controller follows: its inventory is what this source applied.
+        self.source_id = source_id(self.source.display_url, args.branch, args.path)
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
         self.stop_requested = threading.Event()
         self.options = ReconcileOptions(
             controller_name=self.name,
+            source=self.source_id,
             detect_only=args.detect_only,
             allow_mass_delete=args.allow_mass_delete,
             parallelism=max(1, args.parallelism),
@@ -268,6 +289,7 @@ class Controller:
             stop=self.stop_requested,
         )
         self._reload_requested = False
+        self._refused = False  # a standby that found the leader following another source
         self._failures = 0
         self._history: list[dict[str, Any]] = []
         self.server = HttpServer(
@@ -318,6 +340,7 @@ class Controller:
         self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
         if isinstance(self.source, GitSource):
             self.source.set_token(fresh.git_token)
+            self.source.set_timeout(fresh.git_timeout)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
         log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
         self.wake("reload")
@@ -333,14 +356,17 @@ class Controller:
         self.server.start()
         log.info("http.listening", extra={"fields": {"address": self.server.address}})
         try:
-            if not self.lock.try_acquire():
+            if not self.lock.try_acquire(self.source_id):
+                if self._other_source():
+                    return EXIT_USAGE
                 self.status.update(role="standby")
                 log.info(
                     "leader.standby",
                     extra={"fields": {"lock": str(self.lock.path), "holder": self.lock.holder()}},
                 )
                 if not self._wait_for_lock():
-                    return EXIT_OK
+                    return EXIT_USAGE if self._refused else EXIT_OK
+            self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
             self.metrics.leader.set(1)
@@ -359,10 +385,39 @@ class Controller:
             self.lock.release()
             log.info("controller.stopped", extra={"fields": {"pid": os.getpid()}})
 
+    def _close_interrupted(self) -> None:
+        """A pass the previous leader left ``applying`` was cut short (kill -9, power loss): say so in history."""
+        try:
+            closed = self.recorder.close_interrupted()
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("history.unwritable", extra={"fields": {"error": str(exc)}})
+            return
+        if closed:
+            log.warning("reconcile.interrupted", extra={"fields": {"passes": closed}})
+
+    def _other_source(self) -> bool:
+        """Whether the leader follows another source: then this one must not stand by to take over.
+
+        A standby is a spare for the same source. Taking over with another source would apply a
+        second repo's inventory over the first's history and state dir; refuse it, clearly.
+        """
+        leader = self.lock.holder_source()
+        if not leader or leader == self.source_id:
+            return False
+        message = (f"amlops run: the controller leading {self.state_dir} (pid {self.lock.holder() or '?'}) follows "
+                   f"{leader}; this one follows {self.source_id}. A standby must follow the same source: give this "
+                   "controller its own --state-dir (and --controller-name if both share a backend)")
+        log.error("leader.other_source", extra={"fields": {"leader_source": leader, "source": self.source_id}})
+        print(message, file=sys.stderr, flush=True)
+        return True
+
     def _wait_for_lock(self) -> bool:
         while not self.stop_requested.is_set():
-            if self.lock.try_acquire():
+            if self.lock.try_acquire(self.source_id):
                 return True
+            if self._other_source():
+                self._refused = True
+                return False
             if self._reload_requested:
                 self.reload()
             self.stop_requested.wait(LOCK_POLL_S)
@@ -413,6 +468,12 @@ class Controller:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
         log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        # State dir: nothing can be recorded without it; say so instead of failing at the first write.
+        problem = state_dir_problem(self.state_dir)
+        self.status.update(stateDir=state_dir_status(self.state_dir, problem))
+        if problem is not None:
+            self._state_dir_failed(problem, started)
+            return None
         # Fetch: a snapshot of one revision, never a tree that is still moving.
         try:
             snapshot = self.source.fetch()
@@ -457,12 +518,19 @@ class Controller:
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
+    def _state_dir_failed(self, message: str, started: float) -> None:
+        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        self._pass_failed(message, started)
+
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        self.metrics.reconciles.labels(status="failed").inc()
         log.warning("source.fetch.failed", extra={"fields": {"error": message}})
-        now = time.time()
         self.status.update_source(reachable=False, lastFetchError=message)
+        self._pass_failed(message, started)
+
+    def _pass_failed(self, message: str, started: float) -> None:
+        self.metrics.reconciles.labels(status="failed").inc()
+        now = time.time()
         last = {
             "revision": None,
             "status": "failed",
@@ -563,6 +631,9 @@ class Controller:
         for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
             entry = status.to_json()
             live = observed.get(status.id)
+            conflict = status.condition("Stalled")
+            if conflict is not None and conflict.status and conflict.reason == "OwnershipConflict":
+                live = None  # what runs is another source's: its health says nothing about this one's manifest
             if live is not None:
                 merged = {c["type"]: c for c in entry["conditions"]}
                 merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
@@ -589,7 +660,7 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     replicas = details.get("replicas")
     if isinstance(replicas, dict) and "ready" in replicas:
         shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus"):
+    for key in ("modelVersions", "models", "version", "gpus", "placement"):
         if details.get(key):
             shown[key] = details[key]
     if isinstance(details.get("rollout"), dict):

@@ -55,13 +55,21 @@ class StatusBoard:
             return copy.deepcopy(self._doc.get(key))
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready once this process leads, has attempted a reconcile, and the source answered last time."""
+        """Ready once this process leads, has attempted a reconcile, the source answered last time, and
+        the last pass did not leave the revision degraded (stalled or conflicting resources)."""
         with self._lock:
             role = self._doc["role"]
             if role != "leader":
                 return False, role
             if self._doc["lastReconcile"] is None:
                 return False, "first reconcile not attempted yet"
+            if (self._doc.get("stateDir") or {}).get("error"):
+                return False, str(self._doc["stateDir"]["error"])
             if self._doc["source"]["reachable"] is False:
                 return False, "source unreachable: " + str(self._doc["source"]["lastFetchError"])
+            last = self._doc["lastReconcile"]
+            if last.get("status") == "degraded":
+                # Resources stalled on this revision (or claimed by another source): it is not applied.
+                errors = last.get("errors") or []
+                return False, "degraded: " + (str(errors[0]) if errors else "revision not applied")
             return True, "ready"

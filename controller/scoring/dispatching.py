@@ -168,6 +168,8 @@ class Dispatcher:
                 slot.record_batch(len(fresh))
                 self._score(fresh)
                 slot.current = None
+                for job in fresh:
+                    job.raw = ""  # this thread keeps its last jobs while it waits: their bodies go now
             self._finish(jobs)
 
     def _score(self, jobs: list[Job]) -> None:

@@ -63,6 +63,7 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
     states = dict.fromkeys(pipes, "initializing")
     buffers = dict.fromkeys(pipes, b"")
     gpus: Any = None
+    device: dict[str, Any] = {}  # the workers' DeviceReport fields (one model, one device: the last says it)
     code = 0
     stop_deadline: float | None = None
     write_status("initializing")
@@ -90,11 +91,12 @@ def serve_forked(options: ScoringOptions, listener: socket.socket,
                     message = orjson.loads(line)
                     states[pid] = message["state"]
                     gpus = message.get("tensorflowGpus", gpus)
+                    device.update({k: message[k] for k in ("device", "deviceSource", "deviceName") if k in message})
                     if message["state"] == "failed" and not stopping:
                         write_status("failed", error=message.get("error"))
                         stopping, code = True, 1
                 if states and all(state == "ready" for state in states.values()) and not stopping:
-                    write_status("ready", tensorflowGpus=gpus)
+                    write_status("ready", tensorflowGpus=gpus, **device)
             done_pid, status = os.waitpid(pid, os.WNOHANG)
             if done_pid:
                 os.close(pipes.pop(pid))

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.scoring.devices import DeviceReport
 from controller.structs.rollouts import LATENCY_BUCKETS
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -72,6 +73,7 @@ class ScoringMetrics(Collector):
         self.run_errors: dict[str, int] = {}
         self.queue_rejections: dict[str, int] = {}
         self.batch_sizes: list[Buckets] = []
+        self.device: DeviceReport | None = None  # set once, after init()
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -89,7 +91,7 @@ class ScoringMetrics(Collector):
         self.run_errors[kind] = self.run_errors.get(kind, 0) + 1
 
     def count_queue_rejection(self, reason: str) -> None:
-        """One request answered 503 for a ``full`` queue or a ``wait`` past the limit."""
+        """One request answered 503 for a ``full`` queue, a ``wait`` past the limit or ``bytes`` over the body budget."""
         self.queue_rejections[reason] = self.queue_rejections.get(reason, 0) + 1
 
     def batch_recorder(self) -> Buckets:
@@ -119,7 +121,7 @@ class ScoringMetrics(Collector):
             errors.add_metric([kind], count)
         yield errors
         rejections = CounterMetricFamily("amlops_scoring_queue_rejections",
-                                         "Requests answered 503 because no slot freed up in time.", labels=["reason"])
+                                         "Requests answered 503: no slot freed up in time, or the body budget was spent.", labels=["reason"])
         for reason, count in list(self.queue_rejections.items()):
             rejections.add_metric([reason], count)
         yield rejections
@@ -127,6 +129,13 @@ class ScoringMetrics(Collector):
         buckets, total = merged(list(self.batch_sizes), BATCH_BUCKETS)
         batch.add_metric([], buckets, total)
         yield batch
+        device = self.device
+        if device is not None:
+            info = GaugeMetricFamily("amlops_scoring_device_info",
+                                     "The device TensorFlow placed the model on (1 for the one in use).",
+                                     labels=["device", "source"])
+            info.add_metric([device.device, device.source], 1)
+            yield info
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

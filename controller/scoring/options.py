@@ -29,6 +29,10 @@ class ScoringOptions:
     max_concurrent: int
     max_queue_wait_ms: int
     max_request_bytes: int
+    max_header_bytes: int
+    header_timeout_ms: int
+    keepalive_timeout_ms: int
+    max_body_bytes_in_flight: int
     status_file: str | None
     split_file: str | None
     tensorflow_compat: str
@@ -83,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-concurrent", type=_positive, default=1, help="concurrent run() calls per process")
     add("--max-queue-wait-ms", type=_positive, default=500)
     add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024)
+    add("--max-header-bytes", type=_positive, default=64 * 1024,
+        help="request line plus headers; longer heads are answered 414 (line) or 431 (headers)")
+    add("--header-timeout-ms", type=_positive, default=10000,
+        help="time to send a request's head, and the longest pause in its body, before the connection is closed")
+    add("--keepalive-timeout-ms", type=_positive, default=75000, help="an idle keep-alive connection is closed after this")
+    add("--max-body-bytes-in-flight", type=_positive, default=256 * 1024 * 1024,
+        help="request bodies held at once by this process (read or being scored); beyond it 503 + Retry-After")
     add("--status-file", help="JSON status, replaced atomically on each change")
     add("--split-file", help="JSON {weight, port}: hand that percentage of scoring requests to the port (a canary)")
     add("--tensorflow-compat", choices=("v1", "none"), default="none")

@@ -10,6 +10,7 @@ Log lines go to stderr, one per event: ``event=<name> key=value ...`` (text) or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 _format = "text"
+_status_unwritten = False
 
 
 def configure_events(log_format: str) -> None:
@@ -50,20 +52,32 @@ def _text_value(value: Any) -> str:
     return text
 
 
-def write_status(path: str | None, state: str, **fields: Any) -> None:
+def write_status(path: str | None, state: str, **fields: Any) -> bool:
     """Atomically replace the status file at ``path`` (tmp + rename) with ``state`` and ``fields``.
 
     A supervisor polls this file to see readiness without HTTP, so a reader must never see a
-    half-written document.
+    half-written document. A write that fails (a full disk) is logged and reported False: the
+    replica serves on, and the load reports write the file again until one succeeds.
     """
+    global _status_unwritten
     if not path:
-        return
+        return True
     document: dict[str, Any] = {"pid": os.getpid(), "state": state, "error": None}
     document.update(fields)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as handle:
-        handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if not _status_unwritten:
+            log_event("status_write_failed", path=path, error=exc.strerror or str(exc))
+        _status_unwritten = True
+        return False
+    _status_unwritten = False
+    return True
 
 
 LOAD_REPORT_INTERVAL_S = 0.5
@@ -92,6 +106,6 @@ def report_load(
     count = int(value)
     counters = traffic() if traffic is not None else None
     state = (count, None if counters is None else (counters["requests"], counters["forwarded"]))
-    if state != last:
+    if state != last or _status_unwritten:
         report(inFlight=count, capacity=capacity, **({} if counters is None else {"traffic": counters}))
     loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, state, traffic)

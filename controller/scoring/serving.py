@@ -12,6 +12,12 @@ off it: responses are written with ``os.write`` (the GIL is released for the sys
 without an ``x-request-id`` gets a counter-based id instead of a ``uuid4()``. Timeouts cost no
 timer per request: one sweeper every ``SWEEP_INTERVAL_S`` checks the queue and the running slots.
 
+What a client may hold is bounded: the request target (414) and head (431, ``--max-header-bytes``),
+the time to send a head or between body chunks (408, ``--header-timeout-ms``), an idle keep-alive
+connection (``--keepalive-timeout-ms``), and the request bodies held at once (503 + Retry-After,
+``--max-body-bytes-in-flight``; see ``budgets``). Health checks are answered on the loop, so none
+of this can starve them.
+
 Only failures and lifecycle changes are logged; a line per successful request would cost more
 than the request at the rates this host serves (the metrics count them instead).
 """
@@ -33,6 +39,8 @@ from typing import Any
 import httptools
 import orjson
 
+from controller.scoring.budgets import BodyBudget, fix_mmap_threshold, return_free_memory
+from controller.scoring.devices import observe_device
 from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
 from controller.scoring.forwarding import Answer, Splitter
 from controller.scoring.importing import EntryPoint, load_entry_script
@@ -41,13 +49,15 @@ from controller.scoring.metrics import ScoringMetrics
 from controller.scoring.options import ScoringOptions
 from controller.scoring.reporting import log_event, report_load
 from controller.scoring.sockets import BACKLOG
+from controller.scoring.swaggers import swagger_document
 from controller.structs.rollouts import Counters
 
 Reporter = Callable[..., None]
 
 REASONS = {
     200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-    405: b"Method Not Allowed", 413: b"Payload Too Large", 500: b"Internal Server Error",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Payload Too Large", 414: b"URI Too Long",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
     503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 JSON = b"application/json"
@@ -58,48 +68,15 @@ SWEEP_INTERVAL_S = 0.05
 DRAIN_LIMIT_S = 10.0
 FRESH_GRACE_S = 1.0
 QUEUE_PER_SLOT = 256
+MAX_URL_BYTES = 16 * 1024
+"""The request target's limit (414 past it); headers have ``--max-header-bytes``."""
+CONNECTION_SWEEP_S = 0.5
+"""How often connections are checked against the header and keep-alive timeouts."""
+TRIM_DELAY_S = 0.1
+"""Free pages are returned a moment after a large body is released (its run() thread lets go of it too)."""
 DIRECT_WRITES = os.name == "posix"  # os.write on a socket fd: POSIX only (see Connection.send)
 # What a forwarded answer keeps of the candidate's headers (the request ids are this process's own).
 _PASSED_HEADERS = (b"x-ms-run-fn-exec-ms", b"x-ms-run-function-failed", b"retry-after")
-
-
-def swagger_document(service_name: str | None, score_paths: list[str], auth: str) -> dict[str, Any]:
-    """A small OpenAPI 2 document in the shape Azure ML serves on /swagger.json."""
-    title = service_name or "amlops-scoring"
-    score_operation = {
-        "description": "Run the web service's model and get the prediction output",
-        "operationId": "RunMLService",
-        "parameters": [{"name": "serviceInputPayload", "in": "body", "description": "The input payload",
-                        "schema": {"type": "object", "example": {"data": [[0.0]]}}}],
-        "responses": {
-            "200": {"description": "Success", "schema": {"type": "object"}},
-            "default": {"description": "Failure", "schema": {"$ref": "#/definitions/ErrorResponse"}},
-        },
-    }
-    if auth != "none":
-        score_operation["security"] = [{"Bearer": []}]
-    paths: dict[str, Any] = {
-        "/": {"get": {"description": "Simple health check endpoint to ensure the service is up",
-                      "operationId": "ServiceHealthCheck",
-                      "responses": {"200": {"description": "Health check message"}}}},
-    }
-    for path in score_paths:
-        paths[path] = {"post": score_operation}
-    document: dict[str, Any] = {
-        "swagger": "2.0",
-        "info": {"title": title, "description": f"API specification for the scoring service {title}",
-                 "version": "1.0"},
-        "schemes": ["http"],
-        "consumes": ["application/json"],
-        "produces": ["application/json"],
-        "paths": paths,
-        "definitions": {"ErrorResponse": {"type": "object", "properties": {"message": {"type": "string"}}}},
-    }
-    if auth != "none":
-        document["securityDefinitions"] = {"Bearer": {
-            "type": "apiKey", "name": "Authorization", "in": "header",
-            "description": "For example: Bearer abc123"}}
-    return document
 
 
 class RequestIds:
@@ -136,6 +113,13 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.body_size = 0
         self.in_message = False
+        self.headers_done = False
+        self.head_bytes = 0  # bytes received while the head was still incomplete
+        self.header_bytes = 0  # bytes of the request target and headers parsed
+        self.since = time.monotonic()  # when the current head, body pause or idle spell began
+        self.swept_body = 0
+        self.reserved = 0  # body bytes taken from the budget by the message being read
+        self.held: deque[int] = deque()  # ... and by each read request not answered yet, in order
         self.busy = False
         self.closing = False
         self.answered = 0
@@ -153,6 +137,11 @@ class Connection(asyncio.Protocol):
         self.app.connections.discard(self)
         self.transport = None
         self.closing = True
+        leftover = self.reserved + sum(self.held)
+        self.reserved = 0
+        self.held.clear()
+        if leftover:
+            self.app.release(leftover)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -163,6 +152,11 @@ class Connection(asyncio.Protocol):
             self.respond(400, b"upgrades are not supported", TEXT, False, route="other")
         except httptools.HttpParserError:
             self.respond(400, b"malformed HTTP request", TEXT, False, route="other")
+        if self.in_message and not self.headers_done and not self.closing:
+            # httptools buffers an unfinished header line whole: stop it growing past the limit.
+            self.head_bytes += len(data)
+            if self.head_bytes > self.app.max_header_bytes:
+                self.reject(431, b"request headers larger than --max-header-bytes")
 
     def eof_received(self) -> bool | None:
         return None
@@ -171,29 +165,50 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_message = True
+        self.headers_done = False
         self.url = b""
         self.headers = {}
         self.body = []
-        self.body_size = 0
+        self.body_size = self.swept_body = self.head_bytes = self.header_bytes = 0
+        self.since = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > MAX_URL_BYTES and not self.closing:
+            self.reject(414, b"request target longer than 16 KiB")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.lower()] = value
+        self.header_bytes += len(name) + len(value) + 4
 
     def on_headers_complete(self) -> None:
+        self.headers_done = True
+        if self.closing:
+            return
+        if self.header_bytes + len(self.url) > self.app.max_header_bytes:
+            self.reject(431, b"request headers larger than --max-header-bytes")
+            return
         length = self.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.app.max_request_bytes:
-            self.reject_oversize()
+        if length is not None and length.isdigit() and (size := int(length)):
+            if size > self.app.max_request_bytes:
+                self.reject_oversize()
+            elif self.app.budget.take(size):
+                self.reserved = size
+            else:
+                self.reject_busy()
 
     def on_body(self, body: bytes) -> None:
         if self.closing:
             return
         self.body_size += len(body)
-        if self.body_size > self.app.max_request_bytes:
-            self.reject_oversize()
-            return
+        if self.body_size > self.reserved:  # a chunked body: taken from the budget as it comes
+            if self.body_size > self.app.max_request_bytes:
+                self.reject_oversize()
+                return
+            if not self.app.budget.take(self.body_size - self.reserved):
+                self.reject_busy()
+                return
+            self.reserved = self.body_size
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -201,6 +216,9 @@ class Connection(asyncio.Protocol):
         if self.closing:
             return
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.body = []  # the chunks go now; the joined body lives until the answer is written
+        self.held.append(self.reserved)
+        self.reserved = 0
         request = (self.parser.get_method(), self.url, self.headers, body, self.parser.should_keep_alive())
         if self.busy:
             # HTTP/1.1 pipelining: answer in order, one at a time.
@@ -215,6 +233,30 @@ class Connection(asyncio.Protocol):
         """Answer 413 before the body is read, then drop the rest of it."""
         self.respond(413, b"request body larger than --max-request-bytes", TEXT, False, route="score",
                      linger=True)
+
+    def reject_busy(self) -> None:
+        """Answer 503 + Retry-After: the bodies already held use the process's budget."""
+        self.app.metrics.count_queue_rejection("bytes")
+        self.respond(503, b"too many request bytes in flight (--max-body-bytes-in-flight)", TEXT, False,
+                     RETRY_AFTER, route="score", linger=True)
+
+    def reject(self, status: int, message: bytes) -> None:
+        """Answer a request whose head breaks a limit, and read nothing more of it."""
+        self.respond(status, message, TEXT, False, route="other", linger=True)
+        if self.transport is not None:
+            self.transport.pause_reading()  # a client still sending is held back by its own socket buffer
+
+    def check_timeouts(self, now: float, header_timeout: float, keepalive_timeout: float) -> None:
+        """Close a connection whose head is late, whose body stalled, or that idled too long (slowloris)."""
+        if self.closing or self.busy:
+            return  # a request under way has run()'s own timeout
+        if self.in_message:
+            if self.headers_done and self.body_size != self.swept_body:
+                self.swept_body, self.since = self.body_size, now  # the body is still coming
+            elif now - self.since > header_timeout:
+                self.respond(408, b"request not received within --header-timeout-ms", TEXT, False, route="other")
+        elif now - self.since > (keepalive_timeout if self.answered else header_timeout):
+            self.close()
 
     def respond(self, status: int, body: bytes, content_type: bytes, keep_alive: bool,
                 extra: bytes = b"", route: str = "score", started: float | None = None,
@@ -239,7 +281,10 @@ class Connection(asyncio.Protocol):
                     asyncio.get_running_loop().call_later(2.0, transport.close)
                 else:
                     transport.close()
-        app.metrics.observe(route, status, 0.0 if started is None else time.monotonic() - started)
+        now = self.since = time.monotonic()
+        app.metrics.observe(route, status, 0.0 if started is None else now - started)
+        if self.held:  # the request answered held its body until now
+            app.release(self.held.popleft())
         self.answered += 1
         self.busy = False
         if self.waiting and not self.closing:
@@ -296,6 +341,8 @@ class ScoringApp:
         self.keys = (KeyRing(options.keys_file, options.auth, options.service_name)
                      if options.auth != "none" and options.keys_file else None)
         self.max_request_bytes = options.max_request_bytes
+        self.max_header_bytes = options.max_header_bytes
+        self.budget = BodyBudget(options.max_body_bytes_in_flight)
         self.timeout_s = options.scoring_timeout_ms / 1000.0
         self.ready = False
         self.draining = False
@@ -314,6 +361,15 @@ class ScoringApp:
         self.splitter = Splitter(options.split_file, self.timeout_s + 5.0) if options.split_file else None
 
     # requests
+
+    def release(self, size: int) -> None:
+        """Give ``size`` body bytes back to the budget; return free memory once a large body is gone."""
+        if self.budget.give_back(size):
+            asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim)
+
+    def _trim(self) -> None:
+        if not self.budget.held:
+            return_free_memory()
 
     def handle(self, conn: Connection, method: bytes, url: bytes, headers: dict[bytes, bytes],
                body: bytes, keep_alive: bool) -> None:
@@ -441,6 +497,15 @@ class ScoringApp:
                     self.answer(job, 504, self.timeout_body)
         asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self.sweep)
 
+    def sweep_connections(self) -> None:
+        """Close connections past the header or keep-alive timeout (see ``Connection.check_timeouts``)."""
+        now = time.monotonic()
+        header_timeout = self.options.header_timeout_ms / 1000.0
+        keepalive_timeout = self.options.keepalive_timeout_ms / 1000.0
+        for conn in list(self.connections):
+            conn.check_timeouts(now, header_timeout, keepalive_timeout)
+        asyncio.get_running_loop().call_later(min(CONNECTION_SWEEP_S, header_timeout / 4), self.sweep_connections)
+
     # lifecycle
 
     def begin_drain(self) -> None:
@@ -490,6 +555,7 @@ class ScoringApp:
         self.report("initializing")
         if self.splitter is not None:
             self.splitter.start(loop)
+        loop.call_soon(self.sweep_connections)  # from the start: health checks are served before init() ends
         if not self.options.defer_accept:
             await self.listen(listener)
         initialised: asyncio.Future[EntryPoint] = loop.create_future()
@@ -519,7 +585,8 @@ class ScoringApp:
             await self.listen(listener)
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
         gpus = tensorflow_gpus()  # the status file's load updates repeat it: each write replaces the file
-        report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **load),
+        device = self.metrics.device.to_status() if self.metrics.device is not None else {}
+        report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **device, **load),
                     lambda: None if self.draining else self.metrics.registry.get_sample_value("amlops_scoring_in_flight"),
                     self.options.max_concurrent, traffic=self.traffic)
         log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))
@@ -531,6 +598,8 @@ class ScoringApp:
         try:
             entry = load_entry(self.options)
             entry.init()
+            self.metrics.device = observe_device()  # where TensorFlow put the model, asked here off the loop
+            log_event("device_observed", **self.metrics.device.to_status())
         except BaseException as exc:
             loop.call_soon_threadsafe(_settle, result, None, exc)
         else:
@@ -584,5 +653,6 @@ def serve_process(options: ScoringOptions, listener: socket.socket, report: Repo
         runner = asyncio.run
     else:
         runner = uvloop.run
+    fix_mmap_threshold()
     app = ScoringApp(options, report, on_drain)
     return runner(app.run(listener))

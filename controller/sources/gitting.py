@@ -31,7 +31,9 @@ import git
 
 log = logging.getLogger(__name__)
 
-GIT_TIMEOUT_S: Final = 300
+GIT_TIMEOUT_S: Final = 30.0
+"""Default bound on one git command: a remote that accepts the connection and never answers is
+reported unreachable after this long instead of holding the reconcile loop (``--git-timeout``)."""
 SNAPSHOTS_KEPT: Final = 5
 """Older snapshots are removed, but a few are kept: a backend may still read the files of the last one."""
 
@@ -96,6 +98,7 @@ class GitSource:
         token: str | None = None,
         username: str = "x-access-token",
         ssh_key_file: str | None = None,
+        timeout_s: float = GIT_TIMEOUT_S,
     ) -> None:
         clean, url_user, url_password = split_credentials(url)
         local = Path(url).expanduser()
@@ -105,6 +108,7 @@ class GitSource:
         self._token = token or url_password
         self._username = url_user or username
         self._ssh_key_file = ssh_key_file
+        self.timeout_s = timeout_s
         key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self._mirror = cache_dir / "git" / key
         self._snapshots = cache_dir / "snapshots"
@@ -128,6 +132,10 @@ class GitSource:
     def set_token(self, token: str | None) -> None:
         """Use a new token from the next fetch on (SIGHUP re-reads the token file)."""
         self._token = token
+
+    def set_timeout(self, timeout_s: float) -> None:
+        """Bound each git command by ``timeout_s`` from the next fetch on (SIGHUP re-reads it)."""
+        self.timeout_s = timeout_s
 
     def _environment(self) -> dict[str, str]:
         env = {
@@ -154,11 +162,15 @@ class GitSource:
 
     def _git(self, repo: git.Repo, *args: str) -> str:
         """Run one git command in the mirror with the credential environment; errors come out redacted."""
+        started = time.monotonic()
         try:
             with repo.git.custom_environment(**self._environment()):
-                out: str = repo.git.execute(["git", *args], kill_after_timeout=GIT_TIMEOUT_S)
+                out: str = repo.git.execute(["git", *args], kill_after_timeout=self.timeout_s)
                 return out
         except git.GitCommandError as exc:
+            if time.monotonic() - started >= self.timeout_s:
+                raise SourceUnavailable(f"git {args[0]} failed: {self.display_url} did not answer within "
+                                        f"{self.timeout_s:g} s (--git-timeout)") from None
             stderr = str(exc.stderr or "").strip().replace("stderr: ", "")
             raise SourceUnavailable(redact(f"git {args[0]} failed: {stderr or exc}", self.secrets)) from None
         except OSError as exc:

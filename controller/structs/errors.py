@@ -60,3 +60,7 @@ class TransientError(BackendError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StateDirFull(TransientError):
+    """The state directory's filesystem has no space left: nothing is recorded until some is freed."""

@@ -33,11 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controller.structs.manifests import SecretRef
 
-EventName = Literal["pending", "applied", "no-changes", "detected", "held", "invalid", "failed", "rolled-back"]
+EventName = Literal["pending", "applied", "no-changes", "detected", "held", "degraded", "invalid", "failed", "rolled-back"]
 Severity = Literal["info", "warning", "error"]
 ReceiverType = Literal["github", "gitlab", "azureDevOps", "slack", "teams", "webhook"]
 
-EVENTS: Final[tuple[str, ...]] = ("pending", "applied", "no-changes", "detected", "held", "invalid", "failed", "rolled-back")
+EVENTS: Final[tuple[str, ...]] = ("pending", "applied", "no-changes", "detected", "held", "degraded", "invalid", "failed",
+                                  "rolled-back")
 SEVERITY_OF: Final[dict[str, str]] = {
     "pending": "info",
     "applied": "info",
@@ -45,6 +46,7 @@ SEVERITY_OF: Final[dict[str, str]] = {
     "detected": "info",
     "held": "warning",
     "rolled-back": "warning",
+    "degraded": "error",  # a resource of the revision is stalled or conflicting: the revision is not in place
     "invalid": "error",
     "failed": "error",
 }
@@ -52,11 +54,14 @@ _SEVERITY_RANK: Final = {"info": 0, "warning": 1, "error": 2}
 
 # Commit status states per provider, by event (the vocabulary each API accepts).
 GITHUB_STATES: Final = {"pending": "pending", "held": "pending", "applied": "success", "no-changes": "success",
-                        "detected": "success", "invalid": "failure", "failed": "failure", "rolled-back": "failure"}
+                        "detected": "success", "degraded": "failure", "invalid": "failure", "failed": "failure",
+                        "rolled-back": "failure"}
 GITLAB_STATES: Final = {"pending": "running", "held": "pending", "applied": "success", "no-changes": "success",
-                        "detected": "success", "invalid": "failed", "failed": "failed", "rolled-back": "failed"}
+                        "detected": "success", "degraded": "failed", "invalid": "failed", "failed": "failed",
+                        "rolled-back": "failed"}
 AZURE_DEVOPS_STATES: Final = {"pending": "pending", "held": "pending", "applied": "succeeded", "no-changes": "succeeded",
-                              "detected": "succeeded", "invalid": "failed", "failed": "failed", "rolled-back": "failed"}
+                              "detected": "succeeded", "degraded": "failed", "invalid": "failed",
+                              "failed": "failed", "rolled-back": "failed"}
 
 DEFAULT_BASE_URLS: Final = {
     "github": "https://api.github.com",

@@ -6,13 +6,14 @@ The executor produces ``ChangeOutcome``s, the reconcile pipeline wraps them in a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from controller.structs.plans import Action, Plan
-from controller.structs.states import ActualState, ResourceId
+from controller.structs.states import ActualState, Condition, ResourceId
 
 
 class ChangeStatus(StrEnum):
@@ -33,8 +34,14 @@ class ReconcileStatus(StrEnum):
     PROGRESSING = "progressing"
     DETECTED = "detected"
     HELD = "held"
+    # Nothing failed in this pass, but some resource of the revision is stalled (it failed before
+    # on the same input and is not retried) or claimed by another source: the revision is not applied.
+    DEGRADED = "degraded"
     INVALID = "invalid"
     FAILED = "failed"
+    # Written before the first change is applied and replaced by the outcome; one still there
+    # after the controller stops was interrupted (it is closed as failed by the next leader).
+    APPLYING = "applying"
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,9 @@ class ReconcileOutcome:
     digests: dict[ResourceId, str] = field(default_factory=dict)
     # Actual state as this pass read it (before applying), for status pages that need no second read.
     actual: ActualState | None = None
+    # Resources of this revision that did not converge without failing in this pass: stalled on an
+    # input that failed before, refused, or claimed by another source. Each with the condition to record.
+    blocked: Mapping[ResourceId, Condition] = field(default_factory=dict)
     # Set while a rollout is under way: the next pass is due this many seconds from now.
     requeue_after: float | None = None
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
+from pathlib import PurePosixPath
 from typing import Any, Final, NamedTuple
 
 from controller.structs.manifests import KIND_ORDER, AnyManifest, Kind, WorkspaceManifest
@@ -15,6 +16,21 @@ MANAGED_BY_TAG: Final = "amlops.dev/managed-by"
 MANIFEST_PATH_TAG: Final = "amlops.dev/manifest-path"
 REVISION_TAG: Final = "amlops.dev/revision"
 DIGEST_TAG: Final = "amlops.dev/digest"
+# Which source applied the resource: a controller's inventory is what its own source applied.
+SOURCE_TAG: Final = "amlops.dev/source"
+OWNERSHIP_TAGS: Final = (MANAGED_BY_TAG, MANIFEST_PATH_TAG, REVISION_TAG, DIGEST_TAG, SOURCE_TAG)
+
+
+def source_id(url: str, branch: str | None, path: str) -> str:
+    """One name for a source (repo URL or folder, branch, path inside), as kustomize writes a remote target.
+
+    ``https://git.example.com/ml/deploy//manifests?ref=main``; no ``?ref`` when the default branch
+    is followed. Two controllers (or an ``amlops apply`` from the repo root and a controller on the
+    same repo) name the same source alike, so they share one inventory.
+    """
+    clean = url.rstrip("/").removesuffix(".git")
+    inside = PurePosixPath(path or ".").as_posix().strip("/") or "."
+    return f"{clean}//{inside}" + (f"?ref={branch}" if branch else "")
 
 
 class ResourceId(NamedTuple):
@@ -84,6 +100,19 @@ class DesiredResource:
         return ResourceId(Kind(self.manifest.kind), self.manifest.metadata.name)
 
 
+def ownership_tags(controller_name: str, source: str, revision: str, resource: DesiredResource) -> dict[str, str]:
+    """The tags every backend writes on what it applies: who, from which source, file, revision and digest."""
+    tags = {
+        MANAGED_BY_TAG: controller_name,
+        MANIFEST_PATH_TAG: resource.origin.file,
+        REVISION_TAG: revision,
+        DIGEST_TAG: resource.digest,
+    }
+    if source:
+        tags[SOURCE_TAG] = source
+    return tags
+
+
 @dataclass(frozen=True)
 class DesiredState:
     """Everything one revision of the repo declares, keyed by resource id."""
@@ -148,6 +177,19 @@ class ActualResource:
     def owned_by(self, controller_name: str) -> bool:
         """Whether the controller named ``controller_name`` created this resource."""
         return self.tags.get(MANAGED_BY_TAG) == controller_name
+
+    @property
+    def source(self) -> str:
+        """The source that applied this resource ('' when none was recorded)."""
+        return self.tags.get(SOURCE_TAG, "")
+
+    def claimed_by(self, controller_name: str, source: str) -> bool:
+        """Whether this resource is in the inventory of ``source`` under ``controller_name``: it may prune it.
+
+        No ``source`` (a pass run without one, as before sources were recorded) claims everything
+        its controller name created.
+        """
+        return self.owned_by(controller_name) and (not source or self.source == source)
 
     @property
     def digest(self) -> str | None:

@@ -97,8 +97,17 @@ def apply_all(backend: LocalBackend, repo: Repo, revision: str = "r1", messages:
     return desired
 
 
+CLIENT_FAILURE = -1
+"""The status ``post`` reports when no HTTP answer came back (refused, reset, timed out, garbled)."""
+
+
 def post(url: str, body: object, key: str | None, timeout: float = 30) -> tuple[int, object]:
-    """POST JSON; returns (status, decoded body) without raising on HTTP errors."""
+    """POST JSON; returns (status, decoded body) and never raises.
+
+    An HTTP error is its status; any other failure (a refused or reset connection, a timeout, a
+    body that is not JSON) is ``CLIENT_FAILURE`` with the exception's repr, so a client thread in a
+    "zero failed requests" test records it instead of dying unseen.
+    """
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
@@ -108,6 +117,8 @@ def post(url: str, body: object, key: str | None, timeout: float = 30) -> tuple[
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode(errors="replace")
+    except Exception as exc:  # every client-side failure counts, not only HTTP errors
+        return CLIENT_FAILURE, repr(exc)
 
 
 @pytest.fixture

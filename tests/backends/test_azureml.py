@@ -134,7 +134,7 @@ def _write_repo(root: Path, config: dict[str, str], replicas: int = 1, gpus_per_
 
 def _run(emulator: Any, root: Path, step: str) -> dict[str, Any]:
     done = emulator.sdk(DRIVER.replace("sys.argv[1]", repr(str(root))).replace("sys.argv[2]", repr(step)),
-                        root.parent, extra_env={"AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(emulators.REPO)})
+                        root.parent, extra_env={"PYTHONPATH": str(emulators.REPO)})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
     return dict(json.loads(lines[-1].removeprefix("RESULT ")))

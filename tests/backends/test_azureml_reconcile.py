@@ -121,16 +121,17 @@ class Reconciler:
         self.passes = 0
 
     def __call__(self, repo: Repo, *, read_back: bool = False, predict: list[list[float]] | None = None,
-                 service: str = "svc-tiny") -> dict[str, Any]:
+                 service: str = "svc-tiny", source: str = "", state: str = "amlops-state",
+                 allow_mass_delete: bool = False) -> dict[str, Any]:
         self.passes += 1
-        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / "amlops-state"),
-                                "revision": f"r{self.passes}", "readBack": read_back}
+        args: dict[str, Any] = {"root": str(repo.root), "stateDir": str(self.workdir / state),
+                                "revision": f"r{self.passes}", "readBack": read_back, "source": source,
+                                "allowMassDelete": allow_mass_delete}
         if predict is not None:
             args["predict"] = {"service": service, "rows": predict}
         script = f"import runpy, sys; sys.argv = ['driver', {json.dumps(args)!r}]; runpy.run_path({str(DRIVER)!r}, run_name='__main__')"
-        done = self.emulator.sdk(script, self.workdir, timeout=240, extra_env={
-            # The executor is under test, not the SDK's own retry loop.
-            "AZUREML_DEFAULT_RETRIES": "0", "PYTHONPATH": str(emulators.REPO)})
+        # No AZUREML_DEFAULT_RETRIES here: the backend itself turns the SDK's own retry loop off.
+        done = self.emulator.sdk(script, self.workdir, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
         lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         assert lines, f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-6000:]}"
         return dict(json.loads(lines[-1].removeprefix("RESULT ")))
@@ -168,10 +169,23 @@ def _change(out: dict[str, Any], rid: str) -> dict[str, Any]:
     return dict(found[0])
 
 
+@pytest.fixture
+def empty_workspace(tmp_path: Path) -> Iterator[Any]:
+    """An emulator of its own: the workspace holds nothing, whichever tests ran before."""
+    running = emulators.start_emulator(tmp_path / "state")
+    yield running
+    running.stop()
+
+
 def test_applying_the_manifests_creates_the_cluster_environment_model_and_service(
-        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
-    out = reconcile(repo, read_back=True)
-    assert out["status"] in ("applied", "no-changes"), out
+        empty_workspace: Any, tmp_path: Path) -> None:
+    config = json.loads((empty_workspace.state_dir / "config.json").read_text())
+    repo = Repo(tmp_path / "repo", config)
+    out = Reconciler(empty_workspace, tmp_path)(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert sorted((c["id"], c["action"], c["status"]) for c in out["changes"]) == [
+        ("AksCluster/aks-gpu", "create", "succeeded"), ("Environment/myenv", "create", "succeeded"),
+        ("Model/tiny", "create", "succeeded"), ("Webservice/svc-tiny", "create", "succeeded")]
     actual = out["actual"]
     assert actual["AksCluster/aks-gpu"]["spec"]["vmSize"] == "Standard_NC6"
     assert actual["AksCluster/aks-gpu"]["details"]["provisioningState"] == "Succeeded"
@@ -258,6 +272,27 @@ def test_throttling_and_server_errors_are_retried_by_the_executor_until_converge
     assert out["resources"]["Webservice/svc-tiny"][0][:3] == ["Ready", True, "ReconciliationSucceeded"]
 
 
+def test_azure_retry_after_is_honoured_by_the_executor_not_hidden_under_the_sdks_own_backoff(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    emulator.reset_counts()
+    # Two 429s with Retry-After: 2. azureml-core alone would retry them itself, 32 s then 64 s later.
+    emulator.set_faults([{"route": "PATCH *", "status": 429, "count": 2, "retryAfter": 2}])
+    try:
+        out = reconcile(repo, read_back=True)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "applied", out
+    change = _change(out, "Webservice/svc-tiny")
+    # Each attempt of the executor is exactly one PATCH: the SDK retried nothing underneath it.
+    assert change["status"] == "succeeded" and change["attempts"] == 3, change
+    assert writes(emulator.counts()) == {f"PATCH api {WS}/services/{{name}}": 3}
+    assert out["actual"]["Webservice/svc-tiny"]["spec"]["replicas"] == 2
+    repo.service(replicas=1)
+    _converged(reconcile, repo)
+
+
 def test_a_gpu_request_no_node_can_hold_ends_unschedulable_and_is_not_retried_on_the_same_input(
         emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
     _converged(reconcile, repo)
@@ -324,3 +359,83 @@ def test_removing_the_service_manifest_deletes_the_service_and_retains_the_clust
     assert counts == {f"DELETE api {WS}/services/{{name}}": 1}, counts
     assert "Webservice/svc-tiny" not in out["actual"] and "AksCluster/aks-gpu" in out["actual"]
     assert [c[2:] for c in out["plan"] if c[1] == "aks-gpu"] == [["no-op", "retained (deletionPolicy: Retain)"]]
+
+
+def _second_source(workdir: Path, config: dict[str, str]) -> Repo:
+    """Another team's repo on the same workspace: the shared cluster and environment, a service of
+    its own on a model of its own, and a model named like the first repo's with other weights."""
+    import numpy as np
+
+    other = Repo(workdir / "repo-b", config)
+    other.remove("services/svc-tiny.yaml")
+    other.weights([[5.0], [5.0]])
+    other.write("models/tiny-b.yaml", _doc("Model", "tiny-b", {"path": "tiny-b"}))
+    (other.root / "models" / "tiny-b" / "model").mkdir(parents=True, exist_ok=True)
+    np.save(other.root / "models" / "tiny-b" / "model" / "w.npy", np.array([[2.0], [2.0]]))
+    other.write("services/svc-b.yaml", _doc("Webservice", "svc-b", {
+        "cluster": "aks-gpu", "models": ["tiny-b"], "environment": "myenv", "sourceDirectory": "../src",
+        "entryScript": "score.py", "replicas": 1, "resources": {"cpu": 0.5, "memoryGb": 1, "gpu": 0},
+        "maxQueueWaitMs": 10000}))
+    return other
+
+
+def test_two_sources_under_one_controller_name_on_one_workspace_never_delete_each_others_services(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    # Each controller follows its own source: the first one's first pass stamps its inventory on what it runs.
+    a = {"source": f"{repo.root}//.", "state": "amlops-state-a"}
+    _converged(reconcile, repo)
+    before = reconcile(repo, read_back=True, **a)["actual"]
+    answers = reconcile(repo, predict=[[1, 1], [2, 0]], **a)["predict"]["body"]
+    assert before["Webservice/svc-tiny"]["tags"]["amlops.dev/source"] == a["source"]
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    other = _second_source(workdir, config)
+    b = {"source": f"{other.root}//.", "state": "amlops-state-b"}
+
+    emulator.reset_counts()
+    first_b = reconcile(other, read_back=True, **b)
+    assert first_b["status"] == "degraded", first_b  # applied its own, and reports the conflict
+    assert sorted(c[:3] for c in first_b["plan"] if c[2] != "no-op") == [
+        ["Model", "tiny-b", "create"], ["Webservice", "svc-b", "create"]], first_b["plan"]
+    conflict = next(c[3] for c in first_b["plan"] if c[:2] == ["Model", "tiny"])
+    assert conflict.startswith("conflict: Model/tiny is applied by another source"), conflict
+    assert ["Stalled", True, "OwnershipConflict"] in [c[:3] for c in first_b["resources"]["Model/tiny"]]
+    assert first_b["actual"]["Webservice/svc-b"]["tags"]["amlops.dev/source"] == b["source"]
+
+    # Passes of both, alternating, as two controllers on one workspace would run: no flapping.
+    outs = [reconcile(repo, read_back=True, **a), reconcile(other, **b), reconcile(repo, **a), reconcile(other, **b)]
+    assert [o["status"] for o in outs] == ["no-changes", "degraded", "no-changes", "degraded"], outs
+    counts = writes(emulator.counts())
+    assert not [r for r in counts if r.startswith("DELETE")], counts
+    assert counts.get(f"POST api {WS}/models") == 1, counts  # tiny-b once; tiny never re-registered
+    assert counts.get(f"POST api {WS}/services") == 1, counts  # svc-b once
+    actual = outs[0]["actual"]
+    assert {"Webservice/svc-tiny", "Webservice/svc-b", "Model/tiny", "Model/tiny-b"} <= set(actual)
+    assert actual["Model/tiny"]["details"]["version"] == before["Model/tiny"]["details"]["version"]
+    assert reconcile(repo, predict=[[1, 1], [2, 0]], **a)["predict"]["body"] == answers  # the first source's model
+
+    # Each source prunes its own: the second team removes everything it applied.
+    for rel in ("services/svc-b.yaml", "models/tiny-b.yaml"):
+        other.remove(rel)
+    gone = reconcile(other, read_back=True, allow_mass_delete=True, **b)
+    assert not {"Webservice/svc-b", "Model/tiny-b"} & set(gone["actual"]), gone
+    assert {"Webservice/svc-tiny", "Model/tiny", "AksCluster/aks-gpu"} <= set(gone["actual"])
+    _converged(reconcile, repo)
+
+
+def test_services_that_fill_every_gpu_of_the_cluster_are_all_deployed_and_still_roll(
+        repo: Repo, reconcile: Reconciler) -> None:
+    # 3 × Standard_NC6 = 3 GPUs: svc-tiny 2 × 1 and svc-big 1 × 1 fit, as AKS schedules them. The
+    # data plane must not keep svc-tiny's third GPU as rolling-update surge and refuse svc-big.
+    _converged(reconcile, repo)
+    repo.service(replicas=2)
+    _converged(reconcile, repo)
+    repo.service("svc-big", replicas=1, gpu=1)
+    out = reconcile(repo, read_back=True)
+    assert out["status"] == "applied", out
+    assert out["actual"]["Webservice/svc-big"]["details"]["state"] == "Healthy", out["actual"]["Webservice/svc-big"]
+    # With no GPU to surge into, a new model version rolls svc-tiny one replica at a time.
+    repo.weights([[1.0], [4.0]])
+    rolled = reconcile(repo, read_back=True, predict=[[1, 1]])
+    assert rolled["status"] == "applied", rolled
+    assert rolled["predict"]["status"] == 200 and rolled["predict"]["body"] == [[5.0]], rolled["predict"]
+    assert rolled["actual"]["Webservice/svc-tiny"]["details"]["state"] == "Healthy"

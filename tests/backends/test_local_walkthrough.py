@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+# tests/ is on sys.path (pytest's rootdir insertion): the held-out split of the example model.
+from scoring.scoring_digits import held_out
 
 from controller.backends.local import LocalBackend
 from controller.sources.loading import load_desired_state
@@ -30,6 +34,13 @@ def test_the_walkthrough_service_scores_a_digit(backend: LocalBackend) -> None:
     assert svc.condition(ConditionType.GPU_UNAVAILABLE) is not None or backend.gpus
     substituted = svc.condition(ConditionType.SUBSTITUTED)
     assert substituted is not None and "tensorflow-gpu=1.12" in substituted.message
-    status, body = post(backend.scoring_uri("aks-dnn-mnist"), {"data": [[0.0] * 784]}, backend.get_keys("aks-dnn-mnist")[0])
+    # Held-out digits (never trained on), each of the ten classes, must come back as their own class.
+    rows, labels = held_out()
+    picked = [int(np.flatnonzero(labels == digit)[0]) for digit in range(10)] + list(range(40))
+    status, body = post(backend.scoring_uri("aks-dnn-mnist"), {"data": rows[picked].tolist()},
+                        backend.get_keys("aks-dnn-mnist")[0])
     assert status == 200, body
-    assert isinstance(body, list) and len(body) == 1 and 0 <= body[0] <= 9
+    assert isinstance(body, list) and len(body) == len(picked)
+    right = sum(int(got) == int(labels[i]) for got, i in zip(body, picked, strict=True))
+    assert right >= 0.9 * len(picked), (body, labels[picked].tolist())
+    assert len({int(got) for got in body}) == 10  # not one class for everything

@@ -14,14 +14,11 @@ from controller.backends.base import ApplyContext
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
 from controller.structs.states import (
-    DIGEST_TAG,
-    MANAGED_BY_TAG,
-    MANIFEST_PATH_TAG,
-    REVISION_TAG,
     ActualResource,
     ActualState,
     DesiredResource,
     ResourceId,
+    ownership_tags,
 )
 
 
@@ -56,8 +53,7 @@ class MemoryBackend:
 
     def _put(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         spec: dict[str, Any] = resource.manifest.spec.model_dump(mode="json")
-        tags = {MANAGED_BY_TAG: ctx.controller_name, MANIFEST_PATH_TAG: resource.origin.file,
-                REVISION_TAG: ctx.revision, DIGEST_TAG: resource.digest}
+        tags = ownership_tags(ctx.controller_name, ctx.source, ctx.revision, resource)
         with self._lock:
             self.resources[resource.id] = ActualResource(resource.id, spec, tags)
 

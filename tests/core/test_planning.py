@@ -10,6 +10,7 @@ from controller.structs.plans import Action, Plan
 from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
+    SOURCE_TAG,
     ActualResource,
     ActualState,
     DesiredState,
@@ -298,3 +299,51 @@ def test_an_applied_canary_service_plans_no_changes(repo: Repo) -> None:
     _canary(repo)
     desired = repo.load()
     assert not _plan(desired, _applied(desired)).has_changes
+MINE, THEIRS = "/repos/mine//manifests", "/repos/theirs//manifests?ref=main"
+
+
+def test_only_this_sources_inventory_is_pruned_and_what_another_source_applied_is_left_alone(repo: Repo) -> None:
+    applied = as_applied(repo.standard(services=("svc-a", "svc-b")).load(), controller_name="amlops", source=MINE)
+    repo.remove("manifests/services/svc-b.yaml")
+    desired = repo.load()
+    theirs = ActualResource(ResourceId(Kind.WEBSERVICE, "svc-c"), {}, {MANAGED_BY_TAG: "amlops", SOURCE_TAG: THEIRS})
+    actual = _with(applied, theirs)
+    result = _plan(desired, actual, source=MINE)
+    assert [(c.id.name, c.action) for c in result.effective] == [("svc-b", Action.DELETE)]
+    assert any("applied by another source" in w for w in result.warnings), result.warnings
+    # Without a source (a pass run the way it was before sources were recorded) the name claims all.
+    assert {c.id.name for c in _plan(desired, actual).effective} == {"svc-b", "svc-c"}
+
+
+def test_a_resource_another_source_applied_is_shared_when_equal_and_a_conflict_when_not(repo: Repo) -> None:
+    desired = repo.standard().load()
+    theirs = as_applied(desired, controller_name="amlops", source=THEIRS)
+    shared = _plan(desired, theirs, source=MINE)
+    assert not shared.has_changes
+    assert all(c.reason.startswith("shared: applied with the same content by " + THEIRS)
+               for c in shared.changes if c.id.kind is not Kind.WORKSPACE)
+
+    ours = repo.standard(replicas=3).load()
+    conflicted = _plan(ours, theirs, source=MINE)
+    assert not conflicted.has_changes, conflicted.effective  # never taken over
+    change = next(c for c in conflicted.changes if c.id == SVC)
+    assert change.action is Action.NOOP and change.reason.startswith(f"conflict: {SVC} is applied by another source, {THEIRS}")
+
+
+def test_a_change_that_needs_a_resource_another_source_claims_waits_for_the_conflict(repo: Repo) -> None:
+    theirs = as_applied(repo.standard().load(), controller_name="amlops", source=THEIRS)
+    model = ResourceId(Kind.MODEL, "linear")
+    actual = ActualState({model: theirs.resources[model]})
+    np.save(repo.root / "manifests/linear/weights.npy", np.array([[9.0]]))
+    result = _plan(repo.load(), actual, source=MINE)
+    assert next(c for c in result.changes if c.id == model).reason.startswith("conflict:")
+    service = next(c for c in result.changes if c.id == SVC)
+    assert service.action is Action.NOOP and service.reason.startswith("conflict: needs Model/linear"), service
+
+
+def test_a_resource_applied_before_sources_were_recorded_is_adopted_into_the_inventory(repo: Repo) -> None:
+    desired = repo.standard().load()
+    result = _plan(desired, _applied(desired), source=MINE)
+    adopted = {c.id.kind for c in result.effective}
+    assert adopted == {Kind.AKS_CLUSTER, Kind.ENVIRONMENT, Kind.MODEL, Kind.WEBSERVICE}  # not the workspace
+    assert all(c.action is Action.UPDATE and c.reason.startswith("adopt: recorded without a source") for c in result.effective)

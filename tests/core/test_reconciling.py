@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from controller.core.executing import RetryPolicy
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Kind, WorkspaceManifest
-from controller.structs.results import ReconcileStatus
+from controller.structs.plans import Action
+from controller.structs.results import ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.states import ResourceId
 
 from .memories import MemoryBackend
@@ -96,10 +99,14 @@ def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, back
     assert status.last_applied_revision is None and status.last_attempted_revision == "r1"
     assert recorder.history(5)[0].changes[-1]["reason"] == "Unschedulable"
 
-    # Permanent means "will not pass until the input changes": the same input is not retried.
+    # Permanent means "will not pass until the input changes": the same input is not retried,
+    # and the pass is degraded, never "no changes": the revision is not applied.
     writes = len(backend.writes)
     again = reconcile(repo.root, "manifests", "r1", _backend_for(backend), recorder)
-    assert again.status is ReconcileStatus.NO_CHANGES and len(backend.writes) == writes
+    assert again.status is ReconcileStatus.DEGRADED and len(backend.writes) == writes
+    assert again.errors == ("Webservice/svc-a: stalled: Unschedulable: 0/3 nodes have a free GPU "
+                            "(not retried until the manifest or its files change)",)
+    assert recorder.last_good_revision() is None
     held_back = next(c for c in again.plan.changes if c.id.name == "svc-a")  # type: ignore[union-attr]
     assert held_back.reason.startswith("stalled: Unschedulable: 0/3 nodes have a free GPU")
     assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is not None
@@ -109,6 +116,7 @@ def test_a_failed_change_is_recorded_as_stalled_with_its_reason(repo: Repo, back
     retried = reconcile(repo.root, "manifests", "r2", _backend_for(backend), recorder)
     assert retried.status is ReconcileStatus.APPLIED
     assert recorder.resource_status()[ResourceId(Kind.WEBSERVICE, "svc-a")].condition("Stalled") is None
+    assert recorder.last_good_revision() == "r2"
 
 
 def test_two_recorders_on_one_file_see_each_others_writes(repo: Repo, backend: MemoryBackend, tmp_path: Path) -> None:
@@ -175,3 +183,44 @@ def test_a_no_op_pass_rewrites_no_status_rows_and_history_keeps_only_real_change
     applied, quiet = recorder.history(3)[2], recorder.history(3)[0]
     assert applied.plan is not None and len(applied.plan["changes"]) == 5 and applied.plan["unchanged"] == 0
     assert quiet.plan is not None and quiet.plan["changes"] == [] and quiet.plan["unchanged"] == 5
+
+
+class _Killed(BaseException):
+    """The process dying: nothing after it runs (like SIGKILL, it is no ``Exception`` to handle)."""
+
+
+def test_a_pass_killed_mid_apply_is_closed_as_interrupted_and_the_next_pass_applies_again_to_learn_the_outcome(
+    repo: Repo, backend: MemoryBackend, tmp_path: Path
+) -> None:
+    repo.standard()
+    reconcile(repo.root, "manifests", "r1", _backend_for(backend), Recorder(tmp_path / "s"))
+    repo.standard(replicas=1)
+
+    def die_after_the_write(event: ExecutionEvent) -> None:
+        if event.id.name == "svc-a" and event.phase is ExecutionPhase.SUCCEEDED:
+            raise _Killed()
+
+    with pytest.raises(_Killed):
+        reconcile(repo.root, "manifests", "r2", _backend_for(backend), Recorder(tmp_path / "s"),
+                  ReconcileOptions(progress=die_after_the_write))
+    svc = ResourceId(Kind.WEBSERVICE, "svc-a")
+    assert backend.resources[svc].spec["replicas"] == 1  # the backend has the new input...
+    restarted = Recorder(tmp_path / "s")
+    assert restarted.history(1)[0].status == "applying"  # ... and nobody knows how it went
+    assert restarted.resource_status()[svc].interrupted_on(backend.resources[svc].digest or "")
+
+    assert restarted.close_interrupted() == 1
+    interrupted = restarted.history(1)[0]
+    assert (interrupted.revision, interrupted.status) == ("r2", "failed") and "interrupted" in interrupted.errors[0]
+    assert restarted.last_good_revision() == "r1"
+
+    writes = len(backend.writes)
+    resumed = reconcile(repo.root, "manifests", "r2", _backend_for(backend), restarted)
+    assert resumed.status is ReconcileStatus.APPLIED, resumed.errors
+    change = next(c for c in resumed.plan.changes if c.id == svc)  # type: ignore[union-attr]
+    assert change.action is Action.UPDATE and change.reason.startswith("resume: the apply of revision r2")
+    assert len(backend.writes) == writes + 1
+    assert restarted.last_good_revision() == "r2"
+    assert restarted.resource_status()[svc].last_applied_revision == "r2"
+    again = reconcile(repo.root, "manifests", "r2", _backend_for(backend), restarted)
+    assert again.status is ReconcileStatus.NO_CHANGES

@@ -97,15 +97,16 @@ class World:
 
     # -- processes -------------------------------------------------------------------------
 
-    def controller(self, *extra: str) -> Controller:
-        """``amlops run`` on the repo, polling every second, on a free port."""
+    def controller(self, *extra: str, wait: bool = True) -> Controller:
+        """``amlops run`` on the repo, polling every second, on a free port (``wait``: until /readyz is 200)."""
         c = Controller(
             ["--repo", str(self.repo.root), "--path", "manifests", "--interval", "1",
              "--state-dir", str(self.state_dir), *extra],
             self.tmp / f"controller-{len(self.controllers) + 1}.log",
         )
         self.controllers.append(c)
-        c.wait_ready(timeout=120)
+        if wait:
+            c.wait_ready(timeout=120)
         return c
 
     def amlops(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -83,12 +83,19 @@ class RunningEmulator:
         backend.close()
 
 
-def start_emulator(state_dir: Path, *args: str) -> RunningEmulator:
-    """Start ``python -m controller.emulator`` on a free port and wait until it listens."""
+def start_emulator(state_dir: Path, *args: str, gpus: list[dict[str, Any]] | None = None) -> RunningEmulator:
+    """Start ``python -m controller.emulator`` on a free port and wait until it listens.
+
+    ``gpus`` is the GPU inventory its data plane places replicas on (``AMLOPS_GPU_INVENTORY``);
+    none by default: the GPUs under test are the emulated cluster's, whatever this machine has.
+    """
     log = open(state_dir.parent / f"{state_dir.name}-emulator.log", "a")  # noqa: SIM115 - lives as long as the process
+    inventory = state_dir.parent / f"{state_dir.name}-gpus.json"
+    inventory.write_text(json.dumps(gpus or []))
     proc = subprocess.Popen([sys.executable, "-m", "controller.emulator", "--listen", "127.0.0.1:0",
                              "--state-dir", str(state_dir), "--ready-timeout", "60", *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+                            env={**os.environ, "AMLOPS_GPU_INVENTORY": str(inventory)})
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
     line = ""

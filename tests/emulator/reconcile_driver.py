@@ -39,7 +39,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     pool = BackendPool(args["stateDir"], "amlops")
     recorder = Recorder(args["stateDir"])
     outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder,
-                        ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2))
+                        ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2,
+                                         source=args.get("source", ""),
+                                         allow_mass_delete=args.get("allowMassDelete", False)))
     out: dict[str, Any] = {
         "status": outcome.status.value,
         "errors": list(outcome.errors),

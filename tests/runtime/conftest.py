@@ -113,19 +113,7 @@ def http(
 
 
 def _amlops_run_argv() -> list[str]:
-    """``amlops run`` (via ``python -m controller``) once the CLI has it; the runtime entry point directly until then."""
-    from controller.cli import build_parser
-
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-            build_parser().parse_args(["run", "--repo", "x"])
-    except SystemExit:
-        shim = (
-            "import argparse,sys\nfrom controller.runtime.running import add_run_arguments, main_run\n"
-            "p=argparse.ArgumentParser(prog='amlops run'); add_run_arguments(p)\n"
-            "sys.exit(main_run(p.parse_args(sys.argv[1:])))"
-        )
-        return [sys.executable, "-c", shim]
+    """``amlops run`` through the real command line (``python -m controller run``): a broken subcommand fails here."""
     return [sys.executable, "-m", "controller", "run"]
 
 

@@ -311,6 +311,8 @@ def test_severity_and_event_filters_choose_what_a_receiver_hears() -> None:
     warnings = receiver_with(severity="warning")
     assert [e for e in ("pending", "applied", "held", "rolled-back", "invalid") if warnings.wants(e)] == [
         "held", "rolled-back", "invalid"]
+    # A revision left with a stalled or conflicting resource is not in place: an error, like failed.
+    assert receiver_with(severity="error").wants("degraded")
     chosen = receiver_with(events=["applied", "failed"], severity="info")
     assert [e for e in ("pending", "applied", "failed", "invalid") if chosen.wants(e)] == ["applied", "failed"]
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,33 +134,44 @@ def test_a_signed_webhook_wakes_the_loop_and_a_forged_one_does_not(
     repo: GitRepo, tmp_path: Path, controllers: Start
 ) -> None:
     (tmp_path / "secret").write_text(SECRET + "\n")
+    (tmp_path / "token").write_text(API_TOKEN + "\n")
     c = controllers(
-        repo_args(repo, tmp_path, "--interval", "600", "--webhook-secret-file", str(tmp_path / "secret")),
+        repo_args(repo, tmp_path, "--interval", "600", "--webhook-secret-file", str(tmp_path / "secret"),
+                  "--api-token-file", str(tmp_path / "token"), "--log-format", "json"),
         tmp_path / "c.log",
     )
     c.wait_ready()
-    first = c.wait_reconciles(1)["reconciles"]
-    new = repo.commit("empty change")
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def status() -> dict[str, Any]:
+        code, body = http("GET", c.base + "/api/status", headers=auth)
+        assert code == 200, body
+        return dict(json.loads(body))
+
+    first = eventually(lambda: (s := status())["reconciles"] >= 1 and s, 60, "first reconcile")["reconciles"]
     body = b'{"ref": "refs/heads/main"}'
-
     assert http("POST", c.base + "/hooks/git", body, github(body, secret="forged"))[0] == 401
-    assert (
-        http(
-            "POST",
-            c.base + "/hooks/git",
-            b'{"ref": "refs/heads/other"}',
-            github(b'{"ref": "refs/heads/other"}', secret=SECRET),
-        )[0]
-        == 202
-    )
-    assert c.status()["source"]["lastFetchedRevision"] != new
+    other = b'{"ref": "refs/heads/other"}'
+    assert http("POST", c.base + "/hooks/git", other, github(other, secret=SECRET))[0] == 202
+    # A wake the ignored pushes caused would run a reconcile of its own or merge into the next one:
+    # after one more reconcile woken through the API, every trigger since the first must be "api".
+    assert http("POST", c.base + "/api/sync", b"", auth)[0] == 202
+    eventually(lambda: status()["reconciles"] >= first + 1, 30, "API sync")
+    assert _triggers(c)[first:] == ["api"]
+    assert status()["reconciles"] == first + 1
 
+    new = repo.commit("empty change")
     assert http("POST", c.base + "/hooks/git", body, github(body, secret=SECRET))[0] == 202
-    status = eventually(
-        lambda: (s := c.status())["lastReconcile"]["revision"] == new and s, 30, "webhook sync"
-    )
-    assert status["reconciles"] == first + 1
+    synced = eventually(lambda: (s := status())["lastReconcile"]["revision"] == new and s, 30, "webhook sync")
+    assert synced["reconciles"] == first + 2
+    assert _triggers(c)[first:] == ["api", "webhook:github"]
     assert SECRET not in c.log()
+
+
+def _triggers(c: Controller) -> list[str]:
+    """The trigger of each reconcile the controller started, in order (from its JSON log)."""
+    events = [json.loads(line) for line in c.log().splitlines() if line.startswith("{")]
+    return [str(e["trigger"]) for e in events if e.get("event") == "sync.started"]
 
 
 def test_api_sync_needs_the_token_and_sighup_rereads_it(
@@ -261,3 +276,47 @@ def test_amlops_run_is_reachable_through_the_cli(repo: GitRepo, tmp_path: Path) 
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "status=detected" in done.stderr
+
+
+@pytest.fixture
+def silent_remote() -> Iterator[str]:
+    """An HTTP remote that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/org/repo.git"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_hanging_remote_is_reported_unreachable_after_the_configured_git_timeout(
+    silent_remote: str, tmp_path: Path, controllers: Start
+) -> None:
+    config = tmp_path / "amlops.yaml"
+    config.write_text("gitTimeout: 1\n")
+    c = controllers(["--repo", silent_remote, "--branch", "main", "--state-dir", str(tmp_path / "st"),
+                     "--interval", "1", "--config", str(config)], tmp_path / "c.log")
+    status = eventually(lambda: (s := c.status())["reconciles"] >= 1 and s, 60, "a timed-out fetch")
+    assert status["source"]["reachable"] is False and status["lastReconcile"]["status"] == "failed"
+    code, body = c.get("/readyz")
+    assert code == 503
+    assert body.strip() == f"source unreachable: git fetch failed: {silent_remote} did not answer within 1 s (--git-timeout)"
+
+    # The flag wins over the config file; --once exits 1 with the same one line.
+    argv = [*_amlops_run_argv(), "--repo", silent_remote, "--branch", "main", "--state-dir", str(tmp_path / "once"),
+            "--once", "--listen", "127.0.0.1:0", "--config", str(config), "--git-timeout", "0.5"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "did not answer within 0.5 s (--git-timeout)" in done.stderr

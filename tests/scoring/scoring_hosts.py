@@ -61,9 +61,10 @@ class Host:
         finally:
             conn.close()
 
-    def score(self, payload: Any, path: str = "/score", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def score(self, payload: Any, path: str = "/score", headers: dict[str, str] | None = None,
+              timeout: float = 20.0) -> tuple[int, dict[str, str], bytes]:
         body = payload if isinstance(payload, bytes | str) else json.dumps(payload)
-        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
+        return self.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})}, timeout)
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM and wait for the exit status."""

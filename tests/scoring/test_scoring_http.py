@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from scoring_hosts import ECHO_SCRIPT, Host, StartHost, calls, wait_until, write_script
+from scoring_hosts import Host, StartHost, calls, wait_until, write_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -145,9 +145,32 @@ def test_sigterm_exits_zero_after_answering_the_request_in_flight(echo_host: Hos
     assert headers["connection"] == "close"
 
 
+COUNTER_SCRIPT = """
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "events.log"), "a") as log:
+    log.write("imported\\n")
+
+
+def init():
+    global served
+    served = 0
+    with open(os.path.join(HERE, "events.log"), "a") as log:
+        log.write("init\\n")
+
+
+def run(raw_data):
+    global served
+    served += 1
+    return {"served": served}
+"""
+
+
 def test_an_unchanged_script_reloads_nothing_between_requests(start_host: StartHost, tmp_path: Path) -> None:
-    # Module state set in init() is visible to run(): the script is imported once.
-    write_script(tmp_path / "counter", ECHO_SCRIPT.replace('"pid": os.getpid()', '"pid": id(np)'))
+    # State set in init() and changed by run() carries over: a re-import or a second init() would reset it.
+    write_script(tmp_path / "counter", COUNTER_SCRIPT)
     host = start_host("--entry-script", "score.py", "--source-dir", str(tmp_path / "counter"))
-    first = json.loads(host.score({"data": [1]})[2])["pid"]
-    assert json.loads(host.score({"data": [1]})[2])["pid"] == first
+    answers = [json.loads(host.score({"data": [1]})[2])["served"] for _ in range(3)]
+    assert answers == [1, 2, 3]
+    assert (tmp_path / "counter" / "events.log").read_text().split() == ["imported", "init"]

@@ -1,7 +1,7 @@
 """The local backend: Azure ML's resources played out on this machine.
 
 Workspaces and clusters are records (a cluster's GPU capacity comes from its manifest and is mapped
-onto the GPUs ``nvidia-smi`` finds); environments resolve to a Python interpreter; models go into
+onto the GPUs NVML finds, or those ``AMLOPS_GPU_INVENTORY`` lists: ``gpus.py``); environments resolve to a Python interpreter; models go into
 a content-addressed registry; each web service is a set of scoring-host processes kept alive by a
 per-service supervisor (``supervising.py``) that outlives the controller.
 
@@ -27,8 +27,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,14 @@ import psutil
 from controller.backends.base import ApplyContext
 from controller.backends.keys import KeyName, ensure_keys, ensure_token_key, read_keys, regenerate, token_for
 from controller.backends.local.environments import Resolution, current_interpreter, resolve_environment
-from controller.backends.local.gpus import Allocation, Gpu, allocate_pool, discover_gpus
+from controller.backends.local.gpus import (
+    Gpu,
+    GpuInventory,
+    allocate_pool,
+    allocations,
+    discover_gpus,
+    pending_gpus,
+)
 from controller.backends.local.registries import content_hash, delete_model, register_model, resolve_model
 from controller.backends.local.splitting import post_once, read_split, replica_counters, write_split
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
@@ -46,6 +53,7 @@ from controller.backends.local.supervising import (
     bind_listener,
     candidate_of,
     database_path,
+    open_log,
     process_alive,
     read_status,
     service_dir,
@@ -55,6 +63,7 @@ from controller.backends.local.supervising import (
     utilization,
 )
 from controller.backends.local.supervising import log_path as replica_log_path
+from controller.backends.local.variables import child_environment
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import (
     AksClusterManifest,
@@ -69,15 +78,13 @@ from controller.structs.plans import Change
 from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX, SPLIT_POLL_S, RolloutState, Traffic
 from controller.structs.states import (
     DIGEST_TAG,
-    MANAGED_BY_TAG,
-    MANIFEST_PATH_TAG,
-    REVISION_TAG,
     ActualResource,
     ActualState,
     Condition,
     ConditionType,
     DesiredResource,
     ResourceId,
+    ownership_tags,
 )
 from controller.structs.tokens import AccessToken
 
@@ -156,12 +163,7 @@ class ServiceView:
 
 
 def _tags(resource: DesiredResource, ctx: ApplyContext) -> dict[str, str]:
-    return {
-        MANAGED_BY_TAG: ctx.controller_name,
-        MANIFEST_PATH_TAG: resource.origin.file,
-        REVISION_TAG: ctx.revision,
-        DIGEST_TAG: resource.digest,
-    }
+    return ownership_tags(ctx.controller_name, ctx.source, ctx.revision, resource)
 
 
 def _condition(type_: str, status: bool, reason: str, message: str = "") -> dict[str, Any]:
@@ -219,14 +221,19 @@ class LocalBackend:
         controller_name: str = "amlops",
         *,
         ready_timeout: float = 600.0,
-        gpus: list[Gpu] | None = None,
+        gpus: GpuInventory | Sequence[Gpu] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.controller_name = controller_name
         self.ready_timeout = ready_timeout
         self.store = LocalStore(database_path(self.state_dir))
-        self.gpus: list[Gpu] = discover_gpus() if gpus is None else list(gpus)
+        if gpus is None:
+            gpus = discover_gpus()
+        elif not isinstance(gpus, GpuInventory):
+            gpus = GpuInventory(tuple(gpus), "given", "" if gpus else "given an empty GPU list")
+        self.inventory = gpus
+        self.gpus: list[Gpu] = list(gpus.gpus)
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- the protocol --------------------------------------------------------------------------
@@ -525,10 +532,12 @@ class LocalBackend:
             return
         if isinstance(manifest, AksClusterManifest):
             capacity = manifest.spec.gpu_capacity()
-            details = {"gpuCapacity": capacity, "physicalGpus": [vars(g) for g in self.gpus]}
+            details = {"gpuCapacity": capacity, "physicalGpus": [g.to_json() for g in self.gpus],
+                       "gpuInventory": {k: v for k, v in self.inventory.to_json().items() if k != "gpus"}}
             if capacity and not self.gpus:
                 conditions.append(_condition(ConditionType.GPU_UNAVAILABLE, True, "NoPhysicalGpu",
-                                             f"cluster declares {capacity} GPUs but this machine has none; replicas run on CPU"))
+                                             f"cluster declares {capacity} GPUs but this machine has none "
+                                             f"({self.inventory.reason}); replicas run on CPU"))
         elif isinstance(manifest, EnvironmentManifest):
             resolution = resolve_environment(manifest.spec, _manifest_dir(resource, ctx), self.state_dir / "envs", ctx.progress)
             details = resolution.to_json()
@@ -593,8 +602,8 @@ class LocalBackend:
         conditions = [c for c in env_conditions if c["type"] == ConditionType.SUBSTITUTED]
         if spec.resources.gpu and not self.gpus:
             conditions.append(_condition(ConditionType.GPU_UNAVAILABLE, True, "NoPhysicalGpu",
-                                         f"each replica requests {spec.resources.gpu} GPU but this machine has none; "
-                                         "replicas run on CPU (CUDA_VISIBLE_DEVICES='')"))
+                                         f"each replica requests {spec.resources.gpu} GPU but this machine has none "
+                                         f"({self.inventory.reason}); replicas run on CPU (CUDA_VISIBLE_DEVICES='')"))
 
         listener = None
         with self.store.snapshot() as conn:
@@ -604,27 +613,33 @@ class LocalBackend:
         try:
             with self.store.transaction() as conn:
                 existing = self.store.get_service(conn, row_name)
-                if candidate:
-                    self._give_up_spare_gpus(conn, name)
-                others = {s.name: Allocation(s.cluster, s.gpu_pool) for s in self.store.all_services(conn) if s.name != row_name}
+                # The candidate's pool may take the live version's surge spare (its roll goes stop-first).
+                others = allocations(self.store.all_services(conn), self.store.replicas(conn), but=row_name)
+                pending = pending_gpus(ctx.desired, name, spec.cluster, others, physical=bool(self.gpus))
                 cspec = cluster["spec"]
+                # Ids our live replicas run on first, so a re-placement keeps them where they are.
+                current = [g for r in self.store.replicas(conn, row_name) for g in r.gpus]
+                current += list(existing.gpu_pool) if existing else []
 
                 def place(replicas: int) -> tuple[str, ...]:
                     return allocate_pool(
                         service=row_name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
                         replicas=replicas, gpus_per_replica=spec.resources.gpu, physical=self.gpus,
-                        others=others, current=existing.gpu_pool if existing else (),
-                        gpus_per_node=cspec.get("gpusPerNode"),
+                        others=others, current=current, gpus_per_node=cspec.get("gpusPerNode"), pending=pending,
                     )
 
                 if candidate:
                     # The candidate is judged on a slice of traffic: the minimum count serves it.
                     policy, replicas = None, spec.min_replicas()
-                    pool = place(replicas) if spec.resources.gpu else ()
+                    pool = place(replicas)
                 else:
                     pool, held = _place_autoscaled(place, spec)
                     policy = _autoscale_policy(spec, held)
                     replicas = spec.min_replicas()
+                for other, allocation in others.items():
+                    if set(allocation.ids) & set(pool):  # a spare we were given: the other roll goes stop-first
+                        self.store.set_gpu_pool(conn, other, tuple(i for i in allocation.ids if i not in pool))
+                        log.info("gpu_spare_reclaimed service=%s from=%s", row_name, other)
                 if policy is not None and existing is not None:
                     # An apply keeps the count the autoscaler chose (within the new bounds): a roll
                     # under load must not first shrink the service to its minimum.
@@ -656,23 +671,6 @@ class LocalBackend:
                 listener.close()
         if wait:
             self.wait_ready(row_name, ctx=ctx)
-
-    def _give_up_spare_gpus(self, conn: Any, name: str) -> None:
-        """The live version's spare GPU (kept for surging a rolling update) goes to its candidate.
-
-        Nothing rolls the live replicas while a candidate runs, and when the candidate is promoted
-        it has all the traffic, so the live replicas may roll stop-first. GPUs a live replica holds
-        are kept; the next apply after the rollout takes a spare again.
-        """
-        live = self.store.get_service(conn, name)
-        if live is None:
-            return
-        need = live.replicas * live.gpus_per_replica
-        held = {g for rep in self.store.replicas(conn, name) for g in rep.gpus}
-        pool = [g for g in live.gpu_pool if g in held] + [g for g in live.gpu_pool if g not in held]
-        trimmed = tuple(pool[: max(need, len(held))])
-        if trimmed != live.gpu_pool:
-            self.store.put_service(conn, replace(live, gpu_pool=trimmed))
 
     def _launch(
         self, name: str, spec: WebserviceSpec, resource: DesiredResource, ctx: ApplyContext,
@@ -745,9 +743,10 @@ class LocalBackend:
         if listener is not None:
             argv += ["--listen-fd", str(listener.fileno())]
             pass_fds = (listener.fileno(),)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        env = child_environment(os.environ, {"PYTHONPATH": os.pathsep.join(
+            [_REPO_ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])})
         sdir = service_dir(self.state_dir, name)
-        with open(sdir / "supervisor.log", "ab") as out:
+        with open_log(sdir / "supervisor.log") as out:
             popen = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      pass_fds=pass_fds, start_new_session=True, cwd=str(sdir))
         self._supervisors[name] = popen
@@ -841,6 +840,13 @@ class LocalBackend:
                                         status_count(status, "inFlight"), status_count(status, "capacity")))
         return ServiceView(row, process_alive(row.supervisor_pid, row.supervisor_started), tuple(live))
 
+    def _gpu_label(self, gpu_id: str) -> dict[str, Any]:
+        """A replica's GPU as ``amlops status`` shows it: UUID, name and index when this machine knows it."""
+        found = next((g for g in self.gpus if g.uuid == gpu_id), None)
+        if found is None:
+            return {"uuid": gpu_id, "name": "virtual (CPU)" if gpu_id.startswith("virtual:") else None}
+        return {"uuid": found.uuid, "name": found.name, "index": found.index, "migParent": found.mig_parent}
+
     def _failure_message(self, view: ServiceView) -> str:
         tail = self.tail_log(view.row.name, 0, 5)
         return (f"replicas of service '{view.row.name}' failed to start {view.row.failures} times in a row: "
@@ -890,6 +896,10 @@ class LocalBackend:
                                "state": r.state, "gpus": list(r.row.gpus)} for r in view.replicas],
             },
             "gpus": list(row.gpu_pool),
+            "placement": [{"slot": r.row.slot, "pid": r.row.pid, "generation": r.row.generation,
+                           "gpus": [self._gpu_label(g) for g in r.row.gpus]}
+                          for r in sorted(view.replicas, key=lambda r: (r.row.slot, r.row.generation))]
+                         if row.gpus_per_replica else [],
             "supervisor": {"pid": row.supervisor_pid, "alive": view.supervisor_alive},
             "lastError": row.last_error,
         }

@@ -182,6 +182,11 @@ class LocalStore(Database):
         return bool(changed)
 
     @staticmethod
+    def set_gpu_pool(conn: sqlite3.Connection, name: str, pool: tuple[str, ...]) -> None:
+        """Replace a service's GPU pool (another service took its unused surge spare)."""
+        conn.execute("UPDATE services SET gpu_pool = ? WHERE name = ?", (json.dumps(list(pool)), name))
+
+    @staticmethod
     def set_failures(conn: sqlite3.Connection, name: str, generation: int, failures: int, error: str | None) -> None:
         """Record how many times in a row a replica of ``generation`` failed to start, and why."""
         conn.execute(

@@ -13,7 +13,8 @@ pool) and converges the processes to it, like a tiny ReplicaSet controller:
 * extra replicas (scale in) get SIGTERM and drain;
 * replicas of an older generation are rolled one at a time: a new replica starts, and only when
   its status file says ``ready`` does the old one get SIGTERM. When the GPU pool has no spare
-  replica's worth, the old replica is stopped first (the others keep serving). A new version
+  replica's worth (surge only goes into GPUs no declared service needs, ``gpus.py``), the old
+  replica is stopped first (the others keep serving). A new version
   that fails to start is retried with the same backoff, never rolling further; after
   ``FAILURE_LIMIT`` failures the roll stops and the old replicas keep serving.
 
@@ -21,6 +22,11 @@ The supervisor holds the service's listening socket and passes it to every repli
 share one accept queue: a connection never lands on a replica that is not accepting. A restarted
 supervisor gets the socket back from any live replica's fd socket, and adopts the live replicas
 it finds recorded (pid + process start time), so its own death never restarts a healthy service.
+
+The state database may become unwritable (a full disk): the supervisor then keeps converging from
+what it knows (the last service row it read, the replicas it started), keeps its record writes
+pending, one per subject (a replica, the failure count, itself), and writes them once the
+database takes writes again. Supervising never waits on the disk.
 
 Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``local.py``
 writes for services with ``autoscale`` or with neither ``replicas`` nor ``autoscale``): every
@@ -46,20 +52,27 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 import psutil
 
-from controller.backends.local.gpus import visible_devices
+from controller.backends.local.gpus import replica_environment
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
+from controller.backends.local.variables import child_environment
+from controller.structs.errors import StateDirFull
+
+Write = Callable[[sqlite3.Connection], object]
+UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
+"""What a record write raises when the state database cannot take it (a full disk, a broken file)."""
 
 log = logging.getLogger("amlops.supervisor")
 
@@ -71,6 +84,8 @@ MEMORY_CHECK_S = 1.0
 """How often replicas' memory is compared with the service's limit."""
 FAILURE_LIMIT = 3
 """Consecutive failed starts of a replica of the current generation before the service is Stalled."""
+RECORD_RETRY_S = 1.0
+"""How often pending record writes are retried while the database refuses them."""
 SCALE_DOWN_REFRESHES = 3
 """Autoscale refreshes in a row that must ask for fewer replicas before any is removed: one quiet
 sample between two bursts must not drain a replica the next burst needs (Azure also scales in
@@ -114,6 +129,13 @@ def split_path(state_dir: Path, service: str) -> Path:
 def log_path(state_dir: Path, service: str, slot: int) -> Path:
     """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
     return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
+
+
+def open_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, readable by its owner only (logs may hold request data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # a log made before files were private
+    return os.fdopen(fd, "ab")
 
 
 def process_alive(pid: int | None, started: float | None) -> bool:
@@ -243,31 +265,72 @@ class Supervisor:
     low_refreshes: int = 0
     low_peak: int = 0
     next_memory_check: float = 0.0
+    pending: dict[tuple[object, ...], Write] = field(default_factory=dict)
+    next_record: float = 0.0
+    record_error: str | None = None
+    last_row: ServiceRow | None = None
+
+    def record(self, subject: tuple[object, ...], write: Write) -> None:
+        """Write to the state database now, or keep the write pending (the latest per ``subject``)."""
+        self.pending.pop(subject, None)
+        self.pending[subject] = write
+        self.flush()
+
+    def flush(self, now: float | None = None) -> None:
+        """Write the pending records in one transaction; keep them if the database refuses."""
+        if not self.pending or (now is not None and now < self.next_record):
+            return
+        try:
+            with self.store.transaction() as conn:
+                for write in self.pending.values():
+                    write(conn)
+        except UNWRITABLE as exc:
+            self.next_record = time.monotonic() + RECORD_RETRY_S
+            if self.record_error is None:
+                log.warning("records_deferred service=%s pending=%d error=%r", self.service, len(self.pending), str(exc))
+            self.record_error = str(exc)
+            return
+        if self.record_error is not None:
+            log.info("records_written service=%s pending=%d", self.service, len(self.pending))
+        self.pending.clear()
+        self.record_error = None
 
     def adopt(self) -> None:
         """Track the live replicas recorded for this service; forget the dead ones."""
-        with self.store.transaction() as conn:
-            for row in self.store.replicas(conn, self.service):
-                if process_alive(row.pid, row.started):
-                    self.replicas[row.pid] = _Replica(row, None)
-                    log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
-                else:
-                    self.store.delete_replica(conn, self.service, row.pid)
+        with self.store.snapshot() as conn:
+            recorded = self.store.replicas(conn, self.service)
+        for row in recorded:
+            if process_alive(row.pid, row.started):
+                self.replicas[row.pid] = _Replica(row, None)
+                log.info("replica_adopted service=%s pid=%d slot=%d", self.service, row.pid, row.slot)
+            else:
+                self.record(("replica", row.pid), _deleting(self.service, row.pid))
 
     def run(self) -> None:
         """Tick until SIGTERM or until the service row disappears or names another supervisor."""
         while not self.stopping:
-            with self.store.snapshot() as conn:
-                row = self.store.get_service(conn, self.service)
+            try:
+                with self.store.snapshot() as conn:
+                    row = self.store.get_service(conn, self.service)
+            except UNWRITABLE as exc:
+                # Unreadable now: supervise on from the last row read; a stale row beats no supervisor.
+                if self.last_row is None:
+                    raise
+                if self.record_error is None:
+                    log.warning("row_unreadable service=%s error=%r", self.service, str(exc))
+                    self.record_error = str(exc)
+                row = self.last_row
             if row is None or row.supervisor_pid not in (None, os.getpid()):
                 log.info("supervisor_exiting service=%s reason=%s", self.service, "deleted" if row is None else "replaced")
                 return
+            self.last_row = row
             self.tick(row)
             time.sleep(TICK_S)
 
     def tick(self, row: ServiceRow) -> None:
         """One convergence step."""
         now = time.monotonic()
+        self.flush(now)
         if row.generation != self.generation:
             # A new generation is new input: its replicas start with a clean failure count, no backoff.
             self.failures.clear()
@@ -350,9 +413,12 @@ class Supervisor:
                 self.low_refreshes = 0
         if count == row.replicas:
             return row
-        with self.store.transaction() as conn:
-            # Compare-and-set: an apply that rewrote the row in between wins; the next refresh re-decides.
-            changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
+        try:
+            with self.store.transaction() as conn:
+                # Compare-and-set: an apply that rewrote the row in between wins; the next refresh re-decides.
+                changed = self.store.set_replicas(conn, self.service, count, row.replicas, row.generation)
+        except UNWRITABLE:
+            return row  # the count is the row's: an unrecorded one would be lost by a restarted supervisor
         if not changed:
             return row
         log.info("replicas_autoscaled service=%s from=%d to=%d utilization=%s target=%d",
@@ -410,24 +476,49 @@ class Supervisor:
                 "--defer-accept", "--status-file", status_file]
         if not self.service.endswith(CANDIDATE_SUFFIX):
             argv += ["--split-file", str(split_path(self.state_dir, self.service))]
-        env = {**os.environ, **launch.get("env", {}), "CUDA_VISIBLE_DEVICES": visible_devices(gpus)}
+        declared = launch.get("env", {})
+        env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "ab") as out:
-            popen = subprocess.Popen(
-                argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                pass_fds=(self.listen_fd,), start_new_session=True,
-            )
+        logfile.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        def spawn() -> _Replica:
+            with open_log(logfile) as out:
+                popen = subprocess.Popen(
+                    argv, env=env, cwd=launch.get("cwd"), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, pass_fds=(self.listen_fd,), start_new_session=True,
+                )
+            try:
+                started = start_time(popen.pid)
+            except psutil.NoSuchProcess:
+                started = time.time()
+            rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
+            self.replicas[popen.pid] = _Replica(rep, popen)
+            log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
+                     self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+            return self.replicas[popen.pid]
+
+        if not gpus:
+            rep = spawn().row
+            self.record(("replica", rep.pid), lambda conn: self.store.put_replica(conn, rep))
+            return
+        # A GPU replica checks the pool and is recorded in one write transaction: another service's
+        # placement (which may take an unused spare GPU of ours) sees either this replica or the pool
+        # without that GPU, never a GPU both of us think is free. While the state database refuses
+        # writes no GPU replica starts (the next tick tries again): a GPU is never shared.
+        started: _Replica | None = None
         try:
-            started = start_time(popen.pid)
-        except psutil.NoSuchProcess:
-            started = time.time()
-        rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
-        self.replicas[popen.pid] = _Replica(rep, popen)
-        with self.store.transaction() as conn:
-            self.store.put_replica(conn, rep)
-        log.info("replica_started service=%s pid=%d slot=%d generation=%d gpus=%s",
-                 self.service, popen.pid, slot, row.generation, ",".join(gpus) or "-")
+            with self.store.transaction() as conn:
+                latest = self.store.get_service(conn, self.service)
+                if latest is None or not set(gpus) <= set(latest.gpu_pool):
+                    return  # the pool changed under us: the next tick re-reads it
+                started = spawn()
+                self.store.put_replica(conn, started.row)
+        except UNWRITABLE as exc:
+            log.warning("gpu_replica_deferred service=%s slot=%d error=%r", self.service, slot, str(exc))
+            if started is not None and started.popen is not None:  # unrecorded, so its GPU looks free: stop it
+                self.replicas.pop(started.row.pid, None)
+                started.popen.kill()
+                started.popen.wait()
 
     def _terminate(self, rep: _Replica, now: float) -> None:
         if rep.terminating_since is None:
@@ -442,8 +533,7 @@ class Supervisor:
             if code is None:
                 continue
             del self.replicas[pid]
-            with self.store.transaction() as conn:
-                self.store.delete_replica(conn, self.service, pid)
+            self.record(("replica", pid), _deleting(self.service, pid))
             status = ({"error": rep.killed_for} if rep.killed_for is not None
                       else read_status(rep.row.status_file) if rep.error is None else {"error": rep.error})
             for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
@@ -464,8 +554,18 @@ class Supervisor:
         worst = max(self.failures.values(), default=0)
         error = self.last_error if worst else None
         if (worst, error) != (row.failures, row.last_error) or (worst and row.failure_generation != row.generation):
-            with self.store.transaction() as conn:
-                self.store.set_failures(conn, self.service, row.generation, worst, error)
+            if ("failures",) in self.pending and self.record_error is not None:
+                self.pending[("failures",)] = _failing(self.service, row.generation, worst, error)  # retried on its own
+                return
+            self.record(("failures",), _failing(self.service, row.generation, worst, error))
+
+
+def _deleting(service: str, pid: int) -> Write:
+    return lambda conn: LocalStore.delete_replica(conn, service, pid)
+
+
+def _failing(service: str, generation: int, failures: int, error: str | None) -> Write:
+    return lambda conn: LocalStore.set_failures(conn, service, generation, failures, error)
 
 
 def _listener_fd(store: LocalStore, service: str, given: int | None) -> int:
@@ -502,8 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with store.transaction() as conn:
-        store.set_supervisor(conn, args.service, os.getpid(), start_time(os.getpid()))
+    pid, started = os.getpid(), start_time(os.getpid())
+    sup.record(("supervisor",), lambda conn: store.set_supervisor(conn, args.service, pid, started))
     log.info("supervisor_started service=%s pid=%d", args.service, os.getpid())
     sup.adopt()
     sup.run()
