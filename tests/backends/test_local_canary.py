@@ -76,8 +76,8 @@ def test_a_good_version_passes_every_canary_step_and_reaches_all_traffic(
     assert svc is not None and "rollout" not in svc.details
     recorded = [c for c in history_changes(recorder) if c.get("rollout")]
     assert recorded and [s["weight"] for s in recorded[0]["rollout"]] == [10, 50, 100]
-    # Many passes, one history entry while the rollout ran, then its outcome.
-    assert len(outcomes) > 5 and [e.status for e in recorder.history(10)] == ["applied", "progressing"]
+    # Many passes, one history entry: the rollout's, updated in place until it ended.
+    assert len(outcomes) > 5 and [e.status for e in recorder.history(10)] == ["applied"]
     # Done means done: the next pass finds nothing to change (the rollout's own fields included).
     assert drive(repo, backend, recorder, "r2")[-1].status is ReconcileStatus.NO_CHANGES
 
@@ -101,9 +101,9 @@ def test_a_version_that_errors_on_a_share_of_requests_is_rolled_back_at_the_firs
     share, candidate, total = candidate_share(answers)
     assert candidate > 0 and share <= 0.10 + TOLERANCE, (candidate, total)
     assert stopped_candidate(backend)
-    # Stalled on that input: the next pass does not try again.
+    # Stalled on that input: the next pass does not try again, and the revision is not in place.
     again = drive(repo, backend, recorder, "r2")
-    assert again[-1].status is ReconcileStatus.NO_CHANGES
+    assert again[-1].status is ReconcileStatus.DEGRADED and not again[-1].changes
     status = recorder.resource_status()
     stalled = next(s for rid, s in status.items() if rid.kind is Kind.WEBSERVICE).condition("Stalled")
     assert stalled is not None and stalled.status and "error rate" in stalled.message
