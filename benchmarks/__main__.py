@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from benchmarks.reports import print_machine
 from benchmarks.workfolders import REPO
 
-NAMES = ("scorer", "reconcile", "calls", "idle", "commit_to_serving", "rollout_v2")
+NAMES = ("scorer", "reconcile", "calls", "idle", "commit_to_serving", "rollout", "rollout_v2")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,12 +20,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
 from controller import __version__
-from controller.backends.base import ApplyContext, Backend, ServiceAccess
+from controller.backends.base import ApplyContext, Backend, ServiceAccess, TrafficSplitting
 from controller.completing import bash_completion
 from controller.core.connecting import BackendPool
 from controller.core.executing import execute
@@ -34,6 +34,7 @@ from controller.core.reconciling import ReconcileOptions, plan_step, read_step, 
 from controller.core.recording import Recorder, ResourceStatus
 from controller.core.rendering import (
     JSON_FORMAT_VERSION,
+    describe_rollout_state,
     render_json,
     render_markdown,
     render_text,
@@ -41,6 +42,7 @@ from controller.core.rendering import (
     render_validation_json,
 )
 from controller.core.reviewing import changed_files, with_changed_files
+from controller.core.rolling_out import describe, intervene
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
@@ -244,6 +246,8 @@ class _LiveProgress:
             self._line(f"{label}: attempt {event.attempt} failed, {event.message}", final=False)
         elif event.phase is ExecutionPhase.SUCCEEDED:
             self._line(f"{label}: done after {elapsed:.1f}s", final=True)
+        elif event.phase is ExecutionPhase.PROGRESSING:
+            self._line(f"{label}: {event.message}", final=False)
         else:
             self._line(f"{label}: {event.phase.value}: {event.message}", final=True)
 
@@ -391,14 +395,18 @@ def cmd_apply(args: argparse.Namespace) -> int:
     progress = _LiveProgress(sys.stderr)
     pool = _pool(settings)
     try:
-        outcome = reconcile(
-            root, path, _revision_of(root), pool.backend_for, Recorder(settings.state_dir),
-            # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
-            ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
-                             allow_mass_delete=args.allow_mass_delete,
-                             parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
-                             confirm=confirm),
-        )
+        # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+                                   allow_mass_delete=args.allow_mass_delete,
+                                   parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
+                                   confirm=confirm)
+        revision = _revision_of(root)
+        outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir), options)
+        while outcome.status is ReconcileStatus.PROGRESSING and outcome.requeue_after is not None:
+            # A rollout under way: the confirmed change is carried on, pass after pass, until it ends.
+            time.sleep(outcome.requeue_after)
+            outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir),
+                                replace(options, confirm=None))
     finally:
         pool.close()
         lock.release()
@@ -494,6 +502,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
             row["state"] = resource.details["state"]
         if resource.details.get("placement"):
             row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
+        if isinstance(resource.details.get("rollout"), dict):
+            row["rollout"] = resource.details["rollout"]
     return row
 
 
@@ -519,6 +529,8 @@ def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[
 def _state_word(row: dict[str, Any]) -> str:
     live = [c for c in row["conditions"] if c["type"] != "Synced"]  # Synced is shown on its own
     conditions = {c["type"]: c for c in live or row["recordedConditions"]}
+    # A permanent failure is recorded, not observed: the previous version may well be Ready meanwhile.
+    conditions.setdefault("Stalled", next((c for c in row["recordedConditions"] if c["type"] == "Stalled"), {}))
     if conditions.get("Stalled", {}).get("status"):
         return f"Stalled ({conditions['Stalled']['reason']})"
     ready = conditions.get("Ready")
@@ -576,7 +588,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
                 print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "
                       f"{gpus or 'no GPU'}")
-        for condition in row["conditions"]:
+        if row.get("rollout"):
+            print(f"    rollout: {describe_rollout_state(row['rollout'])}")
+        observed = {c["type"] for c in row["conditions"]}
+        recorded = [c for c in row["recordedConditions"] if c["type"] == "Stalled" and c["type"] not in observed]
+        for condition in [*row["conditions"], *recorded]:
             if condition["message"] and (not condition["status"] or condition["type"] not in ("Ready", "Synced")):
                 print(f"    {condition['type']}={condition['status']} {condition['reason']}: {condition['message'].splitlines()[0]}")
     return code
@@ -597,6 +613,10 @@ def cmd_history(args: argparse.Namespace) -> int:
             print(f"        {error}")
         if len(entry.errors) > 5:
             print(f"        … and {len(entry.errors) - 5} more")
+        for change in entry.changes:
+            for step in change.get("rollout") or []:  # a passed rollout keeps every step's figures
+                print(f"        {change['kind']}/{change['name']} step {step['step']} ({step['weight']} %) "
+                      f"{step['seconds']:g} s: {_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
     return EXIT_OK
 
 
@@ -646,6 +666,51 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(json.dumps({"primaryKey": primary, "secondaryKey": secondary}))
     else:
         print(f"primary:   {primary}\nsecondary: {secondary}")
+    return EXIT_OK
+
+
+def _figures(label: str, figures: Mapping[str, Any]) -> str:
+    p99 = figures.get("p99Ms")
+    return (f"{label} {figures.get('requests', 0)} requests, {figures.get('errors', 0)} errors "
+            f"({100 * float(figures.get('errorRate', 0)):.1f} %), p99 {'-' if p99 is None else f'{p99:g} ms'}")
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """Show where a service's rollout stands, or ask the controller to ``promote`` or ``abort`` it."""
+    settings = _settings(args)
+    pool = _pool(settings)
+    try:
+        backend = _service_backend(_backends_in_use(args, pool, "rollout"), args.service)
+        if not isinstance(backend, TrafficSplitting):
+            raise PermanentError(f"the {backend.name} backend cannot split traffic", reason="Unsupported")
+        if args.action != "status":
+            if not intervene(backend, args.service, args.action):
+                print(f"amlops rollout: {args.service} has no rollout in progress", file=sys.stderr)
+                return EXIT_ERROR
+            print(f"{args.action} requested for the rollout of {args.service}: the controller acts on its next pass")
+            return EXIT_OK
+        data = describe(backend, args.service)
+    except BackendError as exc:
+        print(f"amlops rollout: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
+    if args.output == "json":
+        print(json.dumps({"service": args.service, "rollout": data}, indent=2, sort_keys=True))
+        return EXIT_OK
+    if data is None:
+        print(f"{args.service}: no rollout in progress")
+        return EXIT_OK
+    print(f"{args.service}: {describe_rollout_state(data)}")
+    if data.get("weights"):
+        print(f"  steps: {' → '.join(f'{w} %' for w in data['weights'])}")
+    current = data.get("window")
+    if current:
+        print(f"  this step, {current['seconds']:g} s: {_figures('new', current['candidate'])}; "
+              f"{_figures('live', current['live'])}")
+    for step in data.get("passed") or []:
+        print(f"  passed step {step['step']} ({step['weight']} %) in {step['seconds']:g} s: "
+              f"{_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
     return EXIT_OK
 
 
@@ -955,6 +1020,16 @@ def build_parser() -> argparse.ArgumentParser:
     _manifests_arg(token)
     _common(token)
     token.set_defaults(handler=cmd_token)
+
+    rollout = command("rollout", "where a service's rollout stands; promote or abort it",
+                      _exit_codes("0   done (status printed; promote/abort recorded)", "1   error (no such service or rollout)"))
+    rollout.add_argument("action", choices=("status", "promote", "abort"),
+                         help="status: step, weights and live figures; promote: finish now; abort: all traffic back to live")
+    rollout.add_argument("service", help="web service name")
+    rollout.add_argument("--output", choices=("text", "json"), default="text", help="text for people, json for tools")
+    _manifests_arg(rollout)
+    _common(rollout)
+    rollout.set_defaults(handler=cmd_rollout)
 
     logs = command("logs", "a service replica's log")
     logs.add_argument("service", help="web service name")

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from controller.backends.keys import KeyName
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
+from controller.structs.rollouts import RolloutState, Traffic
 from controller.structs.states import ActualResource, ActualState, DesiredResource, DesiredState, ResourceId
 from controller.structs.tokens import AccessToken
 
@@ -127,6 +128,65 @@ class ServiceAccess(Protocol):
 
     def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
         """The last ``lines`` lines of a service's log (of replica ``replica`` where the backend can pick one)."""
+        ...
+
+
+@runtime_checkable
+class TrafficSplitting(Protocol):
+    """Optional, beside ``Backend``: a candidate version of a service beside the live one, and a traffic split.
+
+    The primitives a rollout (``controller.core.rolling_out``) is made of; the backend decides
+    nothing, it only does and reports. None of them waits for a version to become ready: the
+    rollout asks again on its next pass. The rollout's state is kept by the backend, next to the
+    split it describes, so that a restarted controller finds both.
+    """
+
+    def rollout_state(self, service: str) -> RolloutState | None:
+        """The stored state of ``service``'s rollout in progress (with a pending request), or None."""
+        ...
+
+    def save_rollout(self, service: str, state: RolloutState | None) -> None:
+        """Store the state of ``service``'s rollout, or forget it (None)."""
+        ...
+
+    def request_rollout(self, service: str, action: str) -> bool:
+        """Record a person's ``abort`` or ``promote``; False when no rollout is in progress."""
+        ...
+
+    def needs_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> bool:
+        """Whether applying ``resource`` starts a new version of a running service (else it is a plain update)."""
+        ...
+
+    def start_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Start the new version beside the live one, with no traffic."""
+        ...
+
+    def candidate_health(self, service: str) -> tuple[str, str]:
+        """``("starting" | "ready" | "failed", message)`` for the candidate version."""
+        ...
+
+    def set_weight(self, service: str, weight: int) -> None:
+        """Send ``weight`` percent of the service's scoring requests to the candidate (0: none)."""
+        ...
+
+    def traffic(self, service: str) -> Traffic:
+        """Each version's replicas' own request counters, now."""
+        ...
+
+    def sample(self, service: str, body: bytes, candidate: bool) -> tuple[int, bytes]:
+        """Send one scoring request to the candidate (or the live version) alone; its status and body."""
+        ...
+
+    def promote_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Make the new version the live one (its traffic keeps going to the candidate meanwhile)."""
+        ...
+
+    def promoted(self, service: str) -> bool:
+        """Whether the live version now runs ``promote_candidate``'s version on every replica."""
+        ...
+
+    def discard_candidate(self, service: str) -> None:
+        """Return all traffic to the live version and remove the candidate (idempotent)."""
         ...
 
 

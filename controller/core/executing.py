@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from controller.backends.base import ApplyContext, Backend
+from controller.backends.base import ApplyContext, Backend, TrafficSplitting
+from controller.core import rolling_out
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ExecutionEvent, ExecutionPhase
@@ -63,22 +64,27 @@ class _Runner:
     rng: Callable[[], float]
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def apply_once(self, change: Change) -> None:
+    def apply_once(self, change: Change) -> rolling_out.Progress | None:
         backend = self.backend_of(change.id)
         if change.action is Action.DELETE:
             backend.delete(change.id, self.ctx)
-            return
+            return None
         resource = self.desired.resources.get(change.id)
         if resource is None:
             raise PermanentError(f"{change.id} is not in the desired state at {self.desired.revision}", reason="NotDeclared")
         if change.action is Action.CREATE:
             backend.create(resource, self.ctx)
+        elif change.action is Action.UPDATE and rolling_out.applies(backend, resource):
+            # A new version goes out step by step: one short step per pass, never a wait inside it.
+            assert isinstance(backend, TrafficSplitting)
+            return rolling_out.advance(backend, resource, self.ctx)
         elif change.action is Action.UPDATE:
             backend.update(resource, change, self.ctx)
         elif change.action is Action.REPLACE:
             # Some fields cannot change in place: Azure ML needs the old one gone first.
             backend.delete(change.id, self.ctx)
             backend.create(resource, self.ctx)
+        return None
 
     def run(self, change: Change) -> ChangeOutcome:
         started = time.monotonic()
@@ -87,7 +93,7 @@ class _Runner:
             attempt += 1
             self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.STARTED, attempt))
             try:
-                self.apply_once(change)
+                progress = self.apply_once(change)
             except TransientError as exc:
                 elapsed = time.monotonic() - started
                 delay = self.retry.delay(attempt, exc.retry_after, self.rng)
@@ -107,9 +113,16 @@ class _Runner:
                 log.exception("change.crashed", extra={"resource": str(change.id), "attempts": attempt})
                 return self._failed(change, attempt, started, f"{type(exc).__name__}: {exc}", "Unexpected")
             duration = time.monotonic() - started
+            if progress is not None and not progress.done:
+                self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.PROGRESSING, attempt, progress.message))
+                return ChangeOutcome(change.id, change.action, ChangeStatus.PROGRESSING, attempt, duration,
+                                     reason="RolloutInProgress", message=progress.message,
+                                     requeue_after=progress.requeue_after)
             log.info("change.succeeded", extra={"resource": str(change.id), "action": change.action.value, "attempts": attempt})
             self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SUCCEEDED, attempt))
-            return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration)
+            steps = tuple(s.to_json() for s in progress.steps) if progress is not None else ()
+            return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration,
+                                 message=progress.message if progress is not None and steps else None, rollout=steps)
 
     def _failed(self, change: Change, attempt: int, started: float, message: str, reason: str) -> ChangeOutcome:
         self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.FAILED, attempt, message))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -29,6 +30,7 @@ from pydantic import BaseModel
 from controller.backends.azureml.v2.deployments import carried_values
 from controller.core.connecting import declared_replace_fields
 from controller.sources.validating import workspace_of
+from controller.core.rendering import describe_rollout, describe_rollout_state
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
@@ -39,6 +41,7 @@ from controller.structs.manifests import (
     canonical_base_image,
 )
 from controller.structs.plans import Action, Change, FieldDiff, Plan
+from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
 from controller.structs.states import (
     MANAGED_BY_TAG,
     MANIFEST_PATH_TAG,
@@ -202,11 +205,37 @@ def _diff_model(
             _diff_model(value, observed, here, type(value), replace_fields, out)
             continue
         wanted = user_set(value)
+        if _model_list(value) and _same_models(value, observed, here):
+            continue  # a list of models (rollout steps) equal field by field, defaults included
         if isinstance(wanted, dict) and isinstance(observed, Mapping) and here[-1] != "models":
             _diff_mapping(wanted, observed, here, replace_fields, out)
             continue
         if not _equal(here, wanted, observed):
             out.append(FieldDiff(".".join(here), _plain(observed), wanted, _forces(here, replace_fields)))
+
+
+def _model_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, BaseModel) for v in value)
+
+
+def _same_models(desired: list[BaseModel], observed: Any, path: tuple[str, ...]) -> bool:
+    """Whether an observed list matches a list of models, each key either set alike or left at its default."""
+    if not isinstance(observed, list) or len(observed) != len(desired):
+        return False
+    for wanted, seen in zip(desired, observed, strict=True):
+        if not isinstance(seen, Mapping):
+            return False
+        nested: list[FieldDiff] = []
+        _diff_model(wanted, seen, path, type(wanted), frozenset(), nested)
+        if nested:
+            return False
+        for key, value in seen.items():
+            if key in wanted.model_fields_set:
+                continue
+            default = _field_default(type(wanted), str(key))
+            if default is _MISSING or not _equal((*path, str(key)), user_set(default), value):
+                return False
+    return True
 
 
 def _diff_mapping(
@@ -373,12 +402,17 @@ def plan_resource(
                                  "deletionPolicy: Delete to allow the replacement, or delete it with amlops delete")
         return Change(desired.id, Action.REPLACE, diffs, reason=f"{names} cannot change in place (forces replacement)",
                       manifest_file=desired.origin.file)
+    if (actual.digest or "").startswith(ROLLOUT_DIGEST_PREFIX):
+        rollout = actual.details.get("rollout") or {}
+        return Change(desired.id, Action.UPDATE, diffs, manifest_file=desired.origin.file,
+                      reason=f"rollout in progress: {describe_rollout_state(rollout)}")
     if diffs:
         if actual.digest == desired.digest:
             reason = _drift_reason(diffs, actual)
         else:
             reason = "manifest changed: " + ", ".join(d.path for d in diffs)
-        return Change(desired.id, Action.UPDATE, diffs, reason=reason, manifest_file=desired.origin.file)
+        return Change(desired.id, Action.UPDATE, diffs, reason=reason, manifest_file=desired.origin.file,
+                      rollout=_rollout_of(manifest, diffs))
     if not actual.owned_by(controller_name):
         return Change(desired.id, Action.UPDATE, reason="adopt: exists but carries no ownership tags yet",
                       manifest_file=desired.origin.file)
@@ -388,7 +422,8 @@ def plan_resource(
         return Change(desired.id, Action.UPDATE, reason=f"adopt: recorded without a source; now in the inventory of {source}",
                       manifest_file=desired.origin.file)
     if actual.digest != desired.digest:
-        return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file)
+        return Change(desired.id, Action.UPDATE, reason=_content_reason(desired, actual), manifest_file=desired.origin.file,
+                      rollout=_rollout_of(manifest, ()))
     return Change(desired.id, Action.NOOP, manifest_file=desired.origin.file)
 
 
@@ -422,6 +457,20 @@ def plan_migration(desired: DesiredResource, actual: ActualResource, change: Cha
               f"{'keep the v1 service (amlops.dev/keep-v1)' if keep else 'delete the v1 service'}); "
               f"values carried over: {kept}")
     return Change(desired.id, Action.UPDATE, tuple(diffs), reason=reason, manifest_file=change.manifest_file)
+
+
+# Fields a service changes in place, without a new version: no rollout for a change of only these.
+_IN_PLACE_PREFIXES: Final = ("spec.replicas", "spec.autoscale", "spec.tags", "spec.description", "spec.rollout",
+                             "spec.deletionPolicy")
+
+
+def _rollout_of(manifest: AnyManifest, diffs: tuple[FieldDiff, ...]) -> str:
+    """How the change reaches traffic, for a service whose strategy is not replica by replica."""
+    if not isinstance(manifest, WebserviceManifest) or manifest.spec.rollout.strategy == "rolling":
+        return ""
+    if diffs and all(d.path.startswith(_IN_PLACE_PREFIXES) for d in diffs):
+        return ""
+    return describe_rollout(manifest.spec.rollout)
 
 
 def plan_removal(actual: ActualResource, *, controller_name: str, source: str = "") -> Change | None:
@@ -470,7 +519,7 @@ def _with_dependencies(changes: list[Change], desired: DesiredState, actual: Act
             if resource is not None:
                 deps = {ref for ref in references(resource.manifest) if ref in effective and ref != change.id}
         ordered = tuple(sorted(deps, key=lambda r: (r.order(), r.name)))
-        result.append(Change(change.id, change.action, change.diffs, change.reason, change.manifest_file, ordered))
+        result.append(replace(change, depends_on=ordered))
     return result
 
 

@@ -313,9 +313,10 @@ def reconcile(
     observed: list[ActualState] = []
 
     def finish(status: ReconcileStatus, plan: Plan | None = None, changes: tuple[ChangeOutcome, ...] = (),
-               errors: tuple[str, ...] = (), blocked: Mapping[ResourceId, Condition] | None = None) -> ReconcileOutcome:
+               errors: tuple[str, ...] = (), blocked: Mapping[ResourceId, Condition] | None = None,
+               requeue_after: float | None = None) -> ReconcileOutcome:
         outcome = ReconcileOutcome(revision, status, started, _now(), plan, changes, errors, dict(durations), digests,
-                                   observed[0] if observed else None, dict(blocked or {}))
+                                   observed[0] if observed else None, dict(blocked or {}), requeue_after)
         return record_step(recorder, outcome)
 
     mark = time.monotonic()
@@ -367,7 +368,10 @@ def reconcile(
     begin_step(recorder, revision, started, plan, digests)
     changes = apply_step(plan, desired, targets, options)
     durations["apply"] = time.monotonic() - mark
-    failed = [c for c in changes if c.status is not ChangeStatus.SUCCEEDED]
+    failed = [c for c in changes if c.status not in (ChangeStatus.SUCCEEDED, ChangeStatus.PROGRESSING)]
     errors = tuple(f"{c.id}: {c.error}" for c in failed if c.error) + blocked_errors
-    status = ReconcileStatus.FAILED if failed else ReconcileStatus.DEGRADED if blocked else ReconcileStatus.APPLIED
-    return finish(status, plan, changes, errors, blocked)
+    # A rollout under way is a requeue, controller-runtime style: the pass ends, the next one is due soon.
+    waits = [c.requeue_after for c in changes if c.status is ChangeStatus.PROGRESSING and c.requeue_after is not None]
+    status = (ReconcileStatus.FAILED if failed else ReconcileStatus.DEGRADED if blocked
+              else ReconcileStatus.PROGRESSING if waits else ReconcileStatus.APPLIED)
+    return finish(status, plan, changes, errors, blocked, min(waits) if waits else None)

@@ -181,13 +181,22 @@ class Recorder:
         now = _now()
         with self._transaction() as conn:
             self._close_interrupted(conn)
-            cursor = conn.execute(
-                "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
-                " VALUES (?, ?, ?, ?, ?, '[]', '[]', '{}')",
-                (revision, ReconcileStatus.APPLYING.value, started.isoformat(timespec="milliseconds"), now,
-                 self._plan_text(plan)),
-            )
-            row_id = int(cursor.lastrowid or 0)
+            last = conn.execute("SELECT id, status, revision FROM reconciles ORDER BY id DESC LIMIT 1").fetchone()
+            reopened = (last is not None and last[1] == ReconcileStatus.PROGRESSING.value and last[2] == revision)
+            if reopened:
+                # A rollout is one entry per revision while it runs (a pass each half second would
+                # otherwise push the whole history out): each pass reopens it and ``record`` updates it.
+                conn.execute("UPDATE reconciles SET status = ?, plan = ? WHERE id = ?",
+                             (ReconcileStatus.APPLYING.value, self._plan_text(plan), last[0]))
+                row_id = int(last[0])
+            else:
+                cursor = conn.execute(
+                    "INSERT INTO reconciles (revision, status, started, finished, plan, changes, errors, durations)"
+                    " VALUES (?, ?, ?, ?, ?, '[]', '[]', '{}')",
+                    (revision, ReconcileStatus.APPLYING.value, started.isoformat(timespec="milliseconds"), now,
+                     self._plan_text(plan)),
+                )
+                row_id = int(cursor.lastrowid or 0)
             message = f"applying revision {revision}"
             conditions = json.dumps([_condition_json(Condition("Ready", False, APPLYING_REASON, message)),
                                      _condition_json(Condition("Progressing", True, APPLYING_REASON, message))])
@@ -267,7 +276,8 @@ class Recorder:
     def _fold_status(self, conn: sqlite3.Connection, outcome: ReconcileOutcome) -> None:
         """Per-resource conditions: only a reconcile that applied (or tried to) says anything new."""
         if outcome.plan is None or outcome.status not in (ReconcileStatus.APPLIED, ReconcileStatus.NO_CHANGES,
-                                                          ReconcileStatus.DEGRADED, ReconcileStatus.FAILED):
+                                                          ReconcileStatus.DEGRADED, ReconcileStatus.FAILED,
+                                                          ReconcileStatus.PROGRESSING):
             return
         now = _now()
         revision = outcome.revision
@@ -309,6 +319,11 @@ class Recorder:
             elif result.status is ChangeStatus.SUCCEEDED:
                 conditions = (Condition("Ready", True, "ReconciliationSucceeded", f"{change.action.value} at revision {revision}"),)
                 last_applied = revision
+            elif result.status is ChangeStatus.PROGRESSING:
+                conditions = (
+                    Condition("Ready", False, "RolloutInProgress", result.message or ""),
+                    Condition("Progressing", True, "RolloutInProgress", result.message or ""),
+                )
             elif result.status is ChangeStatus.SKIPPED:
                 conditions = (
                     Condition("Ready", False, result.reason or "DependencyFailed", result.error or ""),

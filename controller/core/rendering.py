@@ -7,10 +7,11 @@ golden files in ``tests/golden/`` pin their output.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from controller.structs.errors import ManifestError
+from controller.structs.manifests import Rollout
 from controller.structs.plans import Action, Change, FieldDiff, Plan
 
 # The version of every JSON document amlops prints (plan, status, validate): bumped on a breaking change.
@@ -112,6 +113,8 @@ def render_text(plan: Plan, color: bool = False) -> str:
         lines.append(paint(change.action, title))
         if change.reason:
             lines.append(f"      # {change.reason}")
+        if change.rollout:
+            lines.append(f"      # rollout: {change.rollout}")
         for diff in change.diffs:
             lines.append("      " + paint(_diff_colour(diff, change.action), _diff_line(diff, change.action)))
         lines.append("")
@@ -161,6 +164,9 @@ def render_markdown(plan: Plan) -> str:
         if change.reason:
             out.append(f"Reason: {_md_cell(change.reason)}")
             out.append("")
+        if change.rollout:
+            out.append(f"Rollout: {_md_cell(change.rollout)}")
+            out.append("")
         if change.diffs:
             out += ["| Field | Before | After | |", "|---|---|---|---|"]
             for diff in change.diffs:
@@ -188,23 +194,26 @@ def plan_to_json(plan: Plan, *, no_ops: bool = True) -> dict[str, Any]:
             "replace": plan.count(Action.REPLACE),
             "destroy": plan.count(Action.DELETE),
         },
-        "changes": [
-            {
-                "kind": c.id.kind.value,
-                "name": c.id.name,
-                "action": c.action.value,
-                "reason": c.reason,
-                "manifestFile": c.manifest_file,
-                "dependsOn": [str(d) for d in c.depends_on],
-                "diffs": [
-                    {"path": d.path, "before": d.before, "after": d.after, "forcesReplace": d.forces_replace}
-                    for d in c.diffs
-                ],
-            }
-            for c in plan.changes
-            if no_ops or c.action is not Action.NOOP
+        "changes": [_change_json(c) for c in plan.changes if no_ops or c.action is not Action.NOOP],
+    }
+
+
+def _change_json(c: Change) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "kind": c.id.kind.value,
+        "name": c.id.name,
+        "action": c.action.value,
+        "reason": c.reason,
+        "manifestFile": c.manifest_file,
+        "dependsOn": [str(d) for d in c.depends_on],
+        "diffs": [
+            {"path": d.path, "before": d.before, "after": d.after, "forcesReplace": d.forces_replace}
+            for d in c.diffs
         ],
     }
+    if c.rollout:
+        data["rollout"] = c.rollout
+    return data
 
 
 def render_json(plan: Plan) -> str:
@@ -251,3 +260,46 @@ def render_validation_github(errors: Sequence[ManifestError]) -> str:
         message = f"{error.field}: {error.message}" if error.field else error.message
         lines.append(f"::error {','.join(props)}::{_workflow_escape(message)}\n")
     return "".join(lines)
+
+
+def _percent(value: float) -> str:
+    return f"{value * 100:g} %"
+
+
+def describe_rollout(rollout: Rollout) -> str:
+    """How a new version will reach traffic, in one line (``amlops plan`` shows it under the change)."""
+    sample = "; the sample request is answered as expected first" if rollout.sampleRequest is not None else ""
+    if rollout.strategy == "blueGreen":
+        return f"blueGreen: no traffic until the new version is ready{sample}, then all of it at once"
+    steps = []
+    for step in rollout.steps:
+        holds = [f"{step.pauseSeconds:g} s" if step.pauseSeconds else "", f"{step.minRequests} requests" if step.minRequests else ""]
+        held = " and ".join(h for h in holds if h)
+        steps.append(f"{step.weight} %" + (f" for {held}" if held else ""))
+    checks = []
+    analysis = rollout.analysis
+    if analysis is not None:
+        if analysis.maxErrorRate is not None:
+            checks.append(f"error rate ≤ {_percent(analysis.maxErrorRate)}")
+        if analysis.maxP99Ms is not None:
+            checks.append(f"p99 ≤ {analysis.maxP99Ms:g} ms")
+        if analysis.maxP99Ratio is not None:
+            checks.append(f"p99 ≤ {analysis.maxP99Ratio:g} × live")
+        if analysis.minRequests:
+            checks.append(f"judged after ≥ {analysis.minRequests} requests")
+    judged = f"; each step: {', '.join(checks)}" if checks else ""
+    return (f"canary: {' → '.join(steps)}{judged}{sample}; any failed check rolls back at once"
+            if steps else "canary")
+
+
+def describe_rollout_state(summary: Mapping[str, Any]) -> str:
+    """Where a rollout stands, from ``RolloutState.summary()`` (status pages, ``amlops rollout status``)."""
+    strategy, phase, weight = summary.get("strategy", "?"), summary.get("phase", "?"), summary.get("weight", 0)
+    weights = summary.get("weights") or []
+    where = phase
+    if phase == "stepping" and "step" in summary:
+        where = f"step {summary['step']} of {len(weights) or '?'}"
+    text = f"{strategy} {where}, {weight} % to the new version"
+    if summary.get("message"):
+        text += f": {summary['message']}"
+    return text

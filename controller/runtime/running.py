@@ -435,6 +435,8 @@ class Controller:
             ok = outcome is not None and outcome.status is not ReconcileStatus.FAILED
             self._failures = 0 if ok else self._failures + 1
             delay = backoff_delay(self._failures, self.settings.interval)
+            if outcome is not None and outcome.requeue_after is not None:
+                delay = min(delay, outcome.requeue_after)  # a rollout under way is looked at again soon
             self.status.update(nextReconcileAt=time.time() + delay)
             reasons = self._sleep(delay)
             if self.stop_requested.is_set():
@@ -670,6 +672,8 @@ def resource_details(resource: ActualResource) -> dict[str, Any]:
     for key in ("modelVersions", "models", "version", "gpus", "placement"):
         if details.get(key):
             shown[key] = details[key]
+    if isinstance(details.get("rollout"), dict):
+        shown["rollout"] = details["rollout"]
     return shown
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from controller.core.rendering import JSON_FORMAT_VERSION
+from controller.core.rendering import JSON_FORMAT_VERSION, describe_rollout_state
 from controller.runtime.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.runtime.statuses import StatusBoard
 from controller.runtime.webhooks import MAX_BODY_BYTES, bearer_token_valid, judge
@@ -208,6 +208,8 @@ def render_page(doc: dict[str, Any]) -> str:
         versions = detail.get("modelVersions") or ([f"v{detail['version']}"] if detail.get("version") else [])
         if versions:
             parts.append(esc(", ".join(str(v) for v in versions)))
+        if isinstance(detail.get("rollout"), dict):
+            parts.append("rollout: " + esc(describe_rollout_state(detail["rollout"])))
         extra = "<br>".join(parts)
         rows.append(
             f"<tr><td>{esc(str(r.get('kind')))}</td><td>{esc(str(r.get('name')))}</td>"

@@ -29,11 +29,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from controller.scoring.devices import DeviceReport
+from controller.structs.rollouts import LATENCY_BUCKETS
 
 IDENTITY_LABELS = ("service", "version", "replica", "worker")
 SNAPSHOT_SUFFIX = ".prom"
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 

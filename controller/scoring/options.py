@@ -36,6 +36,7 @@ class ScoringOptions:
     keepalive_timeout_ms: int
     max_body_bytes_in_flight: int
     status_file: str | None
+    split_file: str | None
     tensorflow_compat: str
     log_format: str
     metrics_dir: str | None = None
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-body-bytes-in-flight", type=_positive, default=256 * 1024 * 1024,
         help="request bodies held at once by this process (read or being scored); beyond it 503 + Retry-After")
     add("--status-file", help="JSON status, replaced atomically on each change")
+    add("--split-file", help="JSON {weight, port}: hand that percentage of scoring requests to the port (a canary)")
     add("--tensorflow-compat", choices=("v1", "none"), default="none",
         help="v1: `import tensorflow` in the entry script gives tensorflow.compat.v1")
     add("--log-format", choices=("text", "json"), default="text", help="log lines on stderr as text or JSON")
@@ -134,7 +136,7 @@ def parse_options(argv: Sequence[str]) -> ScoringOptions:
         parser.error(f"--auth {ns.auth} needs --keys-file")
     values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__ if hasattr(ns, name)}
     # Absolute paths now: the entry script later runs with --source-dir as its working directory.
-    for name in ("source_dir", "model_dir", "keys_file", "status_file", "fd_socket", "metrics_dir"):
+    for name in ("source_dir", "model_dir", "keys_file", "status_file", "split_file", "fd_socket", "metrics_dir"):
         if values[name]:
             values[name] = os.path.abspath(values[name])
     options = ScoringOptions(**values)

@@ -83,8 +83,9 @@ def write_status(path: str | None, state: str, **fields: Any) -> bool:
     return True
 
 
-LOAD_REPORT_INTERVAL_S = 1.0
-"""How often a serving replica looks at its load for the status file (the autoscaler's input)."""
+LOAD_REPORT_INTERVAL_S = 0.5
+"""How often a serving replica looks at its load and request counts for the status file (the
+autoscaler's and the rollout analysis's input)."""
 
 
 def report_load(
@@ -92,18 +93,22 @@ def report_load(
     report: Callable[..., None],
     in_flight: Callable[[], float | None],
     capacity: int,
-    last: int | None = None,
+    last: tuple[int, Any] | None = None,
+    traffic: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
-    """Write ``inFlight`` and ``capacity`` through ``report`` now and about every second after.
+    """Write ``inFlight``, ``capacity`` (and ``traffic``) through ``report`` now and about twice a second after.
 
     ``in_flight`` returns the requests being run plus those queued for a slot, or None once the
-    replica stops serving (draining), which ends the reports. The file is rewritten only when
-    the count changed: an idle replica costs one comparison a second, not a write.
+    replica stops serving (draining), which ends the reports. ``traffic`` returns the replica's
+    request counters (``controller.structs.rollouts.Counters``). The file is rewritten only when
+    something changed: an idle replica costs a comparison per interval, not a write.
     """
     value = in_flight()
     if value is None:
         return
     count = int(value)
-    if count != last or _status_unwritten:
-        report(inFlight=count, capacity=capacity)
-    loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, count)
+    counters = traffic() if traffic is not None else None
+    state = (count, None if counters is None else (counters["requests"], counters["forwarded"]))
+    if state != last or _status_unwritten:
+        report(inFlight=count, capacity=capacity, **({} if counters is None else {"traffic": counters}))
+    loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, state, traffic)

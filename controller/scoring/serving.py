@@ -42,6 +42,7 @@ import orjson
 from controller.scoring.budgets import BodyBudget, fix_mmap_threshold, return_free_memory
 from controller.scoring.devices import observe_device
 from controller.scoring.dispatching import EXPIRED, OK, Dispatcher, Job
+from controller.scoring.forwarding import Answer, Splitter
 from controller.scoring.importing import EntryPoint, load_entry
 from controller.scoring.keys import KeyRing
 from controller.scoring.metrics import ScoringMetrics
@@ -49,6 +50,7 @@ from controller.scoring.options import ScoringOptions
 from controller.scoring.reporting import log_event, report_load
 from controller.scoring.sockets import BACKLOG
 from controller.scoring.swaggers import swagger_document
+from controller.structs.rollouts import Counters
 
 Reporter = Callable[..., None]
 
@@ -77,6 +79,8 @@ CONNECTION_SWEEP_S = 0.5
 TRIM_DELAY_S = 0.1
 """Free pages are returned a moment after a large body is released (its run() thread lets go of it too)."""
 DIRECT_WRITES = os.name == "posix"  # os.write on a socket fd: POSIX only (see Connection.send)
+# What a forwarded answer keeps of the candidate's headers (the request ids are this process's own).
+_PASSED_HEADERS = (b"x-ms-run-fn-exec-ms", b"x-ms-run-function-failed", b"retry-after")
 
 
 class RequestIds:
@@ -267,7 +271,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is not None and not self.closing:
             head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n" % (
-                status, REASONS[status], content_type, len(body), extra,
+                status, REASONS.get(status, b"Status"), content_type, len(body), extra,
                 b"" if keep else b"connection: close\r\n",
             )
             self.send(transport, head + body)
@@ -362,6 +366,8 @@ class ScoringApp:
         self.swagger = orjson.dumps(swagger_document(options.service_name, paths, options.auth))
         self.timeout_body = f"Scoring timeout after {options.scoring_timeout_ms} ms".encode()
         self.request_ids = RequestIds()
+        # Present only on the local backend's replicas: a rollout may split their scoring traffic.
+        self.splitter = Splitter(options.split_file, self.timeout_s + 5.0) if options.split_file else None
 
     # requests
 
@@ -380,7 +386,7 @@ class ScoringApp:
         started = time.monotonic()
         path = url.split(b"?", 1)[0]
         if path in self.score_paths:
-            self.score(conn, method, headers, body, keep_alive, started)
+            self.score(conn, method, url, headers, body, keep_alive, started)
         elif path == b"/" and method == b"GET":
             conn.respond(200, b"Healthy", TEXT, keep_alive, route="health", started=started)
         elif path == b"/-/ready" and method == b"GET":
@@ -396,9 +402,9 @@ class ScoringApp:
         else:
             conn.respond(404, b"Not Found", TEXT, keep_alive, route="other", started=started)
 
-    def score(self, conn: Connection, method: bytes, headers: dict[bytes, bytes], body: bytes,
+    def score(self, conn: Connection, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes,
               keep_alive: bool, started: float) -> None:
-        """Authenticate a scoring request and queue it for a slot."""
+        """Authenticate a scoring request, then queue it for a slot or hand it to a candidate version."""
         request_id = headers.get(b"x-request-id") or self.request_ids.next()
         extra = b"x-request-id: %s\r\nx-ms-request-id: %s\r\n" % (request_id, request_id)
         if method != b"POST":
@@ -407,6 +413,18 @@ class ScoringApp:
         if self.keys is not None and not self.keys.accepts(headers.get(b"authorization")):
             conn.respond(401, b'{"message":"Unauthorized"}', JSON, keep_alive, extra, started=started)
             return
+        splitter = self.splitter
+        if splitter is not None and splitter.weight and splitter.take():
+            if b"x-request-id" not in headers:
+                headers = {**headers, b"x-request-id": request_id}
+            splitter.forward(url, headers, body, lambda answer: self.forwarded(
+                answer, conn, headers, body, keep_alive, started, extra))
+            return
+        self.run_here(conn, body, keep_alive, started, request_id, extra)
+
+    def run_here(self, conn: Connection, body: bytes, keep_alive: bool, started: float, request_id: bytes,
+                 extra: bytes) -> None:
+        """Queue an authenticated scoring request for one of this process's slots."""
         if not self.ready or self.dispatcher is None:
             conn.respond(503, b"the scoring service is initializing", TEXT, keep_alive, extra + RETRY_AFTER,
                          started=started)
@@ -422,6 +440,31 @@ class ScoringApp:
             conn.respond(503, b"too many queued requests", TEXT, keep_alive, extra + RETRY_AFTER, started=started)
             return
         self.metrics.in_flight += 1
+
+    def forwarded(self, answer: Answer | None, conn: Connection, headers: dict[bytes, bytes], body: bytes,
+                  keep_alive: bool, started: float, extra: bytes) -> None:
+        """Answer with the candidate version's answer, or run the request here if it gave none."""
+        if answer is None:
+            self.run_here(conn, body, keep_alive, started, headers[b"x-request-id"], extra)
+            return
+        status, answered, payload = answer
+        passed = b"".join(b"%s: %s\r\n" % (name, answered[name]) for name in _PASSED_HEADERS if name in answered)
+        conn.respond(status, payload, answered.get(b"content-type", TEXT), keep_alive, extra + passed,
+                     route="forward", started=started)
+
+    def traffic(self) -> dict[str, Any]:
+        """This process's own scoring counts and latency histogram (the status file's ``traffic``)."""
+        requests = errors = forwarded = 0
+        for (route, code), count in list(self.metrics.requests.items()):
+            if route == "score":
+                requests += count
+                if code >= 500:
+                    errors += count
+            elif route == "forward":
+                forwarded += count
+        latency = self.metrics.latency.get("score")
+        return Counters(requests, errors, tuple(latency.counts) if latency is not None else Counters().latency,
+                        forwarded).to_json()
 
     def finish(self, job: Job) -> None:
         """Answer a job the dispatcher is done with (unless the watchdog already did)."""
@@ -519,6 +562,8 @@ class ScoringApp:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.begin_drain)
         self.report("initializing")
+        if self.splitter is not None:
+            self.splitter.start(loop)
         loop.call_soon(self.sweep_connections)  # from the start: health checks are served before init() ends
         if not self.options.defer_accept:
             await self.listen(listener)
@@ -552,7 +597,7 @@ class ScoringApp:
         device = self.metrics.device.to_status() if self.metrics.device is not None else {}
         report_load(loop, lambda **load: self.report("ready", tensorflowGpus=gpus, **device, **load),
                     lambda: None if self.draining else self.metrics.in_flight,
-                    self.options.max_concurrent)
+                    self.options.max_concurrent, traffic=self.traffic)
         if self.options.metrics_dir:
             self._share_metrics(loop)
         log_event("ready", init_s=round(time.monotonic() - _STARTED, 3))

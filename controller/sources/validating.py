@@ -265,6 +265,21 @@ class _Builder:
         for index, ref in enumerate(spec.models):
             if not self._declared(Kind.MODEL, ref.name):
                 self.error(origin, manifest, ("spec", "models", index), self._missing("Model", ref.name, self._names(Kind.MODEL)))
+        self._check_rollout_api(manifest, origin)
+
+    def _check_rollout_api(self, manifest: WebserviceManifest, origin: Origin) -> None:
+        """Azure ML v1 has no traffic split under one scoring URI (AKS web services are one version each)."""
+        strategy = manifest.spec.rollout.strategy
+        if strategy == "rolling":
+            return
+        names = [manifest.spec.workspace] if manifest.spec.workspace else self._names(Kind.WORKSPACE)
+        found = self.resources.get(ResourceId(Kind.WORKSPACE, names[0])) if len(names) == 1 else None
+        if found is None or not isinstance(found[0], WorkspaceManifest) or found[0].spec.backend != "azureml":
+            return
+        if (manifest.spec.api or found[0].spec.api) == "v1":
+            self.error(origin, manifest, ("spec", "rollout", "strategy"),
+                       f"{strategy} needs a traffic split under one scoring URI, which Azure ML v1 AKS web services "
+                       "cannot do; set api: v2 (on this service or its workspace) or use strategy rolling")
 
     def check_gpu_capacity(self) -> None:
         """AKS pods cannot share GPUs: max replicas × GPUs per replica, summed per cluster, must fit."""
@@ -284,10 +299,12 @@ class _Builder:
                                f"requests {service.spec.resources.gpu} GPU per replica but cluster {cluster_name} "
                                f"({cluster.vmSize}) has no GPUs; use an N-series vmSize or set gpusPerNode")
                 continue
-            wanted = sum(s.spec.max_replicas() * s.spec.resources.gpu for s, _ in services)
+            wanted = sum(_replicas_at_most(s) * s.spec.resources.gpu for s, _ in services)
             if wanted <= capacity:
                 continue
-            breakdown = ", ".join(f"{s.metadata.name}: {s.spec.max_replicas()} × {s.spec.resources.gpu}" for s, _ in services)
+            breakdown = ", ".join(f"{s.metadata.name}: {_replicas_at_most(s)} × {s.spec.resources.gpu}"
+                                  + (f" ({s.spec.rollout.strategy}: its new version runs beside it)"
+                                     if s.spec.rollout.strategy != "rolling" else "") for s, _ in services)
             per_node = capacity // cluster.agentCount
             for service, origin in services:
                 field = ("spec", "replicas") if service.spec.replicas is not None else ("spec", "resources", "gpu")
@@ -367,6 +384,13 @@ class _Builder:
             for rid, (manifest, origin, paths) in self.resources.items()
         }
         return DesiredState(revision, str(self.root), resources)
+
+
+def _replicas_at_most(service: WebserviceManifest) -> int:
+    """Replicas a service may run at once: during a canary or blue/green its new version's replicas
+    (its minimum count) run beside the live ones."""
+    surge = service.spec.min_replicas() if service.spec.rollout.strategy != "rolling" else 0
+    return service.spec.max_replicas() + surge
 
 
 def _normalise(path: str) -> str | None:

@@ -53,6 +53,8 @@ class Change:
     reason: str = ""
     manifest_file: str | None = None
     depends_on: tuple[ResourceId, ...] = ()
+    # How a new version of a service reaches traffic (canary steps, blue/green), when not replica by replica.
+    rollout: str = ""
 
 
 @dataclass(frozen=True)

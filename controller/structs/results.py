@@ -22,6 +22,8 @@ class ChangeStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    # A rollout under way: neither done nor failed; the next pass carries it on.
+    PROGRESSING = "progressing"
 
 
 class ReconcileStatus(StrEnum):
@@ -29,6 +31,7 @@ class ReconcileStatus(StrEnum):
 
     NO_CHANGES = "no-changes"
     APPLIED = "applied"
+    PROGRESSING = "progressing"
     DETECTED = "detected"
     HELD = "held"
     # Nothing failed in this pass, but some resource of the revision is stalled (it failed before
@@ -56,10 +59,14 @@ class ChangeOutcome:
     duration_s: float = 0.0
     error: str | None = None
     reason: str | None = None
+    # A rollout's progress: where it stands, when to look again, and each passed step's figures.
+    message: str | None = None
+    requeue_after: float | None = None
+    rollout: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for JSON output and the history database."""
-        return {
+        data: dict[str, Any] = {
             "kind": self.id.kind.value,
             "name": self.id.name,
             "action": self.action.value,
@@ -69,6 +76,11 @@ class ChangeOutcome:
             "error": self.error,
             "reason": self.reason,
         }
+        if self.message is not None:
+            data["message"] = self.message
+        if self.rollout:
+            data["rollout"] = list(self.rollout)
+        return data
 
 
 class ExecutionPhase(StrEnum):
@@ -76,6 +88,7 @@ class ExecutionPhase(StrEnum):
 
     STARTED = "started"
     RETRYING = "retrying"
+    PROGRESSING = "progressing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -116,6 +129,8 @@ class ReconcileOutcome:
     # Resources of this revision that did not converge without failing in this pass: stalled on an
     # input that failed before, refused, or claimed by another source. Each with the condition to record.
     blocked: Mapping[ResourceId, Condition] = field(default_factory=dict)
+    # Set while a rollout is under way: the next pass is due this many seconds from now.
+    requeue_after: float | None = None
 
     @property
     def ok(self) -> bool:

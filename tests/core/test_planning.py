@@ -8,6 +8,7 @@ from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Plan
 from controller.structs.states import (
+    DIGEST_TAG,
     MANAGED_BY_TAG,
     SOURCE_TAG,
     ActualResource,
@@ -247,6 +248,57 @@ def test_a_resource_owned_by_another_controller_is_not_fought_over(repo: Repo) -
     assert change.action is Action.NOOP and "other" in change.reason
 
 
+CANARY_ROLLOUT = """\
+  rollout:
+    strategy: canary
+    steps: [{weight: 10, pauseSeconds: 30}, {weight: 50, minRequests: 200}, {weight: 100}]
+    analysis: {maxErrorRate: 0.01, maxP99Ratio: 1.5, minRequests: 100}
+"""
+
+
+def _canary(repo: Repo, replicas: int = 2) -> None:
+    repo.standard(replicas=replicas)
+    text = (repo.root / "manifests/services/svc-a.yaml").read_text()
+    repo.write("manifests/services/svc-a.yaml", text + CANARY_ROLLOUT)
+
+
+def test_a_new_version_of_a_canary_service_shows_the_steps_and_checks_it_will_go_through(repo: Repo) -> None:
+    _canary(repo)
+    before = repo.load()
+    np.save(repo.root / "manifests/linear/weights.npy", np.array([[3.0], [4.0]]))
+    result = _plan(repo.load(), _applied(before))
+    service = next(c for c in result.effective if c.id == SVC)
+    assert service.rollout == ("canary: 10 % for 30 s → 50 % for 200 requests → 100 %; each step: error rate ≤ 1 %, "
+                               "p99 ≤ 1.5 × live, judged after ≥ 100 requests; any failed check rolls back at once")
+
+
+def test_a_scale_change_of_a_canary_service_goes_out_in_place(repo: Repo) -> None:
+    _canary(repo, replicas=2)
+    before = repo.load()
+    _canary(repo, replicas=3)
+    (change,) = _plan(repo.load(), _applied(before)).effective
+    assert change.action is Action.UPDATE and change.rollout == ""
+
+
+def test_a_service_with_a_rollout_in_progress_is_planned_again_until_it_ends(repo: Repo) -> None:
+    _canary(repo)
+    desired = repo.load()
+    applied = _applied(desired)
+    svc = applied.resources[SVC]
+    rolling = ActualResource(SVC, svc.spec, {**svc.tags, DIGEST_TAG: "rollout:sha256:abc"}, details={
+        "rollout": {"strategy": "canary", "phase": "stepping", "step": 2, "weight": 50, "weights": [10, 50, 100],
+                    "message": "checks pass over 120 requests; pausing 3/30 s"}})
+    (change,) = _plan(desired, _with(applied, rolling)).effective
+    assert change.action is Action.UPDATE
+    assert change.reason == ("rollout in progress: canary step 2 of 3, 50 % to the new version: "
+                             "checks pass over 120 requests; pausing 3/30 s")
+
+
+def test_an_applied_canary_service_plans_no_changes(repo: Repo) -> None:
+    # Its rollout steps are a list of models: the backend reports them with defaults filled in.
+    _canary(repo)
+    desired = repo.load()
+    assert not _plan(desired, _applied(desired)).has_changes
 MINE, THEIRS = "/repos/mine//manifests", "/repos/theirs//manifests?ref=main"
 
 

@@ -91,3 +91,40 @@ def test_an_empty_plan_says_no_changes() -> None:
     empty = Plan("abc", ())
     assert "No changes." in render_text(empty)
     assert "**No changes.**" in render_markdown(empty)
+
+
+def canary_plan() -> Plan:
+    from controller.core.rendering import describe_rollout
+    from controller.structs.manifests import Rollout
+
+    rollout = Rollout.model_validate({
+        "strategy": "canary",
+        "steps": [{"weight": 10, "pauseSeconds": 60}, {"weight": 50, "minRequests": 500}, {"weight": 100}],
+        "analysis": {"maxErrorRate": 0.01, "maxP99Ms": 80, "maxP99Ratio": 1.5, "minRequests": 200},
+        "sampleRequest": {"file": "src/sample-request.json", "compareWithLive": True},
+    })
+    return Plan(
+        revision="7d1e2f3a4b5c",
+        changes=(
+            Change(ResourceId(Kind.MODEL, "tf-dnn-mnist"), Action.UPDATE, (),
+                   reason="content of spec.path changed (sha256:1a2b3c4d5e6f… → sha256:6f5e4d3c2b1a…)",
+                   manifest_file="manifests/models/tf-dnn-mnist.yaml"),
+            Change(ResourceId(Kind.WEBSERVICE, "aks-dnn-mnist"), Action.UPDATE, (),
+                   reason="content of model tf-dnn-mnist changed (sha256:1a2b3c4d5e6f… → sha256:6f5e4d3c2b1a…)",
+                   manifest_file="manifests/services/aks-dnn-mnist.yaml", rollout=describe_rollout(rollout),
+                   depends_on=(ResourceId(Kind.MODEL, "tf-dnn-mnist"),)),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "render"),
+    [("plan-canary.txt", lambda p: render_text(p, color=False)), ("plan-canary.md", render_markdown),
+     ("plan-canary.json", render_json)],
+)
+def test_a_canary_change_shows_its_steps_and_checks_as_in_the_golden_file(name: str, render) -> None:  # type: ignore[no-untyped-def]
+    text = render(canary_plan())
+    golden = GOLDEN / name
+    if os.environ.get("AMLOPS_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()

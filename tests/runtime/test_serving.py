@@ -136,3 +136,19 @@ def test_listen_addresses_parse() -> None:
     assert parse_listen("[::1]:9") == ("::1", 9)
     with pytest.raises(ValueError):
         parse_listen("8080")
+
+
+def test_a_rollout_under_way_shows_on_the_page_and_in_api_status(served: Served) -> None:
+    from controller.runtime.running import resource_details
+    from controller.structs.manifests import Kind
+    from controller.structs.states import ActualResource, ResourceId
+
+    summary = {"strategy": "canary", "phase": "stepping", "step": 2, "weight": 50, "weights": [10, 50, 100],
+               "message": "step 2 (50 %): checks pass over 40 requests; pausing 3/30 s", "passed": []}
+    live = ActualResource(ResourceId(Kind.WEBSERVICE, "svc"), {}, details={"scoringUri": "http://x", "rollout": summary})
+    served.status.update(resources=[{"kind": "Webservice", "name": "svc", "conditions": [],
+                                     "details": resource_details(live)}])
+    doc = json.loads(http("GET", served.base + "/api/status")[1])
+    assert doc["resources"][0]["details"]["rollout"]["weight"] == 50
+    page = http("GET", served.base + "/")[1]
+    assert "rollout: canary step 2 of 3, 50 % to the new version: step 2 (50 %): checks pass" in page

@@ -205,3 +205,52 @@ def test_secrets_are_references_never_values(tmp_path: Path) -> None:
     (tmp_path / "ws.yaml").write_text(ws)
     errors = errors_of(tmp_path)
     assert errors[0].startswith("ws.yaml:12: Workspace prod: spec.credentials.clientSecret.value: unknown field")
+
+
+AZUREML_V1 = """\
+apiVersion: amlops.dev/v1
+kind: Workspace
+metadata:
+  name: ws
+spec:
+  backend: azureml
+  subscriptionId: sub
+  resourceGroup: rg
+  api: v1
+"""
+
+CANARY_BODY = SERVICE_OK.replace("gpu: 1", "gpu: 0") + """\
+rollout:
+  strategy: canary
+  steps: [{weight: 10}, {weight: 100}]
+"""
+
+
+def test_a_canary_on_azure_ml_v1_is_refused_at_its_strategy_line(tmp_path: Path) -> None:
+    write_repo(tmp_path, {"ws.yaml": AZUREML_V1, "c.yaml": CLUSTER, "m.yaml": MODEL, "svc.yaml": service(CANARY_BODY)})
+    assert errors_of(tmp_path) == [
+        "svc.yaml:12: Webservice aks-dnn-mnist: spec.rollout.strategy: canary needs a traffic split under one scoring "
+        "URI, which Azure ML v1 AKS web services cannot do; set api: v2 (on this service or its workspace) or use "
+        "strategy rolling"
+    ]
+
+
+def test_a_canary_is_accepted_on_the_local_backend_and_on_azure_ml_v2(tmp_path: Path) -> None:
+    write_repo(tmp_path, {"c.yaml": CLUSTER, "m.yaml": MODEL, "svc.yaml": service(CANARY_BODY)})
+    assert len(load_desired_state(tmp_path)) == 3
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    write_repo(v2, {"ws.yaml": AZUREML_V1, "c.yaml": CLUSTER, "m.yaml": MODEL,
+                    "svc.yaml": service(CANARY_BODY + "api: v2\n")})
+    assert len(load_desired_state(v2)) == 4
+
+
+def test_a_canary_needs_gpus_for_its_new_version_beside_the_live_one(tmp_path: Path) -> None:
+    # Three replicas of one GPU each fill the three-GPU cluster: no room for the new version's three.
+    body = CANARY_BODY.replace("gpu: 0", "gpu: 1")
+    write_repo(tmp_path, {"c.yaml": CLUSTER, "m.yaml": MODEL, "svc.yaml": service(body)})
+    assert errors_of(tmp_path) == [
+        "svc.yaml:9: Webservice aks-dnn-mnist: spec.replicas: GPUs cannot be shared between replicas: services on "
+        "cluster aks-gpu need up to 6 GPUs (aks-dnn-mnist: 6 × 1 (canary: its new version runs beside it)) but it "
+        "has 3 (3 nodes × 1 GPU of Standard_NC6): 3 over"
+    ]

@@ -46,10 +46,12 @@ from controller.backends.local.gpus import (
     pending_gpus,
 )
 from controller.backends.local.registries import content_hash, delete_model, register_model, resolve_model
+from controller.backends.local.splitting import post_once, read_split, replica_counters, write_split
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.supervising import (
     FAILURE_LIMIT,
     bind_listener,
+    candidate_of,
     database_path,
     open_log,
     process_alive,
@@ -73,7 +75,9 @@ from controller.structs.manifests import (
     WebserviceSpec,
 )
 from controller.structs.plans import Change
+from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX, SPLIT_POLL_S, RolloutState, Traffic
 from controller.structs.states import (
+    DIGEST_TAG,
     ActualResource,
     ActualState,
     Condition,
@@ -242,6 +246,7 @@ class LocalBackend:
             records = self.store.all_resources(conn)
             services = {s.name: s for s in self.store.all_services(conn)}
             replicas = self.store.replicas(conn)
+            rollouts = self.store.all_rollouts(conn)
         by_service: dict[str, list[ReplicaRow]] = {}
         for rep in replicas:
             by_service.setdefault(rep.service, []).append(rep)
@@ -260,21 +265,53 @@ class LocalBackend:
                 spec, live_conditions, live_details = self._observe(view, spec)
                 conditions = [c for c in conditions if c.type not in {c2.type for c2 in live_conditions}] + live_conditions
                 details.update(live_details)
-            resources[rid] = ActualResource(rid, spec, dict(rec["tags"]), tuple(conditions), details)
+            tags = dict(rec["tags"])
+            if row is not None and (name in rollouts or candidate_of(name) in services):
+                tags, conditions = self._observe_rollout(name, rollouts.get(name), tags, conditions, details)
+            resources[rid] = ActualResource(rid, spec, tags, tuple(conditions), details)
         return ActualState(resources)
+
+    def _observe_rollout(
+        self, name: str, stored: dict[str, Any] | None, tags: dict[str, str], conditions: list[Condition],
+        details: dict[str, Any],
+    ) -> tuple[dict[str, str], list[Condition]]:
+        """A service whose rollout is under way (or whose candidate nobody tracks) is not at any desired
+        digest: the planner keeps planning its update, so every pass drives or cleans up the rollout."""
+        split = read_split(self.state_dir, name)
+        if stored is None:
+            details["rollout"] = {"phase": "untracked", "weight": split.weight if split else 0}
+            tags[DIGEST_TAG] = ROLLOUT_DIGEST_PREFIX + "untracked"
+            message = "a candidate version runs without a rollout: the next pass removes it"
+        else:
+            state = RolloutState.from_json(stored)
+            details["rollout"] = {**state.summary(), "splitWeight": split.weight if split else 0}
+            tags[DIGEST_TAG] = ROLLOUT_DIGEST_PREFIX + state.target
+            message = state.message or f"{state.strategy} {state.phase}"
+        conditions = [c for c in conditions if c.type != ConditionType.PROGRESSING]
+        conditions.append(Condition(ConditionType.PROGRESSING, True, "RolloutInProgress", message))
+        return tags, conditions
 
     def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         """Create ``resource`` (idempotent: an existing record is brought to the spec)."""
         self._apply(resource, ctx)
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
-        """Bring ``resource`` to its spec: services scale in place or roll one replica at a time."""
+        """Bring ``resource`` to its spec: services scale in place or roll one replica at a time.
+
+        A candidate version left by a rollout nobody drives any more goes first: traffic returns to
+        the live replicas before they change.
+        """
+        if resource.id.kind is Kind.WEBSERVICE:
+            self.discard_candidate(resource.id.name)
+            self.save_rollout(resource.id.name, None)
         self._apply(resource, ctx)
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Delete ``id``: services stop their processes and free port and GPUs. Missing is fine."""
         if id.kind is Kind.WEBSERVICE:
+            self._stop_service(candidate_of(id.name))
             self._stop_service(id.name)
+            self.save_rollout(id.name, None)
         elif id.kind is Kind.AKS_CLUSTER:
             with self.store.snapshot() as conn:
                 users = [s.name for s in self.store.all_services(conn) if s.cluster == id.name]
@@ -387,6 +424,103 @@ class LocalBackend:
         regenerate(self._keys_path(service), which)
         log.info("service_key_regenerated service=%s key=%s", service, which)
 
+    # -- traffic splitting (``TrafficSplitting``) -----------------------------------------------
+
+    def rollout_state(self, service: str) -> RolloutState | None:
+        """The stored state of ``service``'s rollout in progress, or None."""
+        with self.store.snapshot() as conn:
+            data = self.store.get_rollout(conn, service)
+        return None if data is None else RolloutState.from_json(data)
+
+    def save_rollout(self, service: str, state: RolloutState | None) -> None:
+        """Store or forget ``service``'s rollout state."""
+        with self.store.transaction() as conn:
+            self.store.put_rollout(conn, service, None if state is None else state.to_json())
+
+    def request_rollout(self, service: str, action: str) -> bool:
+        """Record ``abort`` or ``promote`` for the rollout in progress."""
+        with self.store.transaction() as conn:
+            return self.store.request_rollout(conn, service, action)
+
+    def needs_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> bool:
+        """Whether ``resource`` would start a new generation of a running service."""
+        manifest = resource.manifest
+        if not isinstance(manifest, WebserviceManifest):
+            return False
+        with self.store.snapshot() as conn:
+            existing = self.store.get_service(conn, manifest.name)
+        if existing is None:
+            return False
+        _launch, launch_hash, _cluster, _env = self._service_launch(resource, manifest, ctx)
+        return launch_hash != existing.launch_hash
+
+    def start_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Start the new version as the service's candidate, on a port of its own, with no traffic."""
+        assert isinstance(resource.manifest, WebserviceManifest)
+        self._apply_service(resource, resource.manifest, ctx, candidate=True, wait=False)
+
+    def candidate_health(self, service: str) -> tuple[str, str]:
+        """Whether the candidate is ``starting``, ``ready`` or ``failed``, and a line saying so."""
+        view = self._service_view(candidate_of(service))
+        if view is None:
+            return "failed", "the candidate version is not running"
+        if view.stalled:
+            return "failed", self._failure_message(view)
+        if view.converged:
+            return "ready", f"{view.row.replicas}/{view.row.replicas} candidate replicas ready"
+        if not view.supervisor_alive and self._supervisors.get(view.row.name) is None:
+            self._ensure_supervisor(view.row.name, None)
+        return "starting", f"{view.ready_current}/{view.row.replicas} candidate replicas ready"
+
+    def set_weight(self, service: str, weight: int) -> None:
+        """Hand ``weight`` percent of ``service``'s scoring requests to its candidate."""
+        port = self._row(candidate_of(service)).port if weight > 0 else 0
+        write_split(self.state_dir, service, weight, port)
+        log.info("traffic_split service=%s weight=%d", service, weight)
+
+    def traffic(self, service: str) -> Traffic:
+        """Per-replica counters of the live version and of the candidate."""
+        with self.store.snapshot() as conn:
+            live = self.store.replicas(conn, service)
+            candidate = self.store.replicas(conn, candidate_of(service))
+        return Traffic(replica_counters(live), replica_counters(candidate))
+
+    def sample(self, service: str, body: bytes, candidate: bool) -> tuple[int, bytes]:
+        """One scoring request to the candidate's (or the live version's) own port."""
+        row = self._row(candidate_of(service) if candidate else service)
+        auth = self._auth_of(service)
+        authorization = None
+        if auth == "key":
+            authorization = f"Bearer {read_keys(self._keys_path(service))[0]}"
+        elif auth == "token":
+            authorization = f"Bearer {token_for(self._token_key_path(service), service).access_token}"
+        with self.store.snapshot() as conn:
+            recorded = self.store.get_resource(conn, Kind.WEBSERVICE.value, service)
+        timeout_s = (recorded or {}).get("spec", {}).get("scoringTimeoutMs", 60000) / 1000.0 + 5.0
+        return post_once(row.port, f"/api/v1/service/{service}/score", body, authorization, timeout_s)
+
+    def promote_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Roll the live replicas to the new version; meanwhile the split keeps sending traffic to the candidate."""
+        assert isinstance(resource.manifest, WebserviceManifest)
+        self._apply_service(resource, resource.manifest, ctx, wait=False)
+
+    def promoted(self, service: str) -> bool:
+        """Whether every live replica runs the promoted version."""
+        view = self._service_view(service)
+        if view is not None and view.stalled:
+            raise PermanentError(self._failure_message(view), reason="ReplicaFailed")
+        return view is not None and view.converged
+
+    def discard_candidate(self, service: str) -> None:
+        """All traffic back to the live replicas, then the candidate stopped (its requests in flight finish)."""
+        write_split(self.state_dir, service, 0, 0)
+        with self.store.snapshot() as conn:
+            running = self.store.get_service(conn, candidate_of(service)) is not None
+        if running:
+            time.sleep(3 * SPLIT_POLL_S)  # every replica has seen the split go before the candidate drains
+            self._stop_service(candidate_of(service))
+            log.info("candidate_discarded service=%s", service)
+
     # -- applying ------------------------------------------------------------------------------
 
     def _apply(self, resource: DesiredResource, ctx: ApplyContext) -> None:
@@ -428,7 +562,10 @@ class LocalBackend:
             raise TransientError(f"{by} waits for {kind.value} '{name}' to be created", retry_after=2)
         raise PermanentError(f"{by} refers to {kind.value} '{name}', which does not exist", reason=f"{kind.value}NotFound")
 
-    def _apply_service(self, resource: DesiredResource, manifest: WebserviceManifest, ctx: ApplyContext) -> None:
+    def _service_launch(self, resource: DesiredResource, manifest: WebserviceManifest,
+                        ctx: ApplyContext) -> tuple[dict[str, Any], str, dict[str, Any], list[dict[str, Any]]]:
+        """A service's launch (command line, environment, folder), its hash, cluster record and
+        environment conditions."""
         name, spec = manifest.name, manifest.spec
         by = f"Webservice '{name}'"
         cluster = self._dependency(Kind.AKS_CLUSTER, spec.cluster, ctx, by)
@@ -442,48 +579,68 @@ class LocalBackend:
         sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         launch = self._launch(name, spec, resource, ctx, resolution, models, sdir)
         launch_hash = hashlib.sha256(json.dumps([launch, spec.resources.model_dump(mode="json")], sort_keys=True).encode()).hexdigest()
+        launch["details"] = {"modelVersions": [f"{m.name}:{m.version}" for m in models], "python": resolution.python,
+                             "tensorflowCompat": resolution.tensorflow_compat}
+        return launch, launch_hash, cluster, env_conditions
+
+    def _apply_service(self, resource: DesiredResource, manifest: WebserviceManifest, ctx: ApplyContext,
+                       *, candidate: bool = False, wait: bool = True) -> None:
+        """Write the service's row (or, with ``candidate``, its candidate version's) and start its supervisor.
+
+        A candidate is a service of its own (``candidate_of(name)``) on a port of its own, with a
+        fixed replica count and no resource record: only the rollout that started it knows it.
+        """
+        name, spec = manifest.name, manifest.spec
+        launch, launch_hash, cluster, env_conditions = self._service_launch(resource, manifest, ctx)
+        details: dict[str, Any] = launch.pop("details")
         if spec.auth == "key":
             ensure_keys(self._keys_path(name))
         elif spec.auth == "token":
             ensure_token_key(self._token_key_path(name))
+        row_name = candidate_of(name) if candidate else name
+        service_dir(self.state_dir, row_name).mkdir(parents=True, exist_ok=True, mode=0o700)
 
         conditions = [c for c in env_conditions if c["type"] == ConditionType.SUBSTITUTED]
         if spec.resources.gpu and not self.gpus:
             conditions.append(_condition(ConditionType.GPU_UNAVAILABLE, True, "NoPhysicalGpu",
                                          f"each replica requests {spec.resources.gpu} GPU but this machine has none "
                                          f"({self.inventory.reason}); replicas run on CPU (CUDA_VISIBLE_DEVICES='')"))
-        details: dict[str, Any] = {"modelVersions": [f"{m.name}:{m.version}" for m in models], "python": resolution.python,
-                   "tensorflowCompat": resolution.tensorflow_compat}
 
         listener = None
         with self.store.snapshot() as conn:
-            existing = self.store.get_service(conn, name)
+            existing = self.store.get_service(conn, row_name)
         if existing is None:
             listener = bind_listener(0)  # the kernel picks a free port; the supervisor inherits the socket
         try:
             with self.store.transaction() as conn:
-                existing = self.store.get_service(conn, name)
-                others = allocations(self.store.all_services(conn), self.store.replicas(conn), but=name)
+                existing = self.store.get_service(conn, row_name)
+                # The candidate's pool may take the live version's surge spare (its roll goes stop-first).
+                others = allocations(self.store.all_services(conn), self.store.replicas(conn), but=row_name)
                 pending = pending_gpus(ctx.desired, name, spec.cluster, others, physical=bool(self.gpus))
                 cspec = cluster["spec"]
                 # Ids our live replicas run on first, so a re-placement keeps them where they are.
-                current = [g for r in self.store.replicas(conn, name) for g in r.gpus]
+                current = [g for r in self.store.replicas(conn, row_name) for g in r.gpus]
                 current += list(existing.gpu_pool) if existing else []
 
                 def place(replicas: int) -> tuple[str, ...]:
                     return allocate_pool(
-                        service=name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
+                        service=row_name, cluster=spec.cluster, capacity=int(cluster["details"].get("gpuCapacity", 0)),
                         replicas=replicas, gpus_per_replica=spec.resources.gpu, physical=self.gpus,
                         others=others, current=current, gpus_per_node=cspec.get("gpusPerNode"), pending=pending,
                     )
 
-                pool, held = _place_autoscaled(place, spec)
+                if candidate:
+                    # The candidate is judged on a slice of traffic: the minimum count serves it.
+                    policy, replicas = None, spec.min_replicas()
+                    pool = place(replicas)
+                else:
+                    pool, held = _place_autoscaled(place, spec)
+                    policy = _autoscale_policy(spec, held)
+                    replicas = spec.min_replicas()
                 for other, allocation in others.items():
                     if set(allocation.ids) & set(pool):  # a spare we were given: the other roll goes stop-first
                         self.store.set_gpu_pool(conn, other, tuple(i for i in allocation.ids if i not in pool))
-                        log.info("gpu_spare_reclaimed service=%s from=%s", name, other)
-                policy = _autoscale_policy(spec, held)
-                replicas = spec.min_replicas()
+                        log.info("gpu_spare_reclaimed service=%s from=%s", row_name, other)
                 if policy is not None and existing is not None:
                     # An apply keeps the count the autoscaler chose (within the new bounds): a roll
                     # under load must not first shrink the service to its minimum.
@@ -493,7 +650,7 @@ class LocalBackend:
                 if existing is not None:
                     generation = existing.generation + (existing.launch_hash != launch_hash)
                 row = ServiceRow(
-                    name=name, cluster=spec.cluster, port=port, generation=generation, launch_hash=launch_hash,
+                    name=row_name, cluster=spec.cluster, port=port, generation=generation, launch_hash=launch_hash,
                     launch={**launch, "autoscale": policy, "memoryLimitBytes": memory_limit_bytes(spec)},
                     replicas=replicas,
                     gpus_per_replica=spec.resources.gpu, gpu_pool=pool,
@@ -505,14 +662,16 @@ class LocalBackend:
                 )
                 self.store.put_service(conn, row)
                 details["port"], details["gpus"] = port, list(pool)
-                self.store.put_resource(conn, Kind.WEBSERVICE.value, name, manifest.spec.model_dump(mode="json"),
-                                        _tags(resource, ctx), conditions, details)
-            log.info("service_applied name=%s generation=%d replicas=%d port=%d", name, generation, row.replicas, port)
-            self._ensure_supervisor(name, listener)
+                if not candidate:
+                    self.store.put_resource(conn, Kind.WEBSERVICE.value, name, manifest.spec.model_dump(mode="json"),
+                                            _tags(resource, ctx), conditions, details)
+            log.info("service_applied name=%s generation=%d replicas=%d port=%d", row_name, generation, row.replicas, port)
+            self._ensure_supervisor(row_name, listener)
         finally:
             if listener is not None:
                 listener.close()
-        self.wait_ready(name, ctx=ctx)
+        if wait:
+            self.wait_ready(row_name, ctx=ctx)
 
     def _launch(
         self, name: str, spec: WebserviceSpec, resource: DesiredResource, ctx: ApplyContext,

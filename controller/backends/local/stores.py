@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS services (
     supervisor_pid INTEGER, supervisor_started REAL,
     failures INTEGER NOT NULL DEFAULT 0, failure_generation INTEGER NOT NULL DEFAULT 0, last_error TEXT
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+    service TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL, request TEXT
+);
 CREATE TABLE IF NOT EXISTS replicas (
     service TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL,
     slot INTEGER NOT NULL, generation INTEGER NOT NULL, gpus TEXT NOT NULL,
@@ -217,6 +220,38 @@ class LocalStore(Database):
     def delete_replica(conn: sqlite3.Connection, service: str, pid: int) -> None:
         """Forget a replica process."""
         conn.execute("DELETE FROM replicas WHERE service = ? AND pid = ?", (service, pid))
+
+    # -- rollouts in progress ------------------------------------------------------------------
+
+    @staticmethod
+    def get_rollout(conn: sqlite3.Connection, service: str) -> dict[str, Any] | None:
+        """The stored state of ``service``'s rollout in progress (with a person's ``request``), or None."""
+        row = conn.execute("SELECT state, request FROM rollouts WHERE service = ?", (service,)).fetchone()
+        return None if row is None else {**json.loads(row[0]), "request": row[1]}
+
+    @staticmethod
+    def all_rollouts(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+        """Every rollout in progress, by service."""
+        rows = conn.execute("SELECT service, state, request FROM rollouts").fetchall()
+        return {r[0]: {**json.loads(r[1]), "request": r[2]} for r in rows}
+
+    @staticmethod
+    def put_rollout(conn: sqlite3.Connection, service: str, state: dict[str, Any] | None) -> None:
+        """Store (or, with None, forget) the state of ``service``'s rollout; a pending request is kept."""
+        if state is None:
+            conn.execute("DELETE FROM rollouts WHERE service = ?", (service,))
+            return
+        state = {k: v for k, v in state.items() if k != "request"}
+        conn.execute(
+            "INSERT INTO rollouts (service, state, updated_at) VALUES (?, ?, ?) ON CONFLICT (service) DO UPDATE"
+            " SET state = excluded.state, updated_at = excluded.updated_at",
+            (service, json.dumps(state), time.time()),
+        )
+
+    @staticmethod
+    def request_rollout(conn: sqlite3.Connection, service: str, action: str) -> bool:
+        """Record a person's ``abort`` or ``promote`` for the rollout in progress; False if there is none."""
+        return bool(conn.execute("UPDATE rollouts SET request = ? WHERE service = ?", (action, service)).rowcount)
 
     # -- model registry -----------------------------------------------------------------------
 

@@ -118,6 +118,21 @@ def socket_dir(state_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"amlops-{digest}"
 
 
+CANDIDATE_SUFFIX = ".candidate"
+"""A service's candidate version (a canary) runs as a service of its own under this suffixed name,
+which no manifest can declare (service names hold no dots)."""
+
+
+def candidate_of(service: str) -> str:
+    """The name the candidate version of ``service`` runs under."""
+    return service + CANDIDATE_SUFFIX
+
+
+def split_path(state_dir: Path, service: str) -> Path:
+    """The split file ``service``'s replicas poll (``controller.structs.rollouts.Split``)."""
+    return service_dir(state_dir, service) / "split.json"
+
+
 def log_path(state_dir: Path, service: str, slot: int) -> Path:
     """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
     return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
@@ -466,6 +481,8 @@ class Supervisor:
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
         argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
                 "--defer-accept", "--status-file", status_file, "--replica", str(slot)]
+        if not self.service.endswith(CANDIDATE_SUFFIX):
+            argv += ["--split-file", str(split_path(self.state_dir, self.service))]
         declared = launch.get("env", {})
         env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
