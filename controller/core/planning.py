@@ -29,8 +29,8 @@ from pydantic import BaseModel
 
 from controller.backends.azureml.v2.deployments import carried_values
 from controller.core.connecting import declared_replace_fields
-from controller.sources.validating import workspace_of
 from controller.core.rendering import describe_rollout, describe_rollout_state
+from controller.sources.validating import workspace_of
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,

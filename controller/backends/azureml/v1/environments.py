@@ -17,10 +17,10 @@ from controller.backends.base import ApplyContext
 from controller.structs.manifests import BASE_IMAGE_ALIASES, EnvironmentManifest, Kind, canonical_base_image
 from controller.structs.plans import Change
 from controller.structs.states import (
-    SOURCE_TAG,
     DIGEST_TAG,
     MANAGED_BY_TAG,
     MANIFEST_PATH_TAG,
+    SOURCE_TAG,
     ActualResource,
     Condition,
     ConditionType,

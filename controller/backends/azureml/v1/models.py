@@ -14,8 +14,8 @@ from controller.backends.base import ApplyContext
 from controller.structs.manifests import Kind, ModelManifest
 from controller.structs.plans import Change
 from controller.structs.states import (
-    SOURCE_TAG,
     MANAGED_BY_TAG,
+    SOURCE_TAG,
     ActualResource,
     Condition,
     ConditionType,
