@@ -244,6 +244,11 @@ def _retag(session: V2Session, ops: Any, asset: Any, tags: dict[str, str], what:
     Content that comes back to an earlier version (a revert) names that version again; re-tagging
     it makes it the newest-modified one, which is what ``read`` reports.
     """
+    active = session.call(f"list {what}", functools.partial(_list_versions, ops, asset.name))
+    if all(str(v.version) != str(asset.version) for v in active):
+        # A version pruned earlier (archived: lists leave it out) is declared again; restore it, or
+        # ``read`` would never see it and every pass would plan it anew.
+        session.call(f"restore {what}", functools.partial(ops.restore, asset.name, version=asset.version))
     if dict(asset.tags or {}) == tags:
         return
     asset.tags = tags
