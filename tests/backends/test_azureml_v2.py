@@ -395,6 +395,7 @@ def _plan(out: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {c["id"]: (c["action"], c["reason"]) for c in out["plan"]}
 
 
+@pytest.mark.timeout(480)  # ten reconcile passes, two endpoints deployed (about 50 s on an idle machine)
 def test_two_sources_under_one_controller_name_on_one_v2_workspace_never_delete_each_others_endpoints(
         emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
     # Two controllers named alike, each with its own source and state: the first one's first pass
