@@ -449,7 +449,7 @@ def test_two_sources_under_one_controller_name_on_one_v2_workspace_never_delete_
     assert after["status"] == "no-changes" and after["predict"]["body"] == first_a["predict"]["body"]
 
     # A pruned model declared again with the same content comes back: its archived version (which
-    # Azure's lists leave out) is restored, so reads see it again.
+    # Azure's lists leave out) is re-tagged for this revision and active again, so reads see it.
     other.write("models/tiny-b.yaml", _doc("Model", "tiny-b", {"path": "tiny-b"}))
     back = reconcile(other, readBack=True, **b)
     assert _plan(back)["Model/tiny-b"][0] == "create" and "Model/tiny-b" in back["actual"], back

@@ -242,13 +242,10 @@ def _retag(session: V2Session, ops: Any, asset: Any, tags: dict[str, str], what:
     """Put the current ownership tags on an existing version (same content, so the same version).
 
     Content that comes back to an earlier version (a revert) names that version again; re-tagging
-    it makes it the newest-modified one, which is what ``read`` reports.
+    it makes it the newest-modified one, which is what ``read`` reports. A version pruned earlier
+    (archived, so lists leave it out) comes back too: the PUT sends it as not archived, and the new
+    revision's tags always differ from the ones it was archived with.
     """
-    active = session.call(f"list {what}", functools.partial(_list_versions, ops, asset.name))
-    if all(str(v.version) != str(asset.version) for v in active):
-        # A version pruned earlier (archived: lists leave it out) is declared again; restore it, or
-        # ``read`` would never see it and every pass would plan it anew.
-        session.call(f"restore {what}", functools.partial(ops.restore, asset.name, version=asset.version))
     if dict(asset.tags or {}) == tags:
         return
     asset.tags = tags
