@@ -4,7 +4,9 @@ A fault rule matches requests by ``"METHOD route-template"`` (a glob: ``"PATCH *
 ``"*"``) and adds latency, answers an error (429 with ``Retry-After``, 500, 503) for ``count``
 requests or at a ``rate``, makes the long-running operations it starts end ``Failed``, or makes
 their first ``pendingPolls`` polls answer a non-final state. Counters record every routed request
-as ``"METHOD template" → n`` so tests can assert how many writes a reconcile made.
+as ``"METHOD template" → n`` so tests can assert how many writes a reconcile made, and a request log
+(the last ``LOG_LIMIT`` requests: arrival time, route, injected status) so they can assert when a
+client came back after a 429 without timing anything themselves.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from __future__ import annotations
 import fnmatch
 import random
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+LOG_LIMIT: Final = 10_000
+"""Requests the log keeps (the oldest are dropped first)."""
 
 
 @dataclass
@@ -87,6 +93,7 @@ class Faults:
         self._lock = threading.Lock()
         self._rules = list(rules or [])
         self._counts: Counter[str] = Counter()
+        self._log: deque[dict[str, Any]] = deque(maxlen=LOG_LIMIT)
 
     def set_rules(self, rules: list[FaultRule]) -> None:
         """Replace every rule."""
@@ -123,6 +130,7 @@ class Faults:
                     status, retry_after = rule.status, rule.retry_after
                 if rule.count is not None:
                     rule.count -= 1
+            self._log.append({"at": time.time(), "route": route, "status": status, "retryAfter": retry_after})
         return Verdict(latency, status, retry_after, fail, pending)
 
     def counts(self) -> dict[str, int]:
@@ -130,7 +138,14 @@ class Faults:
         with self._lock:
             return dict(self._counts)
 
+    def log(self) -> list[dict[str, Any]]:
+        """The requests since the last reset, oldest first: ``at`` (epoch seconds, on arrival), ``route``,
+        and the injected ``status`` and ``retryAfter`` (None when the request was served normally)."""
+        with self._lock:
+            return list(self._log)
+
     def reset_counts(self) -> None:
-        """Start counting from zero."""
+        """Start counting (and logging) from zero."""
         with self._lock:
             self._counts.clear()
+            self._log.clear()

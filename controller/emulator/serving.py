@@ -198,6 +198,8 @@ class _OuterHandler(_Base):
             self._send(json_response(200, {"status": "ok"}))
         elif path == "/_emulator/requests" and self.command == "GET":
             self._send(json_response(200, emulator.faults.counts()))
+        elif path == "/_emulator/requests/log" and self.command == "GET":
+            self._send(json_response(200, {"requests": emulator.faults.log()}))
         elif path == "/_emulator/requests" and self.command in ("DELETE", "POST"):
             emulator.faults.reset_counts()
             self._send(json_response(200, {}))
@@ -221,6 +223,6 @@ class _OuterHandler(_Base):
             self._send(json_response(200, {"faults": emulator.faults.rules()}))
         else:
             self._send(json_response(404, {"error": f"no admin route {self.command} {path}; see /_emulator/faults, "
-                                                    "/_emulator/requests, /_emulator/health"}))
+                                                    "/_emulator/requests, /_emulator/requests/log, /_emulator/health"}))
 
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _admin

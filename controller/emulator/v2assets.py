@@ -201,6 +201,11 @@ class V2AssetRoutes(BlobRoutes):
         if self._workspace(req.params) is None:
             return self._no_workspace(req.params)
         versions = self._versions(plural, req.params)
+        # Azure lists active versions unless asked otherwise: an archived version is gone from lists
+        # (still readable by name and version, and restorable).
+        view = req.query.get("listViewType", "ActiveOnly").lower()
+        if view != "all":
+            versions = [v for v in versions if bool(v["properties"].get("isArchived")) == (view == "archivedonly")]
         wanted_hash = req.query.get("hash")
         if wanted_hash:
             versions = [v for v in versions

@@ -11,6 +11,7 @@ and does not depend on the order the tests run in.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 import textwrap
@@ -284,6 +285,12 @@ def test_azure_retry_after_is_honoured_by_the_executor_not_hidden_under_the_sdks
     finally:
         emulator.set_faults([])
     assert out["status"] == "applied", out
+    # When each PATCH arrived, by the emulator's clock: each retry came once the 2 s had passed, and
+    # none waited out an SDK back-off (azureml-core's own loop waits 32 s, then 64 s).
+    patches = [r for r in emulator.request_log() if r["route"] == f"PATCH api {WS}/services/{{name}}"]
+    assert [(r["status"], r["retryAfter"]) for r in patches] == [(429, 2.0), (429, 2.0), (None, None)], patches
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(patches)]
+    assert all(2.0 <= gap < 16.0 for gap in gaps), gaps  # 16 s: half the base back-off of azureml-core's loop
     change = _change(out, "Webservice/svc-tiny")
     # Each attempt of the executor is exactly one PATCH: the SDK retried nothing underneath it.
     assert change["status"] == "succeeded" and change["attempts"] == 3, change
@@ -400,14 +407,16 @@ def test_two_sources_under_one_controller_name_on_one_workspace_never_delete_eac
     assert conflict.startswith("conflict: Model/tiny is applied by another source"), conflict
     assert ["Stalled", True, "OwnershipConflict"] in [c[:3] for c in first_b["resources"]["Model/tiny"]]
     assert first_b["actual"]["Webservice/svc-b"]["tags"]["amlops.dev/source"] == b["source"]
-
-    # Passes of both, alternating, as two controllers on one workspace would run: no flapping.
-    outs = [reconcile(repo, read_back=True, **a), reconcile(other, **b), reconcile(repo, **a), reconcile(other, **b)]
-    assert [o["status"] for o in outs] == ["no-changes", "degraded", "no-changes", "degraded"], outs
     counts = writes(emulator.counts())
     assert not [r for r in counts if r.startswith("DELETE")], counts
     assert counts.get(f"POST api {WS}/models") == 1, counts  # tiny-b once; tiny never re-registered
     assert counts.get(f"POST api {WS}/services") == 1, counts  # svc-b once
+
+    # Passes of both, alternating, as two controllers on one workspace would run: no write at all, no flapping.
+    emulator.reset_counts()
+    outs = [reconcile(repo, read_back=True, **a), reconcile(other, **b), reconcile(repo, **a), reconcile(other, **b)]
+    assert [o["status"] for o in outs] == ["no-changes", "degraded", "no-changes", "degraded"], outs
+    assert writes(emulator.counts()) == {}, emulator.counts()
     actual = outs[0]["actual"]
     assert {"Webservice/svc-tiny", "Webservice/svc-b", "Model/tiny", "Model/tiny-b"} <= set(actual)
     assert actual["Model/tiny"]["details"]["version"] == before["Model/tiny"]["details"]["version"]

@@ -9,6 +9,7 @@ plain HTTP client and the endpoint's key; the emulator runs real scoring replica
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import sys
 import textwrap
@@ -373,3 +374,128 @@ def _scoring_uri(status: Any) -> str:
         if found:
             return found
     return ""
+
+
+def _second_source(workdir: Path, config: dict[str, str]) -> Repo:
+    """Another team's repo on the same v2 workspace: the shared cluster and environment, an endpoint of
+    its own on a model of its own, and a model named like the first repo's with other weights."""
+    import numpy as np
+
+    other = Repo(workdir / "repo-b", config)
+    other.remove("services/svc-tiny.yaml")
+    other.weights([[5.0], [5.0]])
+    other.write("models/tiny-b.yaml", _doc("Model", "tiny-b", {"path": "tiny-b"}))
+    (other.root / "models" / "tiny-b" / "model").mkdir(parents=True, exist_ok=True)
+    np.save(other.root / "models" / "tiny-b" / "model" / "w.npy", np.array([[2.0], [2.0]]))
+    other.service("svc-b", models=["tiny-b"])
+    return other
+
+
+def _plan(out: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["id"]: (c["action"], c["reason"]) for c in out["plan"]}
+
+
+@pytest.mark.timeout(480)  # ten reconcile passes, two endpoints deployed (about 50 s on an idle machine)
+def test_two_sources_under_one_controller_name_on_one_v2_workspace_never_delete_each_others_endpoints(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    # Two controllers named alike, each with its own source and state: the first one's first pass
+    # stamps its inventory on what it runs.
+    a = {"source": f"{repo.root}//.", "stateDir": str(workdir / "amlops-state-a")}
+    first_a = _applied(reconcile(repo, readBack=True, predict={"service": "svc-tiny", "rows": [[1, 1], [2, 0]]}, **a))
+    before = first_a["actual"]
+    assert before["Webservice/svc-tiny"]["tags"]["amlops.dev/source"] == a["source"]
+    assert before["Model/tiny"]["tags"]["amlops.dev/source"] == a["source"]
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    other = _second_source(workdir, config)
+    b = {"source": f"{other.root}//.", "stateDir": str(workdir / "amlops-state-b")}
+
+    emulator.reset_counts()
+    first_b = reconcile(other, readBack=True, **b)
+    assert first_b["status"] == "degraded", first_b  # applied its own, and reports the conflict
+    plan = _plan(first_b)
+    assert sorted((rid, p[0]) for rid, p in plan.items() if p[0] != "no-op") == [
+        ("Model/tiny-b", "create"), ("Webservice/svc-b", "create")], plan
+    assert plan["Model/tiny"][1].startswith("conflict: Model/tiny is applied by another source"), plan["Model/tiny"]
+    assert ["Stalled", True, "OwnershipConflict"] in [c[:3] for c in first_b["resources"]["Model/tiny"]]
+    assert first_b["actual"]["Webservice/svc-b"]["tags"]["amlops.dev/source"] == b["source"]
+    counts = writes(emulator.counts())
+    assert not [r for r in counts if r.startswith("DELETE")], counts
+    # One model version registered (tiny-b's); tiny is neither re-registered nor re-tagged.
+    assert sum(n for r, n in counts.items() if r.startswith("PUT arm {WS}/models/")) == 1, counts
+
+    # Passes of both, alternating, as two controllers on one workspace would run: nothing written, no flapping.
+    emulator.reset_counts()
+    outs = [reconcile(repo, **a), reconcile(other, **b), reconcile(repo, **a),
+            reconcile(other, readBack=True, predict={"service": "svc-tiny", "rows": [[1, 1], [2, 0]]}, **b)]
+    assert [o["status"] for o in outs] == ["no-changes", "degraded", "no-changes", "degraded"], outs
+    assert writes(emulator.counts()) == {}, emulator.counts()
+    actual = outs[-1]["actual"]
+    assert {"Webservice/svc-tiny", "Webservice/svc-b", "Model/tiny", "Model/tiny-b"} <= set(actual)
+    assert actual["Model/tiny"]["details"]["version"] == before["Model/tiny"]["details"]["version"]
+    assert actual["Model/tiny"]["tags"]["amlops.dev/source"] == a["source"]
+    assert outs[-1]["predict"]["body"] == first_a["predict"]["body"]  # still the first source's model
+
+    # Each source prunes its own: the second team removes everything it applied.
+    for rel in ("services/svc-b.yaml", "models/tiny-b.yaml"):
+        other.remove(rel)
+    emulator.reset_counts()
+    gone = reconcile(other, readBack=True, allowMassDelete=True, **b)
+    assert gone["status"] == "degraded", gone  # its Model/tiny still conflicts with the first source's
+    assert not {"Webservice/svc-b", "Model/tiny-b"} & set(gone["actual"]), gone["actual"].keys()
+    assert {"Webservice/svc-tiny", "Model/tiny", "AksCluster/aks-gpu"} <= set(gone["actual"])
+    deletes = [r for r in writes(emulator.counts()) if r.startswith("DELETE")]
+    assert deletes == ["DELETE arm {WS}/onlineEndpoints/{name}"], emulator.counts()
+    after = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1], [2, 0]]}, **a))
+    assert after["status"] == "no-changes" and after["predict"]["body"] == first_a["predict"]["body"]
+
+    # A pruned model declared again with the same content comes back: its archived version (which
+    # Azure's lists leave out) is re-tagged for this revision and active again, so reads see it.
+    other.write("models/tiny-b.yaml", _doc("Model", "tiny-b", {"path": "tiny-b"}))
+    back = reconcile(other, readBack=True, **b)
+    assert _plan(back)["Model/tiny-b"][0] == "create" and "Model/tiny-b" in back["actual"], back
+    assert back["actual"]["Model/tiny-b"]["details"]["version"] == first_b["actual"]["Model/tiny-b"]["details"]["version"]
+    other.remove("models/tiny-b.yaml")
+    assert "Model/tiny-b" not in reconcile(other, readBack=True, allowMassDelete=True, **b)["actual"]
+
+
+def test_azure_retry_after_is_honoured_and_the_sdks_own_retries_are_bounded_on_v2(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    from controller.backends.azureml.v2.sessions import SDK_RETRIES
+
+    route = "PUT arm {WS}/onlineEndpoints/{endpoint}/deployments/{name}"
+    _applied(reconcile(repo))
+
+    def puts() -> list[dict[str, Any]]:
+        return [r for r in emulator.request_log() if r["route"] == route]
+
+    # Two 429s with Retry-After: 2: azure-core retries inside the call, each time once the 2 s have
+    # passed (the emulator's clock), and the change succeeds on its first attempt.
+    repo.service(replicas=2)
+    emulator.reset_counts()
+    emulator.set_faults([{"route": route, "status": 429, "count": 2, "retryAfter": 2}])
+    try:
+        out = _applied(reconcile(repo))
+    finally:
+        emulator.set_faults([])
+    (change,) = out["changes"]
+    assert (change["status"], change["attempts"]) == ("succeeded", 1), change
+    log = puts()
+    assert [(r["status"], r["retryAfter"]) for r in log] == [(429, 2.0), (429, 2.0), (None, None)], log
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(log)]
+    assert all(2.0 <= gap < 16.0 for gap in gaps), gaps  # the bound only rules out back-offs of 16 s and more
+
+    # More 429s than the SDK may retry: the call gives up after its bounded retries, and the
+    # executor's next attempt (waiting the Retry-After it was given) converges.
+    repo.service(replicas=1)
+    emulator.reset_counts()
+    emulator.set_faults([{"route": route, "status": 429, "count": SDK_RETRIES + 2, "retryAfter": 1}])
+    try:
+        out = _applied(reconcile(repo))
+    finally:
+        emulator.set_faults([])
+    (change,) = out["changes"]
+    assert (change["status"], change["attempts"]) == ("succeeded", 2), change
+    log = puts()
+    assert [r["status"] for r in log] == [429] * (SDK_RETRIES + 2) + [None], log
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(log)]
+    assert all(1.0 <= gap < 16.0 for gap in gaps), gaps

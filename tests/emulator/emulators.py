@@ -44,6 +44,10 @@ class RunningEmulator:
     def counts(self) -> dict[str, int]:
         return dict(self.admin("GET", "requests"))
 
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every request since the last reset, oldest first: ``at``, ``route``, injected ``status``, ``retryAfter``."""
+        return list(self.admin("GET", "requests/log")["requests"])
+
     def reset_counts(self) -> None:
         self.admin("DELETE", "requests")
 

@@ -65,7 +65,8 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
     recorder = Recorder(args["stateDir"])
     outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder,
                         ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2,
-                                         detect_only=bool(args.get("planOnly"))))
+                                         detect_only=bool(args.get("planOnly")), source=args.get("source", ""),
+                                         allow_mass_delete=args.get("allowMassDelete", False)))
     out: dict[str, Any] = {
         "status": outcome.status.value,
         "errors": list(outcome.errors),

@@ -242,7 +242,9 @@ def _retag(session: V2Session, ops: Any, asset: Any, tags: dict[str, str], what:
     """Put the current ownership tags on an existing version (same content, so the same version).
 
     Content that comes back to an earlier version (a revert) names that version again; re-tagging
-    it makes it the newest-modified one, which is what ``read`` reports.
+    it makes it the newest-modified one, which is what ``read`` reports. A version pruned earlier
+    (archived, so lists leave it out) comes back too: the PUT sends it as not archived, and the new
+    revision's tags always differ from the ones it was archived with.
     """
     if dict(asset.tags or {}) == tags:
         return

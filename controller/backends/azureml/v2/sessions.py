@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from controller.backends.azureml.classifying import call, classify
 from controller.backends.azureml.credentials import credential_type, resolve, service_principal
@@ -34,6 +34,14 @@ from controller.structs.states import (
 
 T = TypeVar("T")
 _SLICE_S = 5.0
+
+SDK_RETRIES: Final = 3
+"""Retries azure-core may make inside one SDK call (each waits what the server's ``Retry-After`` asks,
+else an exponential back-off capped at ``SDK_BACKOFF_MAX_S``); beyond them the call raises, the
+failure is classified transient with the server's ``Retry-After``, and the executor retries the change.
+Set here, not left to azure-core's defaults (10 retries, back-offs up to 120 s)."""
+SDK_BACKOFF_FACTOR_S: Final = 0.5
+SDK_BACKOFF_MAX_S: Final = 4
 
 
 class V2Session:
@@ -81,7 +89,9 @@ class V2Session:
 
                 spec = self.manifest.spec
                 self._client = MLClient(self.credential(), spec.subscriptionId, spec.resourceGroup,
-                                        self.workspace_name, enable_telemetry=False, show_progress=False)
+                                        self.workspace_name, enable_telemetry=False, show_progress=False,
+                                        retry_total=SDK_RETRIES, retry_backoff_factor=SDK_BACKOFF_FACTOR_S,
+                                        retry_backoff_max=SDK_BACKOFF_MAX_S)
             return self._client
 
     @property
