@@ -1,7 +1,8 @@
 """Fault injection and request counters.
 
 A fault rule matches requests by ``"METHOD route-template"`` (a glob: ``"PATCH */services/{name}"``,
-``"*"``) and adds latency, answers an error (429 with ``Retry-After``, 500, 503) for ``count``
+``"*"``) and adds latency, answers an error (429 with ``Retry-After`` or Azure ML's ``retry-after-ms``,
+500, 503) for ``count``
 requests or at a ``rate``, makes the long-running operations it starts end ``Failed``, or makes
 their first ``pendingPolls`` polls answer a non-final state. Counters record every routed request
 as ``"METHOD template" → n`` so tests can assert how many writes a reconcile made.
@@ -29,6 +30,7 @@ class FaultRule:
     latency_s: float = 0.0
     fail_operation: str | None = None
     pending_polls: int = 0
+    retry_after_ms: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultRule:
@@ -45,13 +47,15 @@ class FaultRule:
             latency_s=float(data.get("latencySeconds", 0.0)),
             fail_operation=str(data["failOperation"]) if data.get("failOperation") else None,
             pending_polls=int(data.get("pendingPolls", 0)),
+            retry_after_ms=int(data["retryAfterMs"]) if data.get("retryAfterMs") is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The admin API's JSON form."""
         return {"route": self.route, "status": self.status, "count": self.count, "rate": self.rate,
                 "retryAfter": self.retry_after, "latencySeconds": self.latency_s,
-                "failOperation": self.fail_operation, "pendingPolls": self.pending_polls}
+                "failOperation": self.fail_operation, "pendingPolls": self.pending_polls,
+                "retryAfterMs": self.retry_after_ms}
 
 
 def parse_flag(text: str) -> FaultRule:
@@ -78,6 +82,7 @@ class Verdict:
     retry_after: float | None = None
     fail_operation: str | None = None
     pending_polls: int = 0
+    retry_after_ms: int | None = None
 
 
 class Faults:
@@ -105,7 +110,7 @@ class Faults:
 
     def record(self, route: str) -> Verdict:
         """Count a request to ``route`` (``"METHOD template"``) and decide its faults."""
-        latency, status, retry_after, fail, pending = 0.0, None, None, None, 0
+        latency, status, retry_after, retry_after_ms, fail, pending = 0.0, None, None, None, None, 0
         with self._lock:
             self._counts[route] += 1
             for rule in self._rules:
@@ -120,10 +125,10 @@ class Faults:
                 if rule.fail_operation and fail is None:
                     fail = rule.fail_operation
                 if rule.status is not None and status is None:
-                    status, retry_after = rule.status, rule.retry_after
+                    status, retry_after, retry_after_ms = rule.status, rule.retry_after, rule.retry_after_ms
                 if rule.count is not None:
                     rule.count -= 1
-        return Verdict(latency, status, retry_after, fail, pending)
+        return Verdict(latency, status, retry_after, fail, pending, retry_after_ms)
 
     def counts(self) -> dict[str, int]:
         """Requests per route since the last reset."""

@@ -176,7 +176,9 @@ def test_applying_the_manifests_to_a_v2_workspace_serves_predictions_with_the_ke
     actual = out["actual"]
     assert actual["AksCluster/aks-gpu"]["details"]["computeType"] == "Kubernetes"
     assert actual["AksCluster/aks-gpu"]["spec"]["attach"]["namespace"] == "amlops"
-    assert actual["Environment/myenv"]["details"]["image"].endswith("gpu-inference:latest")
+    # DEFAULT_GPU_IMAGE is Azure ML's current minimal GPU inference image (concept-prebuilt-docker-images-inference)
+    assert actual["Environment/myenv"]["details"]["image"] == \
+        "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cuda11.8-gpu-inference:latest"
     assert actual["Model/tiny"]["tags"]["amlops.dev/managed-by"] == "amlops"
     svc = actual["Webservice/svc-tiny"]
     assert svc["details"]["api"] == "v2" and svc["details"]["state"] == "Succeeded"
@@ -309,6 +311,35 @@ def test_throttled_list_calls_are_retried_honouring_retry_after(emulator: Any, r
     assert out["status"] == "no-changes", out
     assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 6, emulator.counts()
     assert writes(emulator.counts()) == {}
+
+
+def test_sdk_retries_are_bounded_and_long_server_waits_are_not_slept_inside_the_sdk(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    # Endless throttling: each read attempt is one request plus the backend's 3 SDK retries, and the
+    # driver's 3 attempts end it; the pass fails and says why.
+    emulator.reset_counts()
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "retryAfterMs": 50}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "failed" and "Azure answered 429; will retry" in out["errors"][0], out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 3 * (1 + 3), emulator.counts()
+
+    # Azure ML's retry-after-ms asks for two minutes: the SDK does not sleep them in a worker (one
+    # request, no retry in place); the error carries the wait, and as it is longer than this pass's
+    # retry budget (60 s) the pass ends at once, leaving it to the next one.
+    emulator.reset_counts()
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "count": 1,
+                          "retryAfterMs": 120000}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "failed" and "after the 120 s the service asked for" in out["errors"][0], out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 1, emulator.counts()
+    assert _applied(reconcile(repo))["status"] == "no-changes"
 
 
 def test_a_token_service_answers_with_an_aml_token(repo: Repo, reconcile: Reconciler) -> None:

@@ -57,8 +57,10 @@ def classify(what: str, exc: BaseException) -> Exception:
     status_code = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
     if isinstance(status_code, int) and status_code in _TRANSIENT_CODES:
-        return TransientError(f"{what}: Azure answered {status_code}; will retry ({scrub(first)[:200]})",
-                              retry_after=retry_after_of(response))
+        wait = retry_after_of(response)
+        asked = f", after the {wait:g} s the service asked for" if wait is not None else ""
+        return TransientError(f"{what}: Azure answered {status_code}; will retry{asked} ({scrub(first)[:200]})",
+                              retry_after=wait)
     status = _TRANSIENT_STATUS.search(text)
     if status or isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in _NETWORK_ERRORS:
         after = _RETRY_AFTER.search(text)

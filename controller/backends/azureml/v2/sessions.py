@@ -5,6 +5,12 @@ Credentials come from the Workspace manifest's references through azure-identity
 ``azureCli`` → ``AzureCliCredential``. ``MLClient`` makes no request until the first operation; it is
 built with telemetry and progress bars off. Long operations are awaited in slices, reporting
 progress, up to ``lro_timeout_s``.
+
+Retries are the backend's, bounded here rather than left to azure-core's defaults: the SDK retries
+a throttled or failed request at most ``SDK_RETRIES`` times, and only when the server asks for a
+short wait (``retry-after-ms`` / ``Retry-After`` up to ``SDK_RETRY_AFTER_MAX_S``). A longer wait
+is not slept inside a worker thread: the error goes up as a ``TransientError`` carrying the
+server's wait, and the executor (or the next pass) retries no sooner than that.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from controller.backends.azureml.classifying import call, classify
 from controller.backends.azureml.credentials import credential_type, resolve, service_principal
@@ -34,6 +40,28 @@ from controller.structs.states import (
 
 T = TypeVar("T")
 _SLICE_S = 5.0
+
+SDK_RETRIES: Final = 3
+"""Retries azure-core may make per request (its default total is 10, with 3 on status codes)."""
+SDK_RETRY_AFTER_MAX_S: Final = 5.0
+"""The longest server-asked wait the SDK may sleep in place; longer ones go to the executor."""
+SDK_BACKOFF_MAX_S: Final = 8
+"""azure-core's back-off cap when the server gives no wait (its default is 120 s)."""
+
+
+def bounded_retry_policy() -> Any:
+    """azure-core's ``RetryPolicy`` with the bounds above (a request is retried in place only for short waits)."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
+        def is_retry(self, settings: Any, response: Any) -> bool:
+            after = self.get_retry_after(response)
+            if after is not None and after > SDK_RETRY_AFTER_MAX_S:
+                return False
+            return bool(super().is_retry(settings, response))
+
+    return BoundedRetryPolicy(retry_total=SDK_RETRIES, retry_status=SDK_RETRIES, retry_connect=SDK_RETRIES,
+                              retry_read=SDK_RETRIES, retry_backoff_max=SDK_BACKOFF_MAX_S)
 
 
 class V2Session:
@@ -81,7 +109,8 @@ class V2Session:
 
                 spec = self.manifest.spec
                 self._client = MLClient(self.credential(), spec.subscriptionId, spec.resourceGroup,
-                                        self.workspace_name, enable_telemetry=False, show_progress=False)
+                                        self.workspace_name, enable_telemetry=False, show_progress=False,
+                                        retry_policy=bounded_retry_policy())
             return self._client
 
     @property
