@@ -614,6 +614,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         if len(entry.errors) > 5:
             print(f"        … and {len(entry.errors) - 5} more")
         for change in entry.changes:
+            if change.get("message") and change["status"] == "succeeded" and not change.get("rollout"):
+                print(f"        {change['kind']}/{change['name']}: {change['message']}")  # e.g. a migration's new URI
             for step in change.get("rollout") or []:  # a passed rollout keeps every step's figures
                 print(f"        {change['kind']}/{change['name']} step {step['step']} ({step['weight']} %) "
                       f"{step['seconds']:g} s: {_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
