@@ -342,12 +342,30 @@ def test_sdk_retries_are_bounded_and_long_server_waits_are_not_slept_inside_the_
     assert _applied(reconcile(repo))["status"] == "no-changes"
 
 
-def test_a_token_service_answers_with_an_aml_token(repo: Repo, reconcile: Reconciler) -> None:
+def test_a_token_service_answers_with_an_aml_token(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                   workdir: Path) -> None:
+    import requests
+
     repo.service(name="svc-token", auth="token")
     try:
         out = _applied(reconcile(repo, token="svc-token"))
         assert out["token"]["status"] == 200 and out["token"]["body"] == "[[3.0]]", out["token"]
         assert out["token"]["expires"] > out["token"]["refresh"] > 0
+        # `amlops token` gives the endpoint's token (its token route) as it does on v1 and local.
+        cli = json.loads(run_amlops(emulator, repo.root.parent, workdir / "cli-state",
+                                    "token", "svc-token", "--path", "repo", "--output", "json"))
+        assert cli["tokenType"] and cli["expiryOn"] > cli["refreshAfter"] > 0, cli
+        uri = out["token"]["uri"]
+        body = json.dumps({"data": [[1, 1]]})
+        ok = requests.post(uri, data=body, timeout=30, headers={"Content-Type": "application/json",
+                                                                 "Authorization": "Bearer " + cli["accessToken"]})
+        assert (ok.status_code, ok.text) == (200, "[[3.0]]")
+        # A token service has no keys: `amlops keys` says so rather than print nothing.
+        keys = emulator.sdk(
+            "import runpy, sys; sys.argv = ['amlops', 'keys', 'svc-token', '--path', 'repo', '--state-dir', "
+            f"{str(workdir / 'cli-state')!r}]; runpy.run_module('controller', run_name='__main__', alter_sys=True)",
+            repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+        assert keys.returncode != 0 and "does not use keys" in keys.stderr, (keys.returncode, keys.stderr[-2000:])
     finally:
         repo.remove("services/svc-token.yaml")
         _applied(reconcile(repo))
@@ -365,17 +383,22 @@ def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_at
     repo.service()
 
 
+def run_amlops(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> str:
+    """``amlops ARGS --state-dir STATE_DIR`` in the emulator's environment (its proxy, CA and principal)."""
+    argv = [*args, "--state-dir", str(state_dir)]
+    script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
+              "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+    done = emulator.sdk(script, cwd, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+    assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
+    return str(done.stdout)
+
+
 def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
                                                         workdir: Path) -> None:
     _applied(reconcile(repo))
 
     def amlops(*args: str) -> str:
-        argv = [*args, "--state-dir", str(workdir / "cli-state")]
-        script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
-                  "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
-        done = emulator.sdk(script, repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
-        assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
-        return str(done.stdout)
+        return run_amlops(emulator, repo.root.parent, workdir / "cli-state", *args)
 
     import requests
 

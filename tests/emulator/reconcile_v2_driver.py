@@ -94,7 +94,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         resp = requests.post(uri, json.dumps({"data": [[1, 1]]}), timeout=60,
                              headers={"Content-Type": "application/json", "Authorization": "Bearer " + token.access_token})
         out["token"] = {"status": resp.status_code, "body": resp.text, "expires": token.expiry_on,
-                        "refresh": token.refresh_after}
+                        "refresh": token.refresh_after, "uri": uri}
     if args.get("access"):
         backend = _v2(pool)
         name = args["access"]
