@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -82,7 +83,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         out["actual"] = {f"{r.id.kind.value}/{r.id.name}": {"spec": dict(r.spec), "tags": dict(r.tags),
                                                             "details": dict(r.details)} for r in actual}
     if args.get("predict"):
-        out["predict"] = _predict(pool, args["predict"]["service"], args["predict"]["rows"])
+        asked = args["predict"]
+        rows = asked["rows"] if "rows" in asked else json.loads(Path(asked["rowsFile"]).read_text())  # many rows: a file
+        out["predict"] = _predict(pool, asked["service"], rows)
     if args.get("serviceInfo"):
         out["serviceInfo"] = _service_info(pool, args["serviceInfo"])
     if args.get("token"):
