@@ -500,6 +500,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if isinstance(resource.details.get("traffic"), dict):  # Azure ML v2: the endpoint's deployments and shares
+            row["traffic"] = dict(resource.details["traffic"])
         if resource.details.get("placement"):
             row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
         if isinstance(resource.details.get("rollout"), dict):
@@ -584,6 +586,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
+            if "traffic" in row:
+                shares = ", ".join(f"{name} {share} %" for name, share in row["traffic"].items())
+                print(f"    traffic: {shares or 'none'}")
             for replica in row.get("placement") or []:
                 gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
                 print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "

@@ -383,14 +383,35 @@ def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_at
     repo.service()
 
 
-def run_amlops(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> str:
+def amlops_process(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> Any:
     """``amlops ARGS --state-dir STATE_DIR`` in the emulator's environment (its proxy, CA and principal)."""
     argv = [*args, "--state-dir", str(state_dir)]
     script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
               "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
-    done = emulator.sdk(script, cwd, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+    return emulator.sdk(script, cwd, timeout=400, extra_env={"PYTHONPATH": str(emulators.REPO)})
+
+
+def run_amlops(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> str:
+    """The standard output of a successful ``amlops ARGS``."""
+    done = amlops_process(emulator, cwd, state_dir, *args)
     assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
     return str(done.stdout)
+
+
+def test_amlops_apply_on_v2_leaves_no_sdk_console_chatter(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                          workdir: Path) -> None:
+    _applied(reconcile(repo))
+    repo.service(replicas=2)
+    try:
+        done = amlops_process(emulator, repo.root.parent, workdir / "amlops-state", "apply", "repo", "--yes")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "~ Webservice/svc-tiny: done" in done.stderr, done.stderr[-3000:]
+        # azure-ai-ml's own INFO prints ("Check: endpoint … exists", a dot per poll) stay out of the output.
+        assert "Check: endpoint" not in done.stderr and "Check: endpoint" not in done.stdout, done.stderr[-3000:]
+        assert not [line for line in done.stderr.splitlines() if line.strip().startswith("..")], done.stderr[-3000:]
+    finally:
+        repo.service(replicas=1)
+        _applied(reconcile(repo))
 
 
 def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
@@ -410,6 +431,10 @@ def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Rep
                          headers={"Content-Type": "application/json", "Authorization": "Bearer " + keys["primaryKey"]})
     assert resp.status_code == 200 and resp.json() == [[3.0]], (resp.status_code, resp.text)
     assert amlops("logs", "svc-tiny", "--path", "repo", "--tail", "20").strip()
+    (row,) = [r for r in status["resources"] if r["name"] == "svc-tiny"]
+    (live,) = row["traffic"]
+    assert row["traffic"] == {live: 100} and row["state"] == "Succeeded", row
+    assert f"traffic: {live} 100 %" in amlops("status", "--path", "repo")
 
 
 def _scoring_uri(status: Any) -> str:

@@ -15,6 +15,7 @@ server's wait, and the executor (or the next pass) retries no sooner than that.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,25 @@ SDK_RETRY_AFTER_MAX_S: Final = 5.0
 """The longest server-asked wait the SDK may sleep in place; longer ones go to the executor."""
 SDK_BACKOFF_MAX_S: Final = 8
 """azure-core's back-off cap when the server gives no wait (its default is 120 s)."""
+
+
+SDK_CONSOLE_LOGGERS: Final = ("azure.ai.ml", "azure.ai.ml._utils._endpoint_utils", "azure.ai.ml._utils._package_utils")
+"""Loggers azure-ai-ml gives their own stderr handler at INFO ("Check: endpoint … exists", polling dots)."""
+
+
+def route_sdk_console_logging() -> None:
+    """Send azure-ai-ml's console chatter through the controller's logging, at WARNING and above.
+
+    The SDK prints progress to stderr itself, bypassing the log format (``--log-format json``
+    lines would be interleaved with dots); the backend reports its own progress instead.
+    """
+    for name in SDK_CONSOLE_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = True
 
 
 def bounded_retry_policy() -> Any:
@@ -107,6 +127,7 @@ class V2Session:
             if self._client is None:
                 from azure.ai.ml import MLClient
 
+                route_sdk_console_logging()
                 spec = self.manifest.spec
                 self._client = MLClient(self.credential(), spec.subscriptionId, spec.resourceGroup,
                                         self.workspace_name, enable_telemetry=False, show_progress=False,
