@@ -342,6 +342,53 @@ def test_sdk_retries_are_bounded_and_long_server_waits_are_not_slept_inside_the_
     assert _applied(reconcile(repo))["status"] == "no-changes"
 
 
+LRO_PAST_ITS_TIMEOUT = '''
+import json
+from controller.backends.azureml.v2.backend import AzureMLV2Backend
+from controller.backends.base import ApplyContext
+from controller.sources.loading import load_desired_state
+from controller.structs.errors import TransientError
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action, Change, FieldDiff
+from controller.structs.states import ResourceId
+
+desired = load_desired_state(ROOT)
+workspace = next(r.manifest for r in desired if r.id.kind is Kind.WORKSPACE)
+backend = AzureMLV2Backend(workspace, "amlops", lro_timeout_s=6.0, list_v1_services=False)
+seen = []
+ctx = ApplyContext("amlops", "r-lro", ROOT, desired, lambda message, fraction: seen.append(message))
+rid = ResourceId(Kind.WEBSERVICE, "svc-tiny")
+try:
+    backend.update(desired.resources[rid], Change(rid, Action.UPDATE, (FieldDiff("spec.replicas", 1, 2),)), ctx)
+    out = {"error": None}
+except TransientError as exc:
+    out = {"error": str(exc)}
+out["progress"] = seen
+print("\\nRESULT " + json.dumps(out), flush=True)
+'''
+
+
+def test_a_long_operation_is_awaited_with_progress_until_its_timeout_then_retried_later(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    _applied(reconcile(repo))
+    repo.service(replicas=2)
+    # Every poll of an operation's status hangs 30 s: the scale's operation never reports in time.
+    emulator.set_faults([{"route": "GET arm */mfeOperationsStatus/{op}", "latencySeconds": 30}])
+    try:
+        script = f"ROOT = {str(repo.root)!r}\n" + LRO_PAST_ITS_TIMEOUT
+        done = emulator.sdk(script, workdir, timeout=120, extra_env={"PYTHONPATH": str(emulators.REPO)})
+    finally:
+        emulator.set_faults([])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    # Progress while waiting, then a transient error naming the operation: the next pass looks again.
+    assert any(m.startswith("create deployment") and m.endswith(": InProgress after 5 s") for m in out["progress"]), out
+    assert out["error"] and "not finished after 10 s" in out["error"] and "next pass" in out["error"], out
+    repo.service(replicas=1)
+    _applied(reconcile(repo))
+
+
 def test_a_token_service_answers_with_an_aml_token(emulator: Any, repo: Repo, reconcile: Reconciler,
                                                    workdir: Path) -> None:
     import requests
@@ -406,9 +453,11 @@ def test_amlops_apply_on_v2_leaves_no_sdk_console_chatter(emulator: Any, repo: R
         done = amlops_process(emulator, repo.root.parent, workdir / "amlops-state", "apply", "repo", "--yes")
         assert done.returncode == 0, done.stderr[-3000:]
         assert "~ Webservice/svc-tiny: done" in done.stderr, done.stderr[-3000:]
-        # azure-ai-ml's own INFO prints ("Check: endpoint … exists", a dot per poll) stay out of the output.
-        assert "Check: endpoint" not in done.stderr and "Check: endpoint" not in done.stdout, done.stderr[-3000:]
-        assert not [line for line in done.stderr.splitlines() if line.strip().startswith("..")], done.stderr[-3000:]
+        # azure-ai-ml's own prints ("Check: endpoint … exists" on stderr, a "." on stdout per poll of the
+        # deployment's operation) stay out of the output.
+        output = done.stdout + "\n" + done.stderr
+        assert "Check: endpoint" not in output, done.stderr[-3000:]
+        assert not [line for line in output.splitlines() if line.startswith(".")], output[-3000:]
     finally:
         repo.service(replicas=1)
         _applied(reconcile(repo))

@@ -57,9 +57,14 @@ SDK_CONSOLE_LOGGERS: Final = ("azure.ai.ml", "azure.ai.ml._utils._endpoint_utils
 def route_sdk_console_logging() -> None:
     """Send azure-ai-ml's console chatter through the controller's logging, at WARNING and above.
 
-    The SDK prints progress to stderr itself, bypassing the log format (``--log-format json``
-    lines would be interleaved with dots); the backend reports its own progress instead.
+    The SDK prints progress itself, bypassing the log format: INFO lines to stderr through its own
+    handlers, and a ``.`` to **stdout** on every poll of a deployment create or endpoint delete
+    (``AzureMLPolling.update_status``), which would corrupt ``--log-format json``'s JSON-lines
+    stdout. The backend reports its own progress instead, so both are dropped here: the handlers
+    removed, and the polling module's ``print`` name bound to a function that writes nothing.
     """
+    from azure.ai.ml._utils import _azureml_polling
+
     for name in SDK_CONSOLE_LOGGERS:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
@@ -67,6 +72,11 @@ def route_sdk_console_logging() -> None:
                 logger.removeHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = True
+    _azureml_polling.print = _no_console_output  # type: ignore[attr-defined]
+
+
+def _no_console_output(*args: object, **kwargs: object) -> None:
+    """What azure-ai-ml's polling dots become: nothing (progress is reported by ``V2Session.wait``)."""
 
 
 def bounded_retry_policy() -> Any:
