@@ -68,10 +68,12 @@ def classify(what: str, exc: BaseException) -> Exception:
         return TransientError(f"{what}: Azure answered {code}; will retry ({scrub(first)[:200]})",
                               retry_after=float(after.group(1)) if after else None)
     if "AADSTS" in text or type(exc).__name__ in ("AuthenticationException", "AuthenticationError",
-                                                  "ClientAuthenticationError"):
+                                                  "ClientAuthenticationError", "CredentialUnavailableError"):
         code = re.search(r"AADSTS\d+", text)
-        return PermanentError(f"{what}: login failed ({code.group(0) if code else 'authentication error'})",
-                              reason="AuthenticationFailed")
+        # A credential that cannot run here (no `az`, no managed identity) says why; that text holds no secret.
+        unavailable = type(exc).__name__ == "CredentialUnavailableError"
+        detail = code.group(0) if code else (scrub(first)[:200] if unavailable else "authentication error")
+        return PermanentError(f"{what}: login failed ({detail})", reason="AuthenticationFailed")
     if "QuotaExceeded" in text or "quota" in text.lower():
         return PermanentError(f"{what}: quota exceeded: {scrub(first)[:300]}", reason="QuotaExceeded")
     error = getattr(exc, "error", None)
