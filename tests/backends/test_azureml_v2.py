@@ -463,6 +463,25 @@ def test_amlops_apply_on_v2_leaves_no_sdk_console_chatter(emulator: Any, repo: R
         _applied(reconcile(repo))
 
 
+def test_an_endpoint_amlops_did_not_create_is_never_pruned(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    # Someone else's endpoint in the same workspace, on the same attached cluster, without amlops's tags.
+    ws = emulator.workspace_id()
+    status, _ = emulator.arm("PUT", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview", {
+        "location": "eastus", "tags": {"team": "other"},
+        "properties": {"authMode": "Key", "compute": f"{ws}/computes/aks-gpu", "traffic": {}}})
+    assert status in (200, 201), status
+    try:
+        out = reconcile(repo, readBack=True)
+        assert out["status"] == "no-changes" and {c["action"] for c in out["plan"]} == {"no-op"}, out["plan"]
+        assert not [c for c in out["plan"] if c["id"].endswith("/theirs")], out["plan"]
+        assert "Webservice/theirs" not in out["actual"]
+        status, body = emulator.arm("GET", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview")
+        assert status == 200 and body["tags"] == {"team": "other"}, (status, body)
+    finally:
+        emulator.arm("DELETE", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview")
+
+
 def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
                                                         workdir: Path) -> None:
     _applied(reconcile(repo))
