@@ -500,6 +500,8 @@ def _status_row(resource: ActualResource, backend: Backend, controller_name: str
         row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
         if "state" in resource.details:
             row["state"] = resource.details["state"]
+        if isinstance(resource.details.get("traffic"), dict):  # Azure ML v2: the endpoint's deployments and shares
+            row["traffic"] = dict(resource.details["traffic"])
         if resource.details.get("placement"):
             row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
         if isinstance(resource.details.get("rollout"), dict):
@@ -584,6 +586,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             desired = "-" if replicas["desired"] is None else replicas["desired"]
             print(f"    uri: {row['scoringUri']}  replicas: {ready}/{desired} ready  "
                   f"models: {', '.join(row['modelVersions']) or '-'}")
+            if "traffic" in row:
+                shares = ", ".join(f"{name} {share} %" for name, share in row["traffic"].items())
+                print(f"    traffic: {shares or 'none'}")
             for replica in row.get("placement") or []:
                 gpus = ", ".join(f"{g['uuid']}" + (f" ({g['name']})" if g.get("name") else "") for g in replica["gpus"])
                 print(f"    replica {replica['slot']} (pid {replica['pid']}, generation {replica['generation']}): "
@@ -614,6 +619,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         if len(entry.errors) > 5:
             print(f"        … and {len(entry.errors) - 5} more")
         for change in entry.changes:
+            if change.get("message") and change["status"] == "succeeded" and not change.get("rollout"):
+                print(f"        {change['kind']}/{change['name']}: {change['message']}")  # e.g. a migration's new URI
             for step in change.get("rollout") or []:  # a passed rollout keeps every step's figures
                 print(f"        {change['kind']}/{change['name']} step {step['step']} ({step['weight']} %) "
                       f"{step['seconds']:g} s: {_figures('new', step['candidate'])}; {_figures('live', step['live'])}")

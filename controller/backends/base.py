@@ -58,12 +58,12 @@ class KindHandler(Protocol):
         """Every resource of this kind the backend sees, with one list call (or a few)."""
         ...
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Create ``resource``."""
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> str | None:
+        """Create ``resource``; may return a note for the history (see ``Backend.create``)."""
         ...
 
-    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
-        """Bring an existing resource to ``resource``'s spec."""
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> str | None:
+        """Bring an existing resource to ``resource``'s spec; may return a note for the history."""
         ...
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
@@ -85,12 +85,19 @@ class Backend(Protocol):
         """
         ...
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Create ``resource``. Raises ``PermanentError`` or ``TransientError`` on failure."""
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> str | None:
+        """Create ``resource``. Raises ``PermanentError`` or ``TransientError`` on failure.
+
+        May return a short note that users must find in the history afterwards (a service that
+        moved to a new scoring URI says where); ``None`` otherwise.
+        """
         ...
 
-    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
-        """Bring an existing resource to ``resource``'s spec, in place (or by rolling replicas)."""
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> str | None:
+        """Bring an existing resource to ``resource``'s spec, in place (or by rolling replicas).
+
+        May return a note for the history, as ``create`` does.
+        """
         ...
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:

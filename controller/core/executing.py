@@ -64,7 +64,8 @@ class _Runner:
     rng: Callable[[], float]
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def apply_once(self, change: Change) -> rolling_out.Progress | None:
+    def apply_once(self, change: Change) -> rolling_out.Progress | str | None:
+        """Apply ``change`` once: a rollout's progress, the backend's note for the history, or None."""
         backend = self.backend_of(change.id)
         if change.action is Action.DELETE:
             backend.delete(change.id, self.ctx)
@@ -73,17 +74,17 @@ class _Runner:
         if resource is None:
             raise PermanentError(f"{change.id} is not in the desired state at {self.desired.revision}", reason="NotDeclared")
         if change.action is Action.CREATE:
-            backend.create(resource, self.ctx)
+            return backend.create(resource, self.ctx)
         elif change.action is Action.UPDATE and rolling_out.applies(backend, resource):
             # A new version goes out step by step: one short step per pass, never a wait inside it.
             assert isinstance(backend, TrafficSplitting)
             return rolling_out.advance(backend, resource, self.ctx)
         elif change.action is Action.UPDATE:
-            backend.update(resource, change, self.ctx)
+            return backend.update(resource, change, self.ctx)
         elif change.action is Action.REPLACE:
             # Some fields cannot change in place: Azure ML needs the old one gone first.
             backend.delete(change.id, self.ctx)
-            backend.create(resource, self.ctx)
+            return backend.create(resource, self.ctx)
         return None
 
     def run(self, change: Change) -> ChangeOutcome:
@@ -93,7 +94,7 @@ class _Runner:
             attempt += 1
             self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.STARTED, attempt))
             try:
-                progress = self.apply_once(change)
+                applied = self.apply_once(change)
             except TransientError as exc:
                 elapsed = time.monotonic() - started
                 delay = self.retry.delay(attempt, exc.retry_after, self.rng)
@@ -113,6 +114,9 @@ class _Runner:
                 log.exception("change.crashed", extra={"resource": str(change.id), "attempts": attempt})
                 return self._failed(change, attempt, started, f"{type(exc).__name__}: {exc}", "Unexpected")
             duration = time.monotonic() - started
+            # A backend's note (a migrated service's new scoring URI) is kept as the change's message.
+            note = applied if isinstance(applied, str) else None
+            progress = applied if isinstance(applied, rolling_out.Progress) else None
             if progress is not None and not progress.done:
                 self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.PROGRESSING, attempt, progress.message))
                 return ChangeOutcome(change.id, change.action, ChangeStatus.PROGRESSING, attempt, duration,
@@ -122,7 +126,7 @@ class _Runner:
             self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SUCCEEDED, attempt))
             steps = tuple(s.to_json() for s in progress.steps) if progress is not None else ()
             return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration,
-                                 message=progress.message if progress is not None and steps else None, rollout=steps)
+                                 message=progress.message if progress is not None and steps else note, rollout=steps)
 
     def _failed(self, change: Change, attempt: int, started: float, message: str, reason: str) -> ChangeOutcome:
         self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.FAILED, attempt, message))

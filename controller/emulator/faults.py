@@ -1,7 +1,8 @@
 """Fault injection and request counters.
 
 A fault rule matches requests by ``"METHOD route-template"`` (a glob: ``"PATCH */services/{name}"``,
-``"*"``) and adds latency, answers an error (429 with ``Retry-After``, 500, 503) for ``count``
+``"*"``) and adds latency, answers an error (429 with ``Retry-After`` or Azure ML's ``retry-after-ms``,
+500, 503) for ``count``
 requests or at a ``rate``, makes the long-running operations it starts end ``Failed``, or makes
 their first ``pendingPolls`` polls answer a non-final state. Counters record every routed request
 as ``"METHOD template" → n`` so tests can assert how many writes a reconcile made, and a request log
@@ -35,6 +36,7 @@ class FaultRule:
     latency_s: float = 0.0
     fail_operation: str | None = None
     pending_polls: int = 0
+    retry_after_ms: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> FaultRule:
@@ -51,13 +53,15 @@ class FaultRule:
             latency_s=float(data.get("latencySeconds", 0.0)),
             fail_operation=str(data["failOperation"]) if data.get("failOperation") else None,
             pending_polls=int(data.get("pendingPolls", 0)),
+            retry_after_ms=int(data["retryAfterMs"]) if data.get("retryAfterMs") is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         """The admin API's JSON form."""
         return {"route": self.route, "status": self.status, "count": self.count, "rate": self.rate,
                 "retryAfter": self.retry_after, "latencySeconds": self.latency_s,
-                "failOperation": self.fail_operation, "pendingPolls": self.pending_polls}
+                "failOperation": self.fail_operation, "pendingPolls": self.pending_polls,
+                "retryAfterMs": self.retry_after_ms}
 
 
 def parse_flag(text: str) -> FaultRule:
@@ -84,6 +88,7 @@ class Verdict:
     retry_after: float | None = None
     fail_operation: str | None = None
     pending_polls: int = 0
+    retry_after_ms: int | None = None
 
 
 class Faults:
@@ -112,7 +117,7 @@ class Faults:
 
     def record(self, route: str) -> Verdict:
         """Count a request to ``route`` (``"METHOD template"``) and decide its faults."""
-        latency, status, retry_after, fail, pending = 0.0, None, None, None, 0
+        latency, status, retry_after, retry_after_ms, fail, pending = 0.0, None, None, None, None, 0
         with self._lock:
             self._counts[route] += 1
             for rule in self._rules:
@@ -127,11 +132,12 @@ class Faults:
                 if rule.fail_operation and fail is None:
                     fail = rule.fail_operation
                 if rule.status is not None and status is None:
-                    status, retry_after = rule.status, rule.retry_after
+                    status, retry_after, retry_after_ms = rule.status, rule.retry_after, rule.retry_after_ms
                 if rule.count is not None:
                     rule.count -= 1
-            self._log.append({"at": time.time(), "route": route, "status": status, "retryAfter": retry_after})
-        return Verdict(latency, status, retry_after, fail, pending)
+            self._log.append({"at": time.time(), "route": route, "status": status, "retryAfter": retry_after,
+                              "retryAfterMs": retry_after_ms})
+        return Verdict(latency, status, retry_after, fail, pending, retry_after_ms)
 
     def counts(self) -> dict[str, int]:
         """Requests per route since the last reset."""

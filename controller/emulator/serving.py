@@ -116,6 +116,8 @@ class _InnerHandler(_Base):
             time.sleep(verdict.latency_s)
         if verdict.status is not None:
             headers = {"Retry-After": f"{verdict.retry_after:g}"} if verdict.retry_after is not None else {}
+            if verdict.retry_after_ms is not None:  # what Azure ML's v2 routes send (azure-core reads it first)
+                headers["retry-after-ms"] = str(verdict.retry_after_ms)
             codes = {429: "TooManyRequests", 500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable",
                      504: "GatewayTimeout", 400: "BadRequest", 404: "NotFound", 409: "Conflict"}
             self._send(arm_error(verdict.status, codes.get(verdict.status, "Error"),

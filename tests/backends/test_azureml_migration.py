@@ -60,6 +60,15 @@ def test_switching_a_service_from_v1_to_v2_keeps_it_answering_with_the_same_key(
         assert moved["serviceInfo"]["v1"]["uri"] == old["uri"]  # kept while the annotation asks
         assert moved["actual"]["Webservice/svc-tiny"]["details"]["scoringUri"] == new["uri"]  # published
         clients.uri = new["uri"]  # the clients follow the published URI, same key
+        # Published where people look: `amlops status` (the same details /api/status serves) and the history.
+        status = json.loads(amlops(emulator, repo, tmp_path, "status", "--output", "json"))
+        assert v2._scoring_uri(status) == new["uri"], status
+        history = json.loads(amlops(emulator, repo, tmp_path, "history", "--output", "json", "--limit", "1"))
+        (noted,) = [c for c in history[0]["changes"] if c["name"] == "svc-tiny"]
+        assert noted["status"] == "succeeded" and new["uri"] in noted["message"] and old["uri"] in noted["message"]
+        assert "keeps running while amlops.dev/keep-v1 asks" in noted["message"], noted
+        text = amlops(emulator, repo, tmp_path, "history", "--limit", "1")
+        assert f"Webservice/svc-tiny: migrated to Azure ML v2: scoring URI {new['uri']}" in text, text
         # The annotation removed: the v1 service goes, v2 keeps answering.
         repo.service()
         gone = v2._applied(reconcile(repo, serviceInfo="svc-tiny"))
@@ -67,6 +76,18 @@ def test_switching_a_service_from_v1_to_v2_keeps_it_answering_with_the_same_key(
     for name, results in clients.results.items():
         assert results and all(r[0] == 200 for r in results), (name, [r for r in results if r[0] != 200][:5])
         assert {r[1] for r in results} == {"[[3.0]]"}, (name, {r[1] for r in results})
+
+
+def amlops(emulator: Any, repo: Any, workdir: Path, *args: str) -> str:
+    """``amlops ARGS`` in the emulator's environment, on the reconciler's state dir and the repo's manifests."""
+    argv = [*args, "--state-dir", str(workdir / "amlops-state")]
+    if args[0] != "history":
+        argv += ["--path", str(repo.root)]
+    script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
+              "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+    done = emulator.sdk(script, workdir, timeout=240, extra_env={"PYTHONPATH": str(v2.emulators.REPO)})
+    assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
+    return str(done.stdout)
 
 
 def test_a_migration_whose_v2_answer_differs_leaves_v1_serving_and_says_why(tmp_path: Path) -> None:

@@ -177,7 +177,9 @@ def test_applying_the_manifests_to_a_v2_workspace_serves_predictions_with_the_ke
     actual = out["actual"]
     assert actual["AksCluster/aks-gpu"]["details"]["computeType"] == "Kubernetes"
     assert actual["AksCluster/aks-gpu"]["spec"]["attach"]["namespace"] == "amlops"
-    assert actual["Environment/myenv"]["details"]["image"].endswith("gpu-inference:latest")
+    # DEFAULT_GPU_IMAGE is Azure ML's current minimal GPU inference image (concept-prebuilt-docker-images-inference)
+    assert actual["Environment/myenv"]["details"]["image"] == \
+        "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cuda11.8-gpu-inference:latest"
     assert actual["Model/tiny"]["tags"]["amlops.dev/managed-by"] == "amlops"
     svc = actual["Webservice/svc-tiny"]
     assert svc["details"]["api"] == "v2" and svc["details"]["state"] == "Succeeded"
@@ -312,12 +314,106 @@ def test_throttled_list_calls_are_retried_honouring_retry_after(emulator: Any, r
     assert writes(emulator.counts()) == {}
 
 
-def test_a_token_service_answers_with_an_aml_token(repo: Repo, reconcile: Reconciler) -> None:
+def test_sdk_retries_are_bounded_and_long_server_waits_are_not_slept_inside_the_sdk(
+        emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    # Endless throttling: each read attempt is one request plus the backend's 3 SDK retries, and the
+    # driver's 3 attempts end it; the pass fails and says why.
+    emulator.reset_counts()
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "retryAfterMs": 50}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "failed" and "Azure answered 429; will retry" in out["errors"][0], out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 3 * (1 + 3), emulator.counts()
+
+    # Azure ML's retry-after-ms asks for two minutes: the SDK does not sleep them in a worker (one
+    # request, no retry in place); the error carries the wait, and as it is longer than this pass's
+    # retry budget (60 s) the pass ends at once, leaving it to the next one.
+    emulator.reset_counts()
+    emulator.set_faults([{"route": "GET arm {WS}/onlineEndpoints", "status": 429, "count": 1,
+                          "retryAfterMs": 120000}])
+    try:
+        out = reconcile(repo)
+    finally:
+        emulator.set_faults([])
+    assert out["status"] == "failed" and "after the 120 s the service asked for" in out["errors"][0], out
+    assert emulator.counts()["GET arm {WS}/onlineEndpoints"] == 1, emulator.counts()
+    assert _applied(reconcile(repo))["status"] == "no-changes"
+
+
+LRO_PAST_ITS_TIMEOUT = '''
+import json
+from controller.backends.azureml.v2.backend import AzureMLV2Backend
+from controller.backends.base import ApplyContext
+from controller.sources.loading import load_desired_state
+from controller.structs.errors import TransientError
+from controller.structs.manifests import Kind
+from controller.structs.plans import Action, Change, FieldDiff
+from controller.structs.states import ResourceId
+
+desired = load_desired_state(ROOT)
+workspace = next(r.manifest for r in desired if r.id.kind is Kind.WORKSPACE)
+backend = AzureMLV2Backend(workspace, "amlops", lro_timeout_s=6.0, list_v1_services=False)
+seen = []
+ctx = ApplyContext("amlops", "r-lro", ROOT, desired, lambda message, fraction: seen.append(message))
+rid = ResourceId(Kind.WEBSERVICE, "svc-tiny")
+try:
+    backend.update(desired.resources[rid], Change(rid, Action.UPDATE, (FieldDiff("spec.replicas", 1, 2),)), ctx)
+    out = {"error": None}
+except TransientError as exc:
+    out = {"error": str(exc)}
+out["progress"] = seen
+print("\\nRESULT " + json.dumps(out), flush=True)
+'''
+
+
+def test_a_long_operation_is_awaited_with_progress_until_its_timeout_then_retried_later(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    _applied(reconcile(repo))
+    repo.service(replicas=2)
+    # Every poll of an operation's status hangs 30 s: the scale's operation never reports in time.
+    emulator.set_faults([{"route": "GET arm */mfeOperationsStatus/{op}", "latencySeconds": 30}])
+    try:
+        script = f"ROOT = {str(repo.root)!r}\n" + LRO_PAST_ITS_TIMEOUT
+        done = emulator.sdk(script, workdir, timeout=120, extra_env={"PYTHONPATH": str(emulators.REPO)})
+    finally:
+        emulator.set_faults([])
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    out = json.loads(lines[-1].removeprefix("RESULT "))
+    # Progress while waiting, then a transient error naming the operation: the next pass looks again.
+    assert any(m.startswith("create deployment") and m.endswith(": InProgress after 5 s") for m in out["progress"]), out
+    assert out["error"] and "not finished after 10 s" in out["error"] and "next pass" in out["error"], out
+    repo.service(replicas=1)
+    _applied(reconcile(repo))
+
+
+def test_a_token_service_answers_with_an_aml_token(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                   workdir: Path) -> None:
+    import requests
+
     repo.service(name="svc-token", auth="token")
     try:
         out = _applied(reconcile(repo, token="svc-token"))
         assert out["token"]["status"] == 200 and out["token"]["body"] == "[[3.0]]", out["token"]
         assert out["token"]["expires"] > out["token"]["refresh"] > 0
+        # `amlops token` gives the endpoint's token (its token route) as it does on v1 and local.
+        cli = json.loads(run_amlops(emulator, repo.root.parent, workdir / "cli-state",
+                                    "token", "svc-token", "--path", "repo", "--output", "json"))
+        assert cli["tokenType"] and cli["expiryOn"] > cli["refreshAfter"] > 0, cli
+        uri = out["token"]["uri"]
+        body = json.dumps({"data": [[1, 1]]})
+        ok = requests.post(uri, data=body, timeout=30, headers={"Content-Type": "application/json",
+                                                                 "Authorization": "Bearer " + cli["accessToken"]})
+        assert (ok.status_code, ok.text) == (200, "[[3.0]]")
+        # A token service has no keys: `amlops keys` says so rather than print nothing.
+        keys = emulator.sdk(
+            "import runpy, sys; sys.argv = ['amlops', 'keys', 'svc-token', '--path', 'repo', '--state-dir', "
+            f"{str(workdir / 'cli-state')!r}]; runpy.run_module('controller', run_name='__main__', alter_sys=True)",
+            repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
+        assert keys.returncode != 0 and "does not use keys" in keys.stderr, (keys.returncode, keys.stderr[-2000:])
     finally:
         repo.remove("services/svc-token.yaml")
         _applied(reconcile(repo))
@@ -335,17 +431,64 @@ def test_removing_the_manifest_deletes_endpoint_and_deployments_and_keeps_the_at
     repo.service()
 
 
+def amlops_process(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> Any:
+    """``amlops ARGS --state-dir STATE_DIR`` in the emulator's environment (its proxy, CA and principal)."""
+    argv = [*args, "--state-dir", str(state_dir)]
+    script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
+              "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+    return emulator.sdk(script, cwd, timeout=400, extra_env={"PYTHONPATH": str(emulators.REPO)})
+
+
+def run_amlops(emulator: Any, cwd: Path, state_dir: Path, *args: str) -> str:
+    """The standard output of a successful ``amlops ARGS``."""
+    done = amlops_process(emulator, cwd, state_dir, *args)
+    assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
+    return str(done.stdout)
+
+
+def test_amlops_apply_on_v2_leaves_no_sdk_console_chatter(emulator: Any, repo: Repo, reconcile: Reconciler,
+                                                          workdir: Path) -> None:
+    _applied(reconcile(repo))
+    repo.service(replicas=2)
+    try:
+        done = amlops_process(emulator, repo.root.parent, workdir / "amlops-state", "apply", "repo", "--yes")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "~ Webservice/svc-tiny: done" in done.stderr, done.stderr[-3000:]
+        # azure-ai-ml's own prints ("Check: endpoint … exists" on stderr, a "." on stdout per poll of the
+        # deployment's operation) stay out of the output.
+        output = done.stdout + "\n" + done.stderr
+        assert "Check: endpoint" not in output, done.stderr[-3000:]
+        assert not [line for line in output.splitlines() if line.startswith(".")], output[-3000:]
+    finally:
+        repo.service(replicas=1)
+        _applied(reconcile(repo))
+
+
+def test_an_endpoint_amlops_did_not_create_is_never_pruned(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
+    _applied(reconcile(repo))
+    # Someone else's endpoint in the same workspace, on the same attached cluster, without amlops's tags.
+    ws = emulator.workspace_id()
+    status, _ = emulator.arm("PUT", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview", {
+        "location": "eastus", "tags": {"team": "other"},
+        "properties": {"authMode": "Key", "compute": f"{ws}/computes/aks-gpu", "traffic": {}}})
+    assert status in (200, 201), status
+    try:
+        out = reconcile(repo, readBack=True)
+        assert out["status"] == "no-changes" and {c["action"] for c in out["plan"]} == {"no-op"}, out["plan"]
+        assert not [c for c in out["plan"] if c["id"].endswith("/theirs")], out["plan"]
+        assert "Webservice/theirs" not in out["actual"]
+        status, body = emulator.arm("GET", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview")
+        assert status == 200 and body["tags"] == {"team": "other"}, (status, body)
+    finally:
+        emulator.arm("DELETE", f"{ws}/onlineEndpoints/theirs?api-version=2023-04-01-preview")
+
+
 def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Repo, reconcile: Reconciler,
                                                         workdir: Path) -> None:
     _applied(reconcile(repo))
 
     def amlops(*args: str) -> str:
-        argv = [*args, "--state-dir", str(workdir / "cli-state")]
-        script = (f"import runpy, sys; sys.argv = ['amlops', *{argv!r}]; "
-                  "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
-        done = emulator.sdk(script, repo.root.parent, timeout=240, extra_env={"PYTHONPATH": str(emulators.REPO)})
-        assert done.returncode == 0, f"amlops {args}: {done.returncode}\n{done.stderr[-3000:]}"
-        return str(done.stdout)
+        return run_amlops(emulator, repo.root.parent, workdir / "cli-state", *args)
 
     import requests
 
@@ -357,6 +500,10 @@ def test_amlops_status_keys_and_logs_reach_a_v2_service(emulator: Any, repo: Rep
                          headers={"Content-Type": "application/json", "Authorization": "Bearer " + keys["primaryKey"]})
     assert resp.status_code == 200 and resp.json() == [[3.0]], (resp.status_code, resp.text)
     assert amlops("logs", "svc-tiny", "--path", "repo", "--tail", "20").strip()
+    (row,) = [r for r in status["resources"] if r["name"] == "svc-tiny"]
+    (live,) = row["traffic"]
+    assert row["traffic"] == {live: 100} and row["state"] == "Succeeded", row
+    assert f"traffic: {live} 100 %" in amlops("status", "--path", "repo")
 
 
 def _scoring_uri(status: Any) -> str:

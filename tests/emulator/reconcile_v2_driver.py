@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -83,7 +84,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         out["actual"] = {f"{r.id.kind.value}/{r.id.name}": {"spec": dict(r.spec), "tags": dict(r.tags),
                                                             "details": dict(r.details)} for r in actual}
     if args.get("predict"):
-        out["predict"] = _predict(pool, args["predict"]["service"], args["predict"]["rows"])
+        asked = args["predict"]
+        rows = asked["rows"] if "rows" in asked else json.loads(Path(asked["rowsFile"]).read_text())  # many rows: a file
+        out["predict"] = _predict(pool, asked["service"], rows)
     if args.get("serviceInfo"):
         out["serviceInfo"] = _service_info(pool, args["serviceInfo"])
     if args.get("token"):
@@ -95,7 +98,7 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         resp = requests.post(uri, json.dumps({"data": [[1, 1]]}), timeout=60,
                              headers={"Content-Type": "application/json", "Authorization": "Bearer " + token.access_token})
         out["token"] = {"status": resp.status_code, "body": resp.text, "expires": token.expiry_on,
-                        "refresh": token.refresh_after}
+                        "refresh": token.refresh_after, "uri": uri}
     if args.get("access"):
         backend = _v2(pool)
         name = args["access"]

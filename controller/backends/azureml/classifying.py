@@ -57,8 +57,10 @@ def classify(what: str, exc: BaseException) -> Exception:
     status_code = getattr(exc, "status_code", None)
     response = getattr(exc, "response", None)
     if isinstance(status_code, int) and status_code in _TRANSIENT_CODES:
-        return TransientError(f"{what}: Azure answered {status_code}; will retry ({scrub(first)[:200]})",
-                              retry_after=retry_after_of(response))
+        wait = retry_after_of(response)
+        asked = f", after the {wait:g} s the service asked for" if wait is not None else ""
+        return TransientError(f"{what}: Azure answered {status_code}; will retry{asked} ({scrub(first)[:200]})",
+                              retry_after=wait)
     status = _TRANSIENT_STATUS.search(text)
     if status or isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in _NETWORK_ERRORS:
         after = _RETRY_AFTER.search(text)
@@ -66,10 +68,12 @@ def classify(what: str, exc: BaseException) -> Exception:
         return TransientError(f"{what}: Azure answered {code}; will retry ({scrub(first)[:200]})",
                               retry_after=float(after.group(1)) if after else None)
     if "AADSTS" in text or type(exc).__name__ in ("AuthenticationException", "AuthenticationError",
-                                                  "ClientAuthenticationError"):
+                                                  "ClientAuthenticationError", "CredentialUnavailableError"):
         code = re.search(r"AADSTS\d+", text)
-        return PermanentError(f"{what}: login failed ({code.group(0) if code else 'authentication error'})",
-                              reason="AuthenticationFailed")
+        # A credential that cannot run here (no `az`, no managed identity) says why; that text holds no secret.
+        unavailable = type(exc).__name__ == "CredentialUnavailableError"
+        detail = code.group(0) if code else (scrub(first)[:200] if unavailable else "authentication error")
+        return PermanentError(f"{what}: login failed ({detail})", reason="AuthenticationFailed")
     if "QuotaExceeded" in text or "quota" in text.lower():
         return PermanentError(f"{what}: quota exceeded: {scrub(first)[:300]}", reason="QuotaExceeded")
     error = getattr(exc, "error", None)

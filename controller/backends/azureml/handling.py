@@ -36,13 +36,13 @@ class HandlerBackend:
                 found.setdefault(resource.id, resource)
         return ActualState(found)
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Create ``resource`` through its kind's handler."""
-        self.handlers[resource.id.kind].create(resource, ctx)
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> str | None:
+        """Create ``resource`` through its kind's handler (its note for the history, if any)."""
+        return self.handlers[resource.id.kind].create(resource, ctx)
 
-    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
-        """Update ``resource`` through its kind's handler."""
-        self.handlers[resource.id.kind].update(resource, change, ctx)
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> str | None:
+        """Update ``resource`` through its kind's handler (its note for the history, if any)."""
+        return self.handlers[resource.id.kind].update(resource, change, ctx)
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Delete ``id`` through its kind's handler; already gone is fine."""

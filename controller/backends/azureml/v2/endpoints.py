@@ -97,21 +97,23 @@ class EndpointHandler:
 
     # -- create / update / delete ------------------------------------------------------------------
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Create the endpoint and its first deployment; traffic goes to it once it is Succeeded and checked."""
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> str | None:
+        """Create the endpoint and its first deployment; traffic goes to it once it is Succeeded and checked.
+
+        A migration from v1 returns its note for the history (where the service is now served).
+        """
         m = _manifest(resource)
         endpoint = self._get_endpoint(m.name)
         if endpoint is not None and (endpoint.tags or {}).get(LIVE_TAG):
-            self.update(resource, Change(resource.id, Action.UPDATE), ctx)
-            return
+            return self.update(resource, Change(resource.id, Action.UPDATE), ctx)
         if endpoint is None:
             v1 = self.v1()
             v1_service = self._v1_service(v1, m.name) if v1 is not None else None
             if v1_service is not None:
-                migrate(self, v1, resource, m, ctx, v1_service)
-                return
+                return migrate(self, v1, resource, m, ctx, v1_service)
             self.create_endpoint(resource, m, ctx)
         self.rollout(resource, m, ctx, live=None)
+        return None
 
     @staticmethod
     def _v1_service(v1: Any, name: str) -> Any:
@@ -127,19 +129,22 @@ class EndpointHandler:
         ctx.progress(f"creating endpoint {m.name}", None)
         self._put_endpoint(resource, m, ctx, traffic={}, final=False)
 
-    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
+    def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> str | None:
         """Scale in place, or roll out a new deployment blue/green."""
         m = _manifest(resource)
         endpoint = self._get_endpoint(m.name)
-        if endpoint is None or not (endpoint.tags or {}).get(LIVE_TAG):
-            self.create(resource, ctx) if endpoint is None else self.rollout(resource, m, ctx, live=None)
-            return
+        if endpoint is None:
+            return self.create(resource, ctx)
+        if not (endpoint.tags or {}).get(LIVE_TAG):
+            self.rollout(resource, m, ctx, live=None)
+            return None
         live = str((endpoint.tags or {})[LIVE_TAG])
         if _in_place(change):
             self._scale(resource, m, ctx, live)
         else:
             self.rollout(resource, m, ctx, live=live)
         self._retire_v1(m, ctx)
+        return None
 
     def _retire_v1(self, m: WebserviceManifest, ctx: ApplyContext) -> None:
         """Delete a v1 web service a migration kept (``amlops.dev/keep-v1``) once the annotation is gone."""

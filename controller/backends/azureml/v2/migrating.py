@@ -57,8 +57,11 @@ def set_keys(handler: EndpointHandler, endpoint: str, primary: str | None, secon
 
 
 def migrate(handler: EndpointHandler, v1: Any, resource: DesiredResource, m: WebserviceManifest,
-            ctx: ApplyContext, v1_service: Any) -> None:
-    """Move ``m`` from the v1 web service ``v1_service`` to a new v2 endpoint (see the module docstring)."""
+            ctx: ApplyContext, v1_service: Any) -> str:
+    """Move ``m`` from the v1 web service ``v1_service`` to a new v2 endpoint (see the module docstring).
+
+    Returns the note the history keeps: the new scoring URI, the old one, and whether v1 still runs.
+    """
     uri = str(v1_service.scoring_uri)
     credential: str | None = None
     ctx.progress(f"migrating {m.name}: creating the v2 endpoint beside the v1 service", None)
@@ -82,8 +85,10 @@ def migrate(handler: EndpointHandler, v1: Any, resource: DesiredResource, m: Web
     new_uri = handler.scoring_uri(m.name)
     log.info("migration_published service=%s scoring_uri=%s previous=%s", m.name, new_uri, uri)
     ctx.progress(f"{m.name} now served by v2 at {new_uri}", 1.0)
+    published = f"migrated to Azure ML v2: scoring URI {new_uri} (was {uri}"
     if keep_v1(m):
         log.info("migration_v1_kept service=%s annotation=%s", m.name, KEEP_V1_ANNOTATION)
-        return
+        return f"{published}; the v1 service keeps running while {KEEP_V1_ANNOTATION} asks)"
     ctx.progress(f"deleting the v1 web service {m.name}", None)
     v1.delete(resource.id, ctx)
+    return f"{published}; the v1 service is deleted)"

@@ -5,10 +5,17 @@ Credentials come from the Workspace manifest's references through azure-identity
 ``azureCli`` → ``AzureCliCredential``. ``MLClient`` makes no request until the first operation; it is
 built with telemetry and progress bars off. Long operations are awaited in slices, reporting
 progress, up to ``lro_timeout_s``.
+
+Retries are the backend's, bounded here rather than left to azure-core's defaults: the SDK retries
+a throttled or failed request at most ``SDK_RETRIES`` times, and only when the server asks for a
+short wait (``retry-after-ms`` / ``Retry-After`` up to ``SDK_RETRY_AFTER_MAX_S``). A longer wait
+is not slept inside a worker thread: the error goes up as a ``TransientError`` carrying the
+server's wait, and the executor (or the next pass) retries no sooner than that.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -36,12 +43,55 @@ T = TypeVar("T")
 _SLICE_S = 5.0
 
 SDK_RETRIES: Final = 3
-"""Retries azure-core may make inside one SDK call (each waits what the server's ``Retry-After`` asks,
-else an exponential back-off capped at ``SDK_BACKOFF_MAX_S``); beyond them the call raises, the
-failure is classified transient with the server's ``Retry-After``, and the executor retries the change.
-Set here, not left to azure-core's defaults (10 retries, back-offs up to 120 s)."""
-SDK_BACKOFF_FACTOR_S: Final = 0.5
-SDK_BACKOFF_MAX_S: Final = 4
+"""Retries azure-core may make per request (its default total is 10, with 3 on status codes)."""
+SDK_RETRY_AFTER_MAX_S: Final = 5.0
+"""The longest server-asked wait the SDK may sleep in place; longer ones go to the executor."""
+SDK_BACKOFF_MAX_S: Final = 8
+"""azure-core's back-off cap when the server gives no wait (its default is 120 s)."""
+
+
+SDK_CONSOLE_LOGGERS: Final = ("azure.ai.ml", "azure.ai.ml._utils._endpoint_utils", "azure.ai.ml._utils._package_utils")
+"""Loggers azure-ai-ml gives their own stderr handler at INFO ("Check: endpoint … exists", polling dots)."""
+
+
+def route_sdk_console_logging() -> None:
+    """Send azure-ai-ml's console chatter through the controller's logging, at WARNING and above.
+
+    The SDK prints progress itself, bypassing the log format: INFO lines to stderr through its own
+    handlers, and a ``.`` to **stdout** on every poll of a deployment create or endpoint delete
+    (``AzureMLPolling.update_status``), which would corrupt ``--log-format json``'s JSON-lines
+    stdout. The backend reports its own progress instead, so both are dropped here: the handlers
+    removed, and the polling module's ``print`` name bound to a function that writes nothing.
+    """
+    from azure.ai.ml._utils import _azureml_polling
+
+    for name in SDK_CONSOLE_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = True
+    _azureml_polling.print = _no_console_output  # type: ignore[attr-defined]
+
+
+def _no_console_output(*args: object, **kwargs: object) -> None:
+    """What azure-ai-ml's polling dots become: nothing (progress is reported by ``V2Session.wait``)."""
+
+
+def bounded_retry_policy() -> Any:
+    """azure-core's ``RetryPolicy`` with the bounds above (a request is retried in place only for short waits)."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
+        def is_retry(self, settings: Any, response: Any) -> bool:
+            after = self.get_retry_after(response)
+            if after is not None and after > SDK_RETRY_AFTER_MAX_S:
+                return False
+            return bool(super().is_retry(settings, response))
+
+    return BoundedRetryPolicy(retry_total=SDK_RETRIES, retry_status=SDK_RETRIES, retry_connect=SDK_RETRIES,
+                              retry_read=SDK_RETRIES, retry_backoff_max=SDK_BACKOFF_MAX_S)
 
 
 class V2Session:
@@ -87,11 +137,11 @@ class V2Session:
             if self._client is None:
                 from azure.ai.ml import MLClient
 
+                route_sdk_console_logging()
                 spec = self.manifest.spec
                 self._client = MLClient(self.credential(), spec.subscriptionId, spec.resourceGroup,
                                         self.workspace_name, enable_telemetry=False, show_progress=False,
-                                        retry_total=SDK_RETRIES, retry_backoff_factor=SDK_BACKOFF_FACTOR_S,
-                                        retry_backoff_max=SDK_BACKOFF_MAX_S)
+                                        retry_policy=bounded_retry_policy())
             return self._client
 
     @property
