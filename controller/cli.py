@@ -31,7 +31,7 @@ from controller.core.connecting import BackendPool
 from controller.core.executing import execute
 from controller.core.planning import as_applied, plan, static_replace_fields
 from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
-from controller.core.recording import Recorder, ResourceStatus
+from controller.core.recording import Recorder
 from controller.core.rendering import (
     JSON_FORMAT_VERSION,
     describe_rollout_state,
@@ -41,12 +41,12 @@ from controller.core.rendering import (
     render_validation_github,
     render_validation_json,
 )
+from controller.core.reporting import status_report
 from controller.core.reviewing import changed_files, with_changed_files
 from controller.core.rolling_out import describe, intervene
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
-from controller.runtime.statuses import mark_sync
 from controller.settings import Settings, resolve_settings
 from controller.sources.loading import desired_documents, load_desired_state
 from controller.sources.overlays import documents_yaml
@@ -61,7 +61,7 @@ from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualResource, ActualState, DesiredState, ResourceId, source_id
+from controller.structs.states import ActualState, DesiredState, ResourceId, source_id
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -479,66 +479,6 @@ def _backends_in_use(args: argparse.Namespace, pool: BackendPool, command: str) 
     return _BackendsInUse((pool.backend_for(None),), {})
 
 
-def _status_row(resource: ActualResource, backend: Backend, controller_name: str,
-                record: ResourceStatus | None) -> dict[str, Any]:
-    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in resource.conditions]
-    row: dict[str, Any] = {
-        "kind": resource.id.kind.value,
-        "name": resource.id.name,
-        "backend": backend.name,
-        "managed": resource.owned_by(controller_name),
-        "conditions": conditions,
-        "recordedConditions": record.to_json()["conditions"] if record else [],
-        "lastAppliedRevision": record.last_applied_revision if record else resource.tags.get("amlops.dev/revision"),
-        "lastAttemptedRevision": record.last_attempted_revision if record else None,
-    }
-    if resource.id.kind is Kind.WEBSERVICE:
-        # The local backend counts replicas; Azure ML (SDK v1) reports a state and the desired count only.
-        replicas = resource.details.get("replicas") or {}
-        row["scoringUri"] = resource.details.get("scoringUri")
-        row["replicas"] = {"ready": replicas.get("ready"), "desired": replicas.get("desired", resource.spec.get("replicas"))}
-        row["modelVersions"] = list(resource.details.get("modelVersions") or resource.details.get("modelIds") or [])
-        if "state" in resource.details:
-            row["state"] = resource.details["state"]
-        if resource.details.get("placement"):
-            row["placement"] = resource.details["placement"]  # which replica runs on which GPU (local backend)
-        if isinstance(resource.details.get("rollout"), dict):
-            row["rollout"] = resource.details["rollout"]
-    return row
-
-
-def _status_rows(settings: Settings, in_use: _BackendsInUse) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows from every backend in use (a resource two backends report shows once, from the first), and read errors."""
-    recorded = Recorder(settings.state_dir).resource_status()
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    seen: set[ResourceId] = set()
-    for backend in in_use.backends:
-        try:
-            actual = backend.read()
-        except BackendError as exc:
-            errors.append(f"reading the {backend.name} backend failed: {exc}")
-            continue
-        for resource in actual:
-            if resource.id not in seen:
-                seen.add(resource.id)
-                rows.append(_status_row(resource, backend, settings.controller_name, recorded.get(resource.id)))
-    return rows, errors
-
-
-def _state_word(row: dict[str, Any]) -> str:
-    live = [c for c in row["conditions"] if c["type"] != "Synced"]  # Synced is shown on its own
-    conditions = {c["type"]: c for c in live or row["recordedConditions"]}
-    # A permanent failure is recorded, not observed: the previous version may well be Ready meanwhile.
-    conditions.setdefault("Stalled", next((c for c in row["recordedConditions"] if c["type"] == "Stalled"), {}))
-    if conditions.get("Stalled", {}).get("status"):
-        return f"Stalled ({conditions['Stalled']['reason']})"
-    ready = conditions.get("Ready")
-    if ready is None:
-        return "Unknown"
-    return "Ready" if ready["status"] else f"NotReady ({ready['reason']})"
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """Every resource with its state and conditions; services with URI, replicas and model versions.
 
@@ -547,21 +487,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pool = _pool(settings)
     try:
-        rows, errors = _status_rows(settings, _backends_in_use(args, pool, "status"))
+        report = status_report(_backends_in_use(args, pool, "status").backends, Recorder(settings.state_dir),
+                               settings.controller_name)
     except BackendError as exc:
         print(f"amlops status: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         pool.close()
+    source, rows, errors = report.source, report.rows, report.errors
     for error in errors:
         print(f"amlops status: {error}", file=sys.stderr)
     code = EXIT_ERROR if errors else EXIT_OK
-    source = Recorder(settings.state_dir).source_status()
-    # The same out-of-sync marking as the status page: an invalid or held latest revision ran nowhere.
-    last = {"status": source.last_status, "revision": source.last_attempted_revision, "errors": list(source.last_errors)}
-    for row in rows:
-        row["status"] = _state_word(row)  # the same one-word summary as /api/status gives
-        mark_sync(row, last)
     if args.output == "json":
         payload = {"formatVersion": JSON_FORMAT_VERSION, "lastAppliedRevision": source.last_applied_revision,
                    "lastAttemptedRevision": source.last_attempted_revision, "lastStatus": source.last_status,

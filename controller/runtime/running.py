@@ -35,6 +35,7 @@ import yaml
 from controller.core.connecting import BackendPool
 from controller.core.reconciling import PlanMemo, ReconcileOptions, reconcile
 from controller.core.recording import Recorder
+from controller.core.reporting import change_entries, outcome_summary, published_resources
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
@@ -42,7 +43,7 @@ from controller.runtime.metrics import ControllerMetrics, ResourceCondition
 from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
 from controller.runtime.serving import Endpoints, HttpServer
 from controller.runtime.statedirs import state_dir_problem, state_dir_status
-from controller.runtime.statuses import StatusBoard, mark_sync
+from controller.runtime.statuses import StatusBoard
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import (
     GIT_TIMEOUT_S,
@@ -209,41 +210,6 @@ class _Wakeup:
 
     def wait(self, timeout: float) -> bool:
         return self._event.wait(timeout)
-
-
-def _change_entries(outcome: ReconcileOutcome) -> list[dict[str, Any]]:
-    results = {c.id: c for c in outcome.changes}
-    entries = []
-    for change in outcome.plan.effective if outcome.plan is not None else ():
-        result = results.get(change.id)
-        entries.append(
-            {
-                "id": str(change.id),
-                "action": change.action.value,
-                "symbol": change.action.symbol,
-                "reason": change.reason,
-                "file": change.manifest_file,
-                "outcome": result.status.value
-                if result
-                else ("planned" if outcome.status is ReconcileStatus.DETECTED else "not applied"),
-                "message": (result.error if result else None),
-            }
-        )
-    return entries
-
-
-def _summary(outcome: ReconcileOutcome) -> str:
-    if outcome.errors:
-        first = outcome.errors[0]
-        return first if len(outcome.errors) == 1 else f"{first} (+{len(outcome.errors) - 1} more)"
-    if outcome.plan is not None and outcome.plan.held:
-        return f"held: {outcome.plan.held}"
-    if outcome.plan is not None and outcome.plan.has_changes:
-        counts: dict[str, int] = {}
-        for c in outcome.plan.effective:
-            counts[c.action.symbol] = counts.get(c.action.symbol, 0) + 1
-        return " ".join(f"{sym}{n}" for sym, n in counts.items())
-    return "in sync"
 
 
 class Controller:
@@ -514,7 +480,7 @@ class Controller:
                 snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
             )
         self._record(outcome, started)
-        self.notifier.reconciled(outcome, _summary(outcome))
+        self.notifier.reconciled(outcome, outcome_summary(outcome))
         return outcome
 
     def _secrets(self) -> tuple[str, ...]:
@@ -571,13 +537,13 @@ class Controller:
             "durationSeconds": round(duration, 3),
             "phases": {k: round(v, 3) for k, v in outcome.durations.items()},
             "errors": list(outcome.errors),
-            "changes": _change_entries(outcome),
+            "changes": change_entries(outcome),
             "held": outcome.plan.held if outcome.plan is not None else None,
             "warnings": list(outcome.plan.warnings) if outcome.plan is not None else [],
         }
         self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
         self._push_history(
-            {"revision": outcome.revision, "status": status, "finishedAt": now, "summary": _summary(outcome)}
+            {"revision": outcome.revision, "status": status, "finishedAt": now, "summary": outcome_summary(outcome)}
         )
         fields: dict[str, Any] = {
             "revision": outcome.revision,
@@ -636,45 +602,12 @@ class Controller:
             log.warning("status.resources.unreadable", extra={"fields": {"error": str(exc)}})
             return
         observed = observed if observed is not None else self._observe()
-        resources = []
-        for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
-            entry = status.to_json()
-            live = observed.get(status.id)
-            conflict = status.condition("Stalled")
-            if conflict is not None and conflict.status and conflict.reason == "OwnershipConflict":
-                live = None  # what runs is another source's: its health says nothing about this one's manifest
-            if live is not None:
-                merged = {c["type"]: c for c in entry["conditions"]}
-                merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                               for c in live.conditions})
-                entry["conditions"] = list(merged.values())
-                entry["details"] = resource_details(live)
-            ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
-            entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
-            mark_sync(entry, self.status.get("lastReconcile") or {})
-            resources.append(entry)
+        resources = published_resources(statuses, observed, self.status.get("lastReconcile") or {})
         self.status.update(resources=resources)
         conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
                       for r in resources for c in r["conditions"]]
         self.metrics.set_resources(conditions)
         self.metrics.set_resource_conditions(conditions)
-
-
-def resource_details(resource: ActualResource) -> dict[str, Any]:
-    """The few live details worth showing per resource: endpoint, replicas, model versions."""
-    details = resource.details
-    shown: dict[str, Any] = {}
-    if details.get("scoringUri"):
-        shown["scoringUri"] = details["scoringUri"]
-    replicas = details.get("replicas")
-    if isinstance(replicas, dict) and "ready" in replicas:
-        shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus", "placement"):
-        if details.get(key):
-            shown[key] = details[key]
-    if isinstance(details.get("rollout"), dict):
-        shown["rollout"] = details["rollout"]
-    return shown
 
 
 # The example's one held-out digit, used in the printed curl when run from this repository.
