@@ -15,22 +15,17 @@ import json
 import logging
 import os
 import sys
-import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
 from controller import __version__
-from controller.backends.base import ApplyContext, Backend, ServiceAccess, TrafficSplitting
+from controller.backends.base import ServiceAccess, TrafficSplitting
 from controller.completing import bash_completion
-from controller.core.connecting import BackendPool
-from controller.core.executing import execute
-from controller.core.planning import as_applied, plan, static_replace_fields
-from controller.core.reconciling import ReconcileOptions, plan_step, read_step, reconcile, target_step
+from controller.core.connecting import BackendPool, Targets, folder_targets, service_backend
+from controller.core.deleting import delete
+from controller.core.reconciling import ReconcileOptions, apply_once, plan_once
 from controller.core.recording import Recorder
 from controller.core.rendering import (
     JSON_FORMAT_VERSION,
@@ -42,7 +37,7 @@ from controller.core.rendering import (
     render_validation_json,
 )
 from controller.core.reporting import status_report
-from controller.core.reviewing import changed_files, with_changed_files
+from controller.core.reviewing import review
 from controller.core.rolling_out import describe, intervene
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
@@ -54,14 +49,15 @@ from controller.structs.errors import (
     BackendError,
     ManifestError,
     PermanentError,
+    RevisionUnavailable,
     StateDirFull,
     ValidationFailed,
 )
 from controller.structs.manifests import Kind
-from controller.structs.plans import Action, Change, Plan
+from controller.structs.plans import Plan
 from controller.structs.results import ChangeStatus, ExecutionEvent, ExecutionPhase, ReconcileStatus
 from controller.structs.schemas import manifest_schemas
-from controller.structs.states import ActualState, DesiredState, ResourceId, source_id
+from controller.structs.states import ResourceId, source_id
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -186,18 +182,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return resolve_settings(getattr(args, "state_dir", None), getattr(args, "controller_name", None))
 
 
-def _revision_of(root: Path) -> str:
-    """The commit checked out at ``root`` (``+dirty`` when the tree has edits), or ``working-tree``."""
-    try:
-        import git
-
-        repo = git.Repo(root, search_parent_directories=True)
-        sha = repo.head.commit.hexsha[:12]
-        return sha + ("+dirty" if repo.is_dirty(untracked_files=True) else "")
-    except Exception:  # not a repo, no commits, git missing: the folder is all there is
-        return "working-tree"
-
-
 def _print_validation(exc: ValidationFailed) -> int:
     for error in exc.errors:
         print(error, file=sys.stderr)
@@ -268,90 +252,22 @@ class _LiveProgress:
 # --- plan ---------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _checkout(repo_dir: Path, ref: str) -> Iterator[tuple[Path, str]]:
-    """``ref``'s tree extracted into a temp folder (the user's working tree is never touched)."""
-    import git
-
-    repo = git.Repo(repo_dir, search_parent_directories=True)
-    commit = repo.commit(ref)
-    with tempfile.TemporaryDirectory(prefix="amlops-plan-") as tmp:
-        archive = Path(tmp) / "tree.tar"
-        with archive.open("wb") as handle:
-            repo.archive(handle, treeish=commit.hexsha, format="tar")
-        target = Path(tmp) / "tree"
-        target.mkdir()
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        yield target, commit.hexsha[:12]
-
-
 def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
     """What merging ``--head`` would change relative to ``--base``: Git only, no backend at all."""
-    import git
-
-    repo_dir = Path(args.repo).absolute()
-    manifests = args.path or args.path_arg
     try:
-        with _checkout(repo_dir, args.base) as (base_root, base_sha), _checkout(repo_dir, args.head) as (head_root, head_sha):
-            try:
-                base = load_desired_state(base_root, manifests, revision=base_sha)
-            except ValidationFailed as exc:
-                print(f"base {args.base} ({base_sha}) is invalid; planning against an empty state:", file=sys.stderr)
-                for error in exc.errors:
-                    print(f"  {error}", file=sys.stderr)
-                base = DesiredState(base_sha, str(base_root), {})
-            try:
-                head = load_desired_state(head_root, manifests, revision=head_sha)
-            except ValidationFailed as exc:
-                return _print_validation(exc)
-            files = changed_files(base, head, base_root, head_root)  # while both trees are on disk
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        print(f"amlops plan: {repo_dir} is not a Git repository (--repo names one)", file=sys.stderr)
+        found = review(Path(args.repo).absolute(), args.base, args.head, args.path or args.path_arg,
+                       controller_name=settings.controller_name, allow_mass_delete=args.allow_mass_delete)
+    except RevisionUnavailable as exc:
+        print(f"amlops plan: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except (git.BadName, git.BadObject) as exc:
-        # An unknown ref is a user's typo or a branch not fetched yet: one line, never a traceback.
-        print(f"amlops plan: {exc} in {repo_dir} (is the branch fetched? git fetch origin <branch>)", file=sys.stderr)
-        return EXIT_ERROR
-    except git.GitCommandError as exc:
-        detail = " ".join(str(exc.stderr or exc).replace("stderr:", "").split()).strip("'\" ")
-        print(f"amlops plan: git {exc.command[1] if len(exc.command) > 1 else ''} failed: {detail}", file=sys.stderr)
-        return EXIT_ERROR
-    except (git.GitError, ValueError) as exc:
-        print(f"amlops plan: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_ERROR
-    the_plan = plan(
-        head,
-        as_applied(base, controller_name=settings.controller_name),
-        controller_name=settings.controller_name,
-        replace_fields=static_replace_fields,
-        base_revision=base_sha,
-        allow_mass_delete=args.allow_mass_delete,
-    )
-    the_plan = with_changed_files(the_plan, files)
-    sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
-    return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
-
-
-def _plan_against_backend(args: argparse.Namespace, settings: Settings) -> tuple[Plan | None, DesiredState | None, int]:
-    root, path = _root_and_path(args.path_arg)
-    try:
-        desired = load_desired_state(root, path, revision=_revision_of(root))
-    except ValidationFailed as exc:
-        return None, None, _print_validation(exc)
-    pool = _pool(settings)
-    try:
-        targets = target_step(desired, pool.backend_for)
-        actual = read_step(targets)
-        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
-                                   allow_mass_delete=getattr(args, "allow_mass_delete", False))
-        the_plan = plan_step(desired, actual, targets, options)
-    except BackendError as exc:
-        print(f"amlops: reading actual state failed: {exc}", file=sys.stderr)
-        return None, None, EXIT_ERROR
-    finally:
-        pool.close()
-    return the_plan, desired, EXIT_OK
+    if found.base_errors:
+        print(f"base {args.base} ({found.base_revision}) is invalid; planning against an empty state:", file=sys.stderr)
+        for error in found.base_errors:
+            print(f"  {error}", file=sys.stderr)
+    if found.plan is None:
+        return _print_validation(ValidationFailed(found.head_errors))
+    sys.stdout.write(_render(found.plan, args.output, _use_color(args, sys.stdout)))
+    return EXIT_CHANGES if found.plan.has_changes else EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -359,9 +275,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.base:
         return _plan_between_refs(args, settings)
-    the_plan, _, code = _plan_against_backend(args, settings)
-    if the_plan is None:
-        return code
+    root, path = _root_and_path(args.path_arg)
+    options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+                               allow_mass_delete=args.allow_mass_delete)
+    pool = _pool(settings)
+    try:
+        the_plan = plan_once(root, path, pool.backend_for, options)
+    except ValidationFailed as exc:
+        return _print_validation(exc)
+    except BackendError as exc:
+        print(f"amlops: reading actual state failed: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        pool.close()
     sys.stdout.write(_render(the_plan, args.output, _use_color(args, sys.stdout)))
     return EXIT_CHANGES if the_plan.has_changes else EXIT_OK
 
@@ -400,13 +326,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                                    allow_mass_delete=args.allow_mass_delete,
                                    parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                                    confirm=confirm)
-        revision = _revision_of(root)
-        outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir), options)
-        while outcome.status is ReconcileStatus.PROGRESSING and outcome.requeue_after is not None:
-            # A rollout under way: the confirmed change is carried on, pass after pass, until it ends.
-            time.sleep(outcome.requeue_after)
-            outcome = reconcile(root, path, revision, pool.backend_for, Recorder(settings.state_dir),
-                                replace(options, confirm=None))
+        # A rollout under way: the confirmed change is carried on, pass after pass, until it ends.
+        outcome = apply_once(root, path, pool.backend_for, Recorder(settings.state_dir), options)
     finally:
         pool.close()
         lock.release()
@@ -436,14 +357,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
 # --- status / history -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _BackendsInUse:
-    """The backends a manifests folder's workspaces name (each once), and which one holds each declared resource."""
-
-    backends: tuple[Backend, ...]
-    owner: Mapping[ResourceId, Backend]
-
-
 @runtime_checkable
 class _LogFiles(Protocol):
     """A backend whose replica logs are files on this machine (the local one): what ``logs --follow`` tails."""
@@ -458,8 +371,8 @@ def _manifests_path(args: argparse.Namespace) -> str | None:
     return "manifests" if Path("manifests").is_dir() else None
 
 
-def _backends_in_use(args: argparse.Namespace, pool: BackendPool, command: str) -> _BackendsInUse:
-    """Open the backends the manifests' workspaces name, as apply would; the local backend alone without manifests.
+def _targets(args: argparse.Namespace, pool: BackendPool, command: str) -> Targets:
+    """The backends the manifests' workspaces name, as apply would open them; the local backend alone without manifests.
 
     Invalid manifests say so and fall back to the local backend: status, keys and logs are what
     one reaches for while a commit is broken. Raises ``BackendError`` when a backend cannot be opened.
@@ -468,15 +381,14 @@ def _backends_in_use(args: argparse.Namespace, pool: BackendPool, command: str) 
     if target is not None:
         root, path = _root_and_path(target)
         try:
-            desired = load_desired_state(root, path)
+            return folder_targets(root, path, pool.backend_for)
         except ValidationFailed as exc:
             first = f"; first: {exc.errors[0]}" if exc.errors else ""
             print(f"amlops {command}: the manifests in {target} are invalid ({len(exc.errors)} error(s){first}); "
                   "using the local backend only", file=sys.stderr)
-        else:
-            targets = target_step(desired, pool.backend_for)
-            return _BackendsInUse(tuple(targets.backends), dict(targets.owner))
-    return _BackendsInUse((pool.backend_for(None),), {})
+    targets = Targets()
+    targets.add(pool.backend_for(None))
+    return targets
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -487,7 +399,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pool = _pool(settings)
     try:
-        report = status_report(_backends_in_use(args, pool, "status").backends, Recorder(settings.state_dir),
+        report = status_report(_targets(args, pool, "status").backends, Recorder(settings.state_dir),
                                settings.controller_name)
     except BackendError as exc:
         print(f"amlops status: {exc}", file=sys.stderr)
@@ -559,23 +471,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 # --- keys / logs ------------------------------------------------------------------------------------
 
 
-def _service_backend(in_use: _BackendsInUse, service: str) -> Backend:
-    """The backend holding ``service``: the one its manifest's workspace names, else the one that reports it."""
-    rid = ResourceId(Kind.WEBSERVICE, service)
-    declared = in_use.owner.get(rid)
-    if declared is not None:
-        return declared
-    if len(in_use.backends) == 1:
-        return in_use.backends[0]  # its own error says best whether the service is there
-    for backend in in_use.backends:
-        if rid in backend.read().resources:
-            return backend
-    raise PermanentError(f"service {service!r} is not declared in the manifests, and no backend they name has it",
-                         reason="NotFound")
-
-
 def _service_access(args: argparse.Namespace, pool: BackendPool, command: str) -> ServiceAccess:
-    backend = _service_backend(_backends_in_use(args, pool, command), args.service)
+    backend = service_backend(_targets(args, pool, command), args.service)
     if not isinstance(backend, ServiceAccess):
         raise PermanentError(f"the {backend.name} backend cannot give out keys, tokens or logs", reason="Unsupported")
     return backend
@@ -616,7 +513,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     settings = _settings(args)
     pool = _pool(settings)
     try:
-        backend = _service_backend(_backends_in_use(args, pool, "rollout"), args.service)
+        backend = service_backend(_targets(args, pool, "rollout"), args.service)
         if not isinstance(backend, TrafficSplitting):
             raise PermanentError(f"the {backend.name} backend cannot split traffic", reason="Unsupported")
         if args.action != "status":
@@ -737,65 +634,28 @@ def cmd_delete(args: argparse.Namespace) -> int:
               "remove the manifests from the repository it follows instead", file=sys.stderr)
         return EXIT_ERROR
     pool = _pool(settings)
-    try:
-        if target is not None:
-            desired = DesiredState("delete", str(Path.cwd()), {})
-            owners: dict[ResourceId, Backend] = {target: pool.backend_for(None)}
-        else:
-            root, path = _root_and_path(args.target)
-            try:
-                desired = load_desired_state(root, path, revision=_revision_of(root))
-            except ValidationFailed as exc:
-                return _print_validation(exc)
-            # Workspaces are never deleted (as in pruning): they hold what other repos deploy.
-            owners = {rid: b for rid, b in target_step(desired, pool.backend_for).owner.items() if rid.kind is not Kind.WORKSPACE}
-            # deletionPolicy: Retain protects a resource from a folder-wide delete too; naming it
-            # (KIND/NAME) or --include-retained deletes it.
-            for rid in sorted(owners, key=lambda r: (r.order(), r.name)):
-                resource = desired.resources[rid]
-                if getattr(resource.manifest.spec, "deletionPolicy", "Delete") == "Retain" and not args.include_retained:
-                    print(f"{rid}: kept (deletionPolicy: Retain; --include-retained deletes it too)", file=sys.stderr)
-                    del owners[rid]
-        ids = sorted(owners, key=lambda r: (r.order(), r.name))
-        seen: dict[int, ActualState] = {}
-        for backend in owners.values():
-            if id(backend) not in seen:
-                seen[id(backend)] = backend.read()
-        existing: set[ResourceId] = set()
-        for rid in ids:
-            found = seen[id(owners[rid])].resources.get(rid)
-            if found is None:
-                print(f"{rid}: not found", file=sys.stderr)
-            elif not found.owned_by(settings.controller_name) and not args.force:
-                # Same rule as pruning: what amlops did not create is not amlops' to delete.
-                print(f"{rid}: not created by controller {settings.controller_name!r}; skipped (--force deletes it anyway)",
-                      file=sys.stderr)
-            else:
-                existing.add(rid)
-        if not existing:
-            return EXIT_OK if target is None else EXIT_ERROR
-        changes = tuple(Change(rid, Action.DELETE, reason="amlops delete") for rid in
-                        sorted(existing, key=lambda r: (-r.order(), r.name)))
-        deps = [Change(c.id, c.action, c.diffs, c.reason, c.manifest_file,
-                       tuple(o.id for o in changes if o.id.order() > c.id.order())) for c in changes]
-        the_plan = Plan(desired.revision, tuple(deps))
+
+    def confirm(the_plan: Plan) -> bool:
         sys.stdout.write(render_text(the_plan, color=_use_color(args, sys.stdout)))
-        if not _confirm("Delete these resources?", args.yes):
-            return EXIT_ERROR
-        ctx = ApplyContext(settings.controller_name, desired.revision, desired.root, desired)
-        outcomes = execute(the_plan, desired, owners.__getitem__, ctx, progress=_LiveProgress(sys.stderr))
+        return _confirm("Delete these resources?", args.yes)
+
+    try:
+        deletion = delete(target if target is not None else _root_and_path(args.target), pool.backend_for,
+                          Recorder(settings.state_dir), controller_name=settings.controller_name, confirm=confirm,
+                          force=args.force, include_retained=args.include_retained,
+                          progress=_LiveProgress(sys.stderr), note=lambda line: print(line, file=sys.stderr))
+    except ValidationFailed as exc:
+        return _print_validation(exc)
     finally:
         pool.close()
         lock.release()
-    recorder = Recorder(settings.state_dir)
-    failed = 0
-    for outcome in outcomes:
-        if outcome.status is ChangeStatus.SUCCEEDED:
-            recorder.forget(outcome.id)
-        else:
-            failed += 1
-            print(f"{outcome.id}: {outcome.error}", file=sys.stderr)
-    return EXIT_ERROR if failed else EXIT_OK
+    if deletion.plan is None:
+        return EXIT_OK if target is None else EXIT_ERROR
+    if not deletion.confirmed:
+        return EXIT_ERROR
+    for outcome in deletion.failed:
+        print(f"{outcome.id}: {outcome.error}", file=sys.stderr)
+    return EXIT_ERROR if deletion.failed else EXIT_OK
 
 
 # --- run ------------------------------------------------------------------------------------------

@@ -14,11 +14,17 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.backends.base import Backend
+from controller.sources.loading import load_desired_state
+from controller.sources.validating import workspace_of
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
+from controller.structs.states import DesiredState, ResourceId
+
+BackendFor = Callable[[WorkspaceManifest | None], Backend]
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +135,52 @@ class BackendPool:
             backends, self._open = list(self._open.values()), {}
         for backend in backends:
             backend.close()
+
+
+@dataclass
+class Targets:
+    """Which backend holds each resource, and the backends in use (each once, in the order first used)."""
+
+    backends: list[Backend] = field(default_factory=list)
+    owner: dict[ResourceId, Backend] = field(default_factory=dict)
+
+    def add(self, backend: Backend) -> Backend:
+        """Note ``backend`` as in use (once); return it."""
+        if not any(b is backend for b in self.backends):
+            self.backends.append(backend)
+        return backend
+
+
+def targets_for(desired: DesiredState, backend_for: BackendFor) -> Targets:
+    """Each declared resource's backend, from its workspace (one repo can span backends); the local
+    backend alone when no Workspace is declared."""
+    targets = Targets()
+    workspaces = [r.manifest for r in desired if isinstance(r.manifest, WorkspaceManifest)]
+    for workspace in workspaces:
+        targets.add(backend_for(workspace))
+    if not workspaces:
+        targets.add(backend_for(None))
+    for resource in desired:
+        # A Webservice whose ``api`` differs from its workspace's goes to the other generation's backend.
+        targets.owner[resource.id] = targets.add(backend_for(workspace_for(resource.manifest, workspace_of(desired, resource))))
+    return targets
+
+
+def folder_targets(root: str | Path, path: str, backend_for: BackendFor) -> Targets:
+    """The targets of the manifests under ``root/path`` (validated; raises ``ValidationFailed``)."""
+    return targets_for(load_desired_state(root, path), backend_for)
+
+
+def service_backend(targets: Targets, service: str) -> Backend:
+    """The backend holding ``service``: the one its manifest's workspace names, else the one that reports it."""
+    rid = ResourceId(Kind.WEBSERVICE, service)
+    declared = targets.owner.get(rid)
+    if declared is not None:
+        return declared
+    if len(targets.backends) == 1:
+        return targets.backends[0]  # its own error says best whether the service is there
+    for backend in targets.backends:
+        if rid in backend.read().resources:
+            return backend
+    raise PermanentError(f"service {service!r} is not declared in the manifests, and no backend they name has it",
+                         reason="NotFound")
