@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from controller.backends.base import Backend
+from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
 from controller.sources.loading import load_desired_state
 from controller.sources.validating import workspace_of
 from controller.structs.errors import PermanentError
@@ -184,3 +185,31 @@ def service_backend(targets: Targets, service: str) -> Backend:
             return backend
     raise PermanentError(f"service {service!r} is not declared in the manifests, and no backend they name has it",
                          reason="NotFound")
+
+
+def service_access(targets: Targets, service: str) -> ServiceAccess:
+    """The backend holding ``service``, as the keeper of its keys, tokens and logs (``PermanentError`` if it is none)."""
+    backend = service_backend(targets, service)
+    if not isinstance(backend, ServiceAccess):
+        raise PermanentError(f"the {backend.name} backend cannot give out keys, tokens or logs", reason="Unsupported")
+    return backend
+
+
+def traffic_splitting(targets: Targets, service: str) -> TrafficSplitting:
+    """The backend holding ``service``, as the one splitting its traffic (``PermanentError`` if it cannot)."""
+    backend = service_backend(targets, service)
+    if not isinstance(backend, TrafficSplitting):
+        raise PermanentError(f"the {backend.name} backend cannot split traffic", reason="Unsupported")
+    return backend
+
+
+@runtime_checkable
+class _LogFiles(Protocol):
+    """A backend whose replica logs are files on this machine (the local one)."""
+
+    def log_path(self, service: str, replica: int = 0) -> Path: ...
+
+
+def log_file(access: ServiceAccess, service: str, replica: int) -> Path | None:
+    """The file a replica's log is written to, where the backend keeps it on this machine (what ``logs --follow`` tails)."""
+    return access.log_path(service, replica) if isinstance(access, _LogFiles) else None
