@@ -11,7 +11,6 @@ local-only install never needs it.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +21,13 @@ from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
 from controller.sources.loading import load_desired_state
 from controller.sources.validating import workspace_of
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
 from controller.structs.states import DesiredState, ResourceId
 
 BackendFor = Callable[[WorkspaceManifest | None], Backend]
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 class BackendUnavailable(PermanentError):
@@ -121,7 +121,7 @@ class BackendPool:
                 secrets = tuple(getattr(backend, "secrets", ()))
                 if secrets and self._on_secrets is not None:
                     self._on_secrets(secrets)
-                log.info("backend.opened", extra={"backend": key[0], "workspace": workspace.metadata.name if workspace else None})
+                log.info("backend.opened", backend=key[0], workspace=workspace.metadata.name if workspace else None)
                 self._open[key] = backend
             return backend
 

@@ -8,7 +8,6 @@ reads, so running it twice in a row writes nothing the second time.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -26,6 +25,7 @@ from controller.core.recording import ResourceStatus
 from controller.sources.loading import load_desired_state
 from controller.sources.revisions import revision_of
 from controller.structs.errors import BackendError, TransientError, ValidationFailed
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
@@ -39,7 +39,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 class RecorderLike(Protocol):
@@ -128,7 +128,7 @@ def _read_with_retries(backend: Backend, retry: RetryPolicy) -> ActualState:
             delay = retry.delay(attempt, exc.retry_after, random.random)
             if attempt >= retry.max_attempts or time.monotonic() - started + delay > retry.max_total_s:
                 raise
-            log.warning("read.retrying", extra={"backend": backend.name, "attempt": attempt, "delay_s": round(delay, 2)})
+            log.warning("read.retrying", backend=backend.name, attempt=attempt, delay_s=round(delay, 2))
             time.sleep(delay)
             attempt += 1
 
@@ -250,7 +250,7 @@ def begin_step(recorder: RecorderLike, revision: str, started: datetime, plan: P
     try:
         recorder.begin(revision, started, plan, digests)
     except Exception:  # a full disk must not stop an apply; the outcome is still recorded after it
-        log.exception("reconcile.begin_failed", extra={"revision": revision})
+        log.exception("reconcile.begin_failed", revision=revision)
 
 
 def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileOutcome:
@@ -258,12 +258,9 @@ def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileO
     try:
         recorder.record(outcome)
     except Exception:  # a full disk must not turn an applied revision into a crash loop
-        log.exception("reconcile.record_failed", extra={"revision": outcome.revision})
-    log.info(
-        "reconcile.finished",
-        extra={"revision": outcome.revision, "status": outcome.status.value, "changes": len(outcome.changes),
-               "errors": len(outcome.errors)},
-    )
+        log.exception("reconcile.record_failed", revision=outcome.revision)
+    log.info("reconcile.finished", revision=outcome.revision, status=outcome.status.value,
+             changes=len(outcome.changes), errors=len(outcome.errors))
     return outcome
 
 
@@ -300,7 +297,7 @@ def reconcile(
         desired = load_step(root, path, revision, options.reuse_desired)
     except ValidationFailed as exc:
         durations["load"] = time.monotonic() - mark
-        log.warning("reconcile.invalid", extra={"revision": revision, "errors": len(exc.errors)})
+        log.warning("reconcile.invalid", revision=revision, errors=len(exc.errors))
         return finish(ReconcileStatus.INVALID, errors=tuple(str(e) for e in exc.errors))
     durations["load"] = time.monotonic() - mark
 
@@ -326,7 +323,7 @@ def reconcile(
     statuses = recorder.resource_status()
     plan, blocked = stall_step(resume_step(planned, desired, statuses), desired, actual, statuses)
     durations["plan"] = time.monotonic() - mark
-    log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
+    log.info("reconcile.planned", revision=revision, changes=len(plan.effective), held=bool(plan.held))
     # What keeps this revision from being applied though nothing fails in this pass.
     blocked_errors = tuple(f"{c.id}: {c.reason}" for c in plan.changes if c.id in blocked)
 
