@@ -14,7 +14,7 @@ from controller.cli.contexts import EXIT_ERROR, EXIT_OK, open_pool, settings_of,
 from controller.core.connecting import log_file, service_access, traffic_splitting
 from controller.core.recording import Recorder
 from controller.core.rendering import JSON_FORMAT_VERSION, describe_rollout_state
-from controller.core.reporting import status_report
+from controller.core.reporting import plan_counts, status_report
 from controller.core.rolling_out import describe, intervene
 from controller.structs.errors import BackendError
 from controller.structs.manifests import Kind
@@ -82,8 +82,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps([e.to_json() for e in entries], indent=2, sort_keys=True))
         return EXIT_OK
     for entry in entries:
-        counts = entry.plan["summary"] if entry.plan else None
-        summary = f"+{counts['add']} ~{counts['change']} -/+{counts['replace']} -{counts['destroy']}" if counts else ""
+        summary = plan_counts(entry.plan["summary"]) if entry.plan else ""
         took = sum(entry.durations.values())
         print(f"#{entry.id:<5} {entry.started}  {entry.revision:<20} {entry.status:<11} {summary:<18} {took:.2f}s")
         for error in entry.errors[:5]:

@@ -5,17 +5,20 @@ A resource's *row* is plain JSON-ready data: its conditions (live ones from the 
 ones from the history database), the revisions applied and attempted, and for a service the URI,
 replicas and model versions. Its *state word* (``Ready``, ``NotReady (reason)``, ``Stalled (reason)``,
 ``Unknown``), the out-of-sync marking after an invalid or held revision, and the one-line summary
-of a reconcile's outcome are computed here and nowhere else.
+of a reconcile's outcome (the same for a recorded one: history is core's, one database) are
+computed here and nowhere else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from controller.backends.base import Backend
-from controller.core.recording import Recorder, ResourceStatus, SourceStatus, condition_json
+from controller.core.recording import HistoryEntry, Recorder, ResourceStatus, SourceStatus, condition_json
+from controller.core.rendering import plan_to_json
 from controller.structs.errors import BackendError
 from controller.structs.manifests import Kind
 from controller.structs.results import ReconcileOutcome, ReconcileStatus
@@ -170,19 +173,34 @@ def published_resources(statuses: Mapping[ResourceId, ResourceStatus], observed:
 # --- reconcile outcomes -------------------------------------------------------------------------
 
 
-def outcome_summary(outcome: ReconcileOutcome) -> str:
-    """One line for a reconcile: its first error, why it was held, the changes by symbol, or ``in sync``."""
-    if outcome.errors:
-        first = outcome.errors[0]
-        return first if len(outcome.errors) == 1 else f"{first} (+{len(outcome.errors) - 1} more)"
-    if outcome.plan is not None and outcome.plan.held:
-        return f"held: {outcome.plan.held}"
-    if outcome.plan is not None and outcome.plan.has_changes:
-        counts: dict[str, int] = {}
-        for c in outcome.plan.effective:
-            counts[c.action.symbol] = counts.get(c.action.symbol, 0) + 1
-        return " ".join(f"{sym}{n}" for sym, n in counts.items())
+def plan_counts(summary: Mapping[str, int]) -> str:
+    """A plan's counts (its JSON ``summary``) as ``+add ~change -/+replace -destroy``."""
+    return f"+{summary['add']} ~{summary['change']} -/+{summary['replace']} -{summary['destroy']}"
+
+
+def _summary(errors: Sequence[str], held: str | None, counts: Mapping[str, int] | None) -> str:
+    if errors:
+        return errors[0] if len(errors) == 1 else f"{errors[0]} (+{len(errors) - 1} more)"
+    if held:
+        return f"held: {held}"
+    if counts is not None and any(counts.values()):
+        return plan_counts(counts)
     return "in sync"
+
+
+def outcome_summary(outcome: ReconcileOutcome) -> str:
+    """One line for a reconcile: its first error, why it was held, its counts of changes, or ``in sync``."""
+    plan = outcome.plan
+    return _summary(outcome.errors, plan.held if plan is not None else None,
+                    plan_to_json(plan)["summary"] if plan is not None else None)
+
+
+def history_rows(entries: Iterable[HistoryEntry]) -> list[dict[str, Any]]:
+    """Recorded reconciles as the status page lists them, each with the same one-line summary as its outcome had."""
+    return [{"id": e.id, "revision": e.revision, "status": e.status,
+             "finishedAt": datetime.fromisoformat(e.finished).timestamp(),
+             "summary": _summary(e.errors, (e.plan or {}).get("held"), (e.plan or {}).get("summary"))}
+            for e in entries]
 
 
 def change_entries(outcome: ReconcileOutcome) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from typing import Any, Final
 from controller.core.connecting import BackendPool
 from controller.core.reconciling import PlanMemo, ReconcileOptions, reconcile
 from controller.core.recording import Recorder
-from controller.core.reporting import change_entries, outcome_summary, published_resources
+from controller.core.reporting import change_entries, history_rows, outcome_summary, published_resources
 from controller.runtime.banners import SAMPLE_REQUEST, service_banner
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
@@ -55,7 +55,7 @@ from controller.structs.states import ActualResource, ResourceId, source_id
 log = event_logger("amlops.run")
 
 LOCK_POLL_S: Final = 1.0
-HISTORY_KEPT: Final = 20
+HISTORY_SHOWN: Final = 20  # reconciles on the status page (amlops history reads the same database)
 BACKOFF_BASE_S: Final = 1.0
 DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 """When set to a path, the process writes its sorted ``sys.modules`` there at exit (tests use it)."""
@@ -121,7 +121,6 @@ class Controller:
         )
         self._refused = False  # a standby that found the leader following another source
         self._failures = 0
-        self._history: list[dict[str, Any]] = []
         self.server = HttpServer(
             args.listen,
             Endpoints(
@@ -179,6 +178,7 @@ class Controller:
             self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
+            self._publish_history()
             self.metrics.leader.set(1)
             log.info("leader.elected", pid=os.getpid(), state_dir=str(self.state_dir))
             self.followed.watch(lambda: self.wake("watch"))
@@ -319,6 +319,10 @@ class Controller:
             outcome = ReconcileOutcome(
                 snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
             )
+            try:  # in the one history too, so amlops history and the status page both show it
+                self.recorder.record(outcome)
+            except Exception as record_exc:
+                log.warning("history.unwritable", error=str(record_exc))
         self._record(outcome, started)
         self.notifier.reconciled(outcome, outcome_summary(outcome))
         return outcome
@@ -350,12 +354,13 @@ class Controller:
             "changes": [],
         }
         self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
-        self._push_history({"revision": None, "status": "failed", "finishedAt": now, "summary": message})
 
-    def _push_history(self, entry: dict[str, Any]) -> None:
-        self._history.insert(0, entry)
-        del self._history[HISTORY_KEPT:]
-        self.status.update(history=list(self._history))
+    def _publish_history(self) -> None:
+        """The status page's history: the latest recorded reconciles, as ``amlops history`` lists them."""
+        try:
+            self.status.update(history=history_rows(self.recorder.history(HISTORY_SHOWN)))
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("history.unreadable", error=str(exc))
 
     def _record(self, outcome: ReconcileOutcome, started: float) -> None:
         now = time.time()
@@ -382,9 +387,7 @@ class Controller:
             "warnings": list(outcome.plan.warnings) if outcome.plan is not None else [],
         }
         self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
-        self._push_history(
-            {"revision": outcome.revision, "status": status, "finishedAt": now, "summary": outcome_summary(outcome)}
-        )
+        self._publish_history()
         fields: dict[str, Any] = {
             "revision": outcome.revision,
             "status": status,

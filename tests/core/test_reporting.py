@@ -27,7 +27,7 @@ def _applied(repo: Repo, backend: MemoryBackend, state: Path) -> Recorder:
 
     outcome = reconcile(repo.root, "manifests", "rev1", backend_for, recorder)
     assert outcome.status is ReconcileStatus.APPLIED, outcome.errors
-    assert outcome_summary(outcome) == "+5"
+    assert outcome_summary(outcome) == "+5 ~0 -/+0 -0"
     return recorder
 
 
