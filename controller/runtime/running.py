@@ -88,7 +88,9 @@ class Controller:
         self.metrics = ControllerMetrics()
         self.wakeup = Wakeup()
         self.lock = LeaderLock(self.state_dir)
-        self.followed = open_source(args, self.state_dir, self.settings)
+        self.followed = open_source(args.repo, args.path, branch=args.branch, watch=args.watch,
+                                    ssh_key_file=args.ssh_key_file, cache_dir=self.state_dir / "cache",
+                                    settings=self.settings)
         self.source = self.followed.source
         self.redactor.set_secrets(self.settings.secrets + list(self.source.secrets))
         self.status = StatusBoard(

@@ -3,7 +3,6 @@ history) or a watched folder, behind one shape so the loop never asks which one 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,21 +50,22 @@ def _ignore_settings(settings: Reloadable) -> None:
     return None
 
 
-def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable) -> Followed:
-    """A folder source for ``--watch`` or a plain folder, else a Git source (URL or local repo's committed history)."""
-    local = Path(args.repo).expanduser()
-    if args.watch or ("://" not in args.repo and local.is_dir() and not looks_like_git_repo(local)):
+def open_source(repo: str, path: str, *, branch: str | None, watch: bool, ssh_key_file: str | None,
+                cache_dir: Path, settings: Reloadable) -> Followed:
+    """A folder source for ``watch`` or a plain folder, else a Git source (a URL, or a local repo's committed history)."""
+    local = Path(repo).expanduser()
+    if watch or ("://" not in repo and local.is_dir() and not looks_like_git_repo(local)):
         if not local.is_dir():
-            raise SystemExit(f"amlops run: --watch needs a local folder, got {args.repo!r}")
-        folder = FolderSource(local, path=args.path)
+            raise SystemExit(f"amlops run: --watch needs a local folder, got {repo!r}")
+        folder = FolderSource(local, path=path)
         return Followed(folder, "folder", folder.start, _ignore_settings)
     git = GitSource(
-        args.repo,
-        cache_dir=state_dir / "cache",
-        path=args.path,
-        branch=args.branch,
+        repo,
+        cache_dir=cache_dir,
+        path=path,
+        branch=branch,
         token=settings.git_token,
-        ssh_key_file=args.ssh_key_file,
+        ssh_key_file=ssh_key_file,
         timeout_s=settings.git_timeout,
     )
 
