@@ -92,7 +92,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         for change in entry.changes:
             for step in change.get("rollout") or []:  # a passed rollout keeps every step's figures
                 print(f"        {change['kind']}/{change['name']} step {step['step']} ({step['weight']} %) "
-                      f"{step['seconds']:g} s: {_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
+                      f"{step['seconds']:g} s: {_both(step)}")
     return EXIT_OK
 
 
@@ -129,6 +129,11 @@ def _figures(label: str, figures: Mapping[str, Any]) -> str:
             f"({100 * float(figures.get('errorRate', 0)):.1f} %), p99 {'-' if p99 is None else f'{p99:g} ms'}")
 
 
+def _both(window: Mapping[str, Any]) -> str:
+    """A rollout window's figures for the new version, then for the live one."""
+    return f"{_figures('new', window['candidate'])}; {_figures('live', window['live'])}"
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     """Show where a service's rollout stands, or ask the controller to ``promote`` or ``abort`` it."""
     settings = settings_of(args)
@@ -158,11 +163,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         print(f"  steps: {' → '.join(f'{w} %' for w in data['weights'])}")
     current = data.get("window")
     if current:
-        print(f"  this step, {current['seconds']:g} s: {_figures('new', current['candidate'])}; "
-              f"{_figures('live', current['live'])}")
+        print(f"  this step, {current['seconds']:g} s: {_both(current)}")
     for step in data.get("passed") or []:
         print(f"  passed step {step['step']} ({step['weight']} %) in {step['seconds']:g} s: "
-              f"{_figures('new', step['candidate'])}; {_figures('live', step['live'])}")
+              f"{_both(step)}")
     return EXIT_OK
 
 
