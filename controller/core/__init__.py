@@ -1,12 +1,5 @@
-"""The core: planning, rendering, executing, reconciling and recording.
+"""The core: planning, executing, reconciling, rolling out, recording, reporting and rendering.
 
-The public surface is small: ``plan`` and the renderers for people reviewing changes,
-``reconcile`` + ``Recorder`` for the runtime loop and the CLI.
+Each module is imported by name (``controller.core.reconciling``); this package re-exports nothing,
+so importing one part never loads the others.
 """
-
-from controller.core.planning import plan
-from controller.core.reconciling import ReconcileOptions, reconcile
-from controller.core.recording import Recorder
-from controller.core.rendering import render_json, render_markdown, render_text
-
-__all__ = ["ReconcileOptions", "Recorder", "plan", "reconcile", "render_json", "render_markdown", "render_text"]

@@ -11,16 +11,23 @@ local-only install never needs it.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from controller.backends.base import Backend
+from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
+from controller.sources.loading import load_desired_state
+from controller.sources.validating import workspace_of
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
+from controller.structs.states import DesiredState, ResourceId
 
-log = logging.getLogger(__name__)
+BackendFor = Callable[[WorkspaceManifest | None], Backend]
+
+log = event_logger(__name__)
 
 
 class BackendUnavailable(PermanentError):
@@ -114,7 +121,7 @@ class BackendPool:
                 secrets = tuple(getattr(backend, "secrets", ()))
                 if secrets and self._on_secrets is not None:
                     self._on_secrets(secrets)
-                log.info("backend.opened", extra={"backend": key[0], "workspace": workspace.metadata.name if workspace else None})
+                log.info("backend.opened", backend=key[0], workspace=workspace.metadata.name if workspace else None)
                 self._open[key] = backend
             return backend
 
@@ -129,3 +136,80 @@ class BackendPool:
             backends, self._open = list(self._open.values()), {}
         for backend in backends:
             backend.close()
+
+
+@dataclass
+class Targets:
+    """Which backend holds each resource, and the backends in use (each once, in the order first used)."""
+
+    backends: list[Backend] = field(default_factory=list)
+    owner: dict[ResourceId, Backend] = field(default_factory=dict)
+
+    def add(self, backend: Backend) -> Backend:
+        """Note ``backend`` as in use (once); return it."""
+        if not any(b is backend for b in self.backends):
+            self.backends.append(backend)
+        return backend
+
+
+def targets_for(desired: DesiredState, backend_for: BackendFor) -> Targets:
+    """Each declared resource's backend, from its workspace (one repo can span backends); the local
+    backend alone when no Workspace is declared."""
+    targets = Targets()
+    workspaces = [r.manifest for r in desired if isinstance(r.manifest, WorkspaceManifest)]
+    for workspace in workspaces:
+        targets.add(backend_for(workspace))
+    if not workspaces:
+        targets.add(backend_for(None))
+    for resource in desired:
+        # A Webservice whose ``api`` differs from its workspace's goes to the other generation's backend.
+        targets.owner[resource.id] = targets.add(backend_for(workspace_for(resource.manifest, workspace_of(desired, resource))))
+    return targets
+
+
+def folder_targets(root: str | Path, path: str, backend_for: BackendFor) -> Targets:
+    """The targets of the manifests under ``root/path`` (validated; raises ``ValidationFailed``)."""
+    return targets_for(load_desired_state(root, path), backend_for)
+
+
+def service_backend(targets: Targets, service: str) -> Backend:
+    """The backend holding ``service``: the one its manifest's workspace names, else the one that reports it."""
+    rid = ResourceId(Kind.WEBSERVICE, service)
+    declared = targets.owner.get(rid)
+    if declared is not None:
+        return declared
+    if len(targets.backends) == 1:
+        return targets.backends[0]  # its own error says best whether the service is there
+    for backend in targets.backends:
+        if rid in backend.read().resources:
+            return backend
+    raise PermanentError(f"service {service!r} is not declared in the manifests, and no backend they name has it",
+                         reason="NotFound")
+
+
+def service_access(targets: Targets, service: str) -> ServiceAccess:
+    """The backend holding ``service``, as the keeper of its keys, tokens and logs (``PermanentError`` if it is none)."""
+    backend = service_backend(targets, service)
+    if not isinstance(backend, ServiceAccess):
+        raise PermanentError(f"the {backend.name} backend cannot give out keys, tokens or logs", reason="Unsupported")
+    return backend
+
+
+def traffic_splitting(targets: Targets, service: str) -> TrafficSplitting:
+    """The backend holding ``service``, as the one splitting its traffic (``PermanentError`` if it cannot)."""
+    backend = service_backend(targets, service)
+    if not isinstance(backend, TrafficSplitting):
+        raise PermanentError(f"the {backend.name} backend cannot split traffic", reason="Unsupported")
+    return backend
+
+
+@runtime_checkable
+class _LogFiles(Protocol):
+    """A backend whose replica logs are files on this machine (the local one)."""
+
+    def log_path(self, service: str, replica: int = 0) -> Path: ...
+
+
+def log_file(access: ServiceAccess, service: str, replica: int) -> Path | None:
+    """The file a replica's log is written to, where the backend keeps it on this machine (what ``logs --follow`` tails)."""
+    return access.log_path(service, replica) if isinstance(access, _LogFiles) else None

@@ -10,7 +10,6 @@ changes that depend on it, while unrelated changes carry on.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -21,11 +20,12 @@ from dataclasses import dataclass, field
 from controller.backends.base import ApplyContext, Backend, TrafficSplitting
 from controller.core import rolling_out
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ExecutionEvent, ExecutionPhase
 from controller.structs.states import DesiredState, ResourceId
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 ProgressCallback = Callable[[ExecutionEvent], None]
 BackendOf = Callable[[ResourceId], Backend]
@@ -99,19 +99,19 @@ class _Runner:
                 elapsed = time.monotonic() - started
                 delay = self.retry.delay(attempt, exc.retry_after, self.rng)
                 if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_s:
-                    log.warning("change.failed", extra={"resource": str(change.id), "attempts": attempt, "reason": "RetriesExhausted"})
+                    log.warning("change.failed", resource=str(change.id), attempts=attempt, reason="RetriesExhausted")
                     return self._failed(change, attempt, started, f"gave up after {attempt} attempts: {exc}", "RetriesExhausted")
                 if self.stop.is_set():  # shutting down: report the failure now rather than retry later
                     return self._failed(change, attempt, started, f"interrupted while retrying: {exc}", "Interrupted")
-                log.info("change.retrying", extra={"resource": str(change.id), "attempt": attempt, "delay_s": round(delay, 3)})
+                log.info("change.retrying", resource=str(change.id), attempt=attempt, delay_s=round(delay, 3))
                 self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.RETRYING, attempt, f"{exc} (retrying in {delay:.1f}s)"))
                 self.sleep(delay)
                 continue
             except PermanentError as exc:
-                log.warning("change.failed", extra={"resource": str(change.id), "attempts": attempt, "reason": exc.reason})
+                log.warning("change.failed", resource=str(change.id), attempts=attempt, reason=exc.reason)
                 return self._failed(change, attempt, started, str(exc), exc.reason)
             except Exception as exc:  # a backend bug must fail one change, not the whole reconcile
-                log.exception("change.crashed", extra={"resource": str(change.id), "attempts": attempt})
+                log.exception("change.crashed", resource=str(change.id), attempts=attempt)
                 return self._failed(change, attempt, started, f"{type(exc).__name__}: {exc}", "Unexpected")
             duration = time.monotonic() - started
             # A backend's note (a migrated service's new scoring URI) is kept as the change's message.
@@ -122,7 +122,7 @@ class _Runner:
                 return ChangeOutcome(change.id, change.action, ChangeStatus.PROGRESSING, attempt, duration,
                                      reason="RolloutInProgress", message=progress.message,
                                      requeue_after=progress.requeue_after)
-            log.info("change.succeeded", extra={"resource": str(change.id), "action": change.action.value, "attempts": attempt})
+            log.info("change.succeeded", resource=str(change.id), action=change.action.value, attempts=attempt)
             self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SUCCEEDED, attempt))
             steps = tuple(s.to_json() for s in progress.steps) if progress is not None else ()
             return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration,
@@ -156,7 +156,7 @@ def _run_phase(
                 del pending[change.id]
                 message = f"skipped: {broken[0]} did not succeed"
                 runner.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.SKIPPED, 0, message))
-                log.info("change.skipped", extra={"resource": str(change.id), "dependency": str(broken[0])})
+                log.info("change.skipped", resource=str(change.id), dependency=str(broken[0]))
                 done[change.id] = ChangeOutcome(change.id, change.action, ChangeStatus.SKIPPED, 0, 0.0, message, "DependencyFailed")
                 continue
             if all(d in done for d in deps):

@@ -619,6 +619,28 @@ def plan(
     return Plan(desired.revision, tuple(changes), base_revision=base_revision, held=held, warnings=tuple(warnings))
 
 
+def plan_deletion(ids: Iterable[ResourceId], actual: ActualState, *, controller_name: str, revision: str,
+                  force: bool = False) -> tuple[Plan, tuple[str, ...]]:
+    """Deleting ``ids`` on request (``amlops delete``), in the same order as pruning, and notes on what is left.
+
+    As in pruning, what ``controller_name`` did not create is not its to delete (``force`` deletes
+    it anyway); an id ``actual`` does not hold is noted as not found.
+    """
+    notes: list[str] = []
+    changes: list[Change] = []
+    for rid in sorted(ids, key=lambda r: (r.order(), r.name)):
+        found = actual.resources.get(rid)
+        if found is None:
+            notes.append(f"{rid}: not found")
+        elif not found.owned_by(controller_name) and not force:
+            notes.append(f"{rid}: not created by controller {controller_name!r}; skipped (--force deletes it anyway)")
+        else:
+            changes.append(Change(rid, Action.DELETE, reason="amlops delete"))
+    changes.sort(key=_sort_key)
+    changes = _with_dependencies(changes, DesiredState(revision, "", {}), actual)
+    return Plan(revision, tuple(changes)), tuple(notes)
+
+
 def as_applied(desired: DesiredState, *, controller_name: str, source: str = "") -> ActualState:
     """The actual state a backend would report had ``desired`` been applied by ``controller_name`` from ``source``.
 
@@ -634,8 +656,3 @@ def as_applied(desired: DesiredState, *, controller_name: str, source: str = "")
             details["api"] = api
         resources[resource.id] = ActualResource(resource.id, spec, tags, details=details)
     return ActualState(resources)
-
-
-def plan_ids(changes: Iterable[Change]) -> list[str]:
-    """``Kind/name`` of each change, for logs."""
-    return [str(c.id) for c in changes]

@@ -8,7 +8,6 @@ reads, so running it twice in a row writes nothing the second time.
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
@@ -19,14 +18,15 @@ from pathlib import Path
 from typing import Protocol
 
 from controller.backends.base import ApplyContext, Backend, ProgressFn, no_progress
-from controller.core.connecting import workspace_for
+from controller.core.connecting import BackendFor, Targets, targets_for
 from controller.core.executing import ProgressCallback, RetryPolicy, execute
 from controller.core.planning import plan as make_plan
 from controller.core.recording import ResourceStatus
 from controller.sources.loading import load_desired_state
-from controller.sources.validating import workspace_of
+from controller.sources.revisions import revision_of
 from controller.structs.errors import BackendError, TransientError, ValidationFailed
-from controller.structs.manifests import Kind, WorkspaceManifest
+from controller.structs.logformats import event_logger
+from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Change, Plan
 from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import (
@@ -39,9 +39,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
-
-BackendFor = Callable[[WorkspaceManifest | None], Backend]
+log = event_logger(__name__)
 
 
 class RecorderLike(Protocol):
@@ -102,19 +100,6 @@ class ReconcileOptions:
     stop: threading.Event | None = None
 
 
-@dataclass
-class _Targets:
-    """Which backend holds each resource, and the backends in use (each once)."""
-
-    backends: list[Backend] = field(default_factory=list)
-    owner: dict[ResourceId, Backend] = field(default_factory=dict)
-
-    def add(self, backend: Backend) -> Backend:
-        if not any(b is backend for b in self.backends):
-            self.backends.append(backend)
-        return backend
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -127,18 +112,9 @@ def load_step(root: str | Path, path: str, revision: str, reuse: bool = False) -
     return load_desired_state(root, path, revision=revision, reuse=reuse)
 
 
-def target_step(desired: DesiredState, backend_for: BackendFor) -> _Targets:
+def target_step(desired: DesiredState, backend_for: BackendFor) -> Targets:
     """Pick each declared resource's backend from its workspace, so one repo can span backends."""
-    targets = _Targets()
-    workspaces = [r.manifest for r in desired if isinstance(r.manifest, WorkspaceManifest)]
-    for workspace in workspaces:
-        targets.add(backend_for(workspace))
-    if not workspaces:
-        targets.add(backend_for(None))
-    for resource in desired:
-        # A Webservice whose ``api`` differs from its workspace's goes to the other generation's backend.
-        targets.owner[resource.id] = targets.add(backend_for(workspace_for(resource.manifest, workspace_of(desired, resource))))
-    return targets
+    return targets_for(desired, backend_for)
 
 
 def _read_with_retries(backend: Backend, retry: RetryPolicy) -> ActualState:
@@ -152,12 +128,12 @@ def _read_with_retries(backend: Backend, retry: RetryPolicy) -> ActualState:
             delay = retry.delay(attempt, exc.retry_after, random.random)
             if attempt >= retry.max_attempts or time.monotonic() - started + delay > retry.max_total_s:
                 raise
-            log.warning("read.retrying", extra={"backend": backend.name, "attempt": attempt, "delay_s": round(delay, 2)})
+            log.warning("read.retrying", backend=backend.name, attempt=attempt, delay_s=round(delay, 2))
             time.sleep(delay)
             attempt += 1
 
 
-def read_step(targets: _Targets, retry: RetryPolicy | None = None) -> ActualState:
+def read_step(targets: Targets, retry: RetryPolicy | None = None) -> ActualState:
     """Read actual state from every backend in use: the plan is made from what is, not from events."""
     merged: dict[ResourceId, ActualResource] = {}
     for backend in targets.backends:
@@ -169,7 +145,7 @@ def read_step(targets: _Targets, retry: RetryPolicy | None = None) -> ActualStat
     return ActualState(merged)
 
 
-def plan_step(desired: DesiredState, actual: ActualState, targets: _Targets, options: ReconcileOptions) -> Plan:
+def plan_step(desired: DesiredState, actual: ActualState, targets: Targets, options: ReconcileOptions) -> Plan:
     """Diff desired against actual, asking each resource's own backend what forces a replace."""
     fallback = targets.backends[0]
 
@@ -251,7 +227,7 @@ def stall_step(plan: Plan, desired: DesiredState, actual: ActualState,
     return (replace(plan, changes=tuple(changes)) if held_back else plan), blocked
 
 
-def apply_step(plan: Plan, desired: DesiredState, targets: _Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
+def apply_step(plan: Plan, desired: DesiredState, targets: Targets, options: ReconcileOptions) -> tuple[ChangeOutcome, ...]:
     """Apply the plan in dependency order, retrying what may pass and isolating what will not."""
     ctx = ApplyContext(options.controller_name, desired.revision, desired.root, desired, options.backend_progress,
                        options.source)
@@ -274,7 +250,7 @@ def begin_step(recorder: RecorderLike, revision: str, started: datetime, plan: P
     try:
         recorder.begin(revision, started, plan, digests)
     except Exception:  # a full disk must not stop an apply; the outcome is still recorded after it
-        log.exception("reconcile.begin_failed", extra={"revision": revision})
+        log.exception("reconcile.begin_failed", revision=revision)
 
 
 def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileOutcome:
@@ -282,12 +258,9 @@ def record_step(recorder: RecorderLike, outcome: ReconcileOutcome) -> ReconcileO
     try:
         recorder.record(outcome)
     except Exception:  # a full disk must not turn an applied revision into a crash loop
-        log.exception("reconcile.record_failed", extra={"revision": outcome.revision})
-    log.info(
-        "reconcile.finished",
-        extra={"revision": outcome.revision, "status": outcome.status.value, "changes": len(outcome.changes),
-               "errors": len(outcome.errors)},
-    )
+        log.exception("reconcile.record_failed", revision=outcome.revision)
+    log.info("reconcile.finished", revision=outcome.revision, status=outcome.status.value,
+             changes=len(outcome.changes), errors=len(outcome.errors))
     return outcome
 
 
@@ -324,7 +297,7 @@ def reconcile(
         desired = load_step(root, path, revision, options.reuse_desired)
     except ValidationFailed as exc:
         durations["load"] = time.monotonic() - mark
-        log.warning("reconcile.invalid", extra={"revision": revision, "errors": len(exc.errors)})
+        log.warning("reconcile.invalid", revision=revision, errors=len(exc.errors))
         return finish(ReconcileStatus.INVALID, errors=tuple(str(e) for e in exc.errors))
     durations["load"] = time.monotonic() - mark
 
@@ -350,7 +323,7 @@ def reconcile(
     statuses = recorder.resource_status()
     plan, blocked = stall_step(resume_step(planned, desired, statuses), desired, actual, statuses)
     durations["plan"] = time.monotonic() - mark
-    log.info("reconcile.planned", extra={"revision": revision, "changes": len(plan.effective), "held": bool(plan.held)})
+    log.info("reconcile.planned", revision=revision, changes=len(plan.effective), held=bool(plan.held))
     # What keeps this revision from being applied though nothing fails in this pass.
     blocked_errors = tuple(f"{c.id}: {c.reason}" for c in plan.changes if c.id in blocked)
 
@@ -375,3 +348,35 @@ def reconcile(
     status = (ReconcileStatus.FAILED if failed else ReconcileStatus.DEGRADED if blocked
               else ReconcileStatus.PROGRESSING if waits else ReconcileStatus.APPLIED)
     return finish(status, plan, changes, errors, blocked, min(waits) if waits else None)
+
+
+# --- once, from a folder the user has checked out (amlops plan, amlops apply) ----------------------
+
+
+def plan_once(root: str | Path, path: str, backend_for: BackendFor, options: ReconcileOptions | None = None) -> Plan:
+    """What applying the manifests under ``root/path`` would change now; nothing is applied or recorded.
+
+    The pipeline's load, target, read and plan steps, at the folder's revision (its Git commit,
+    ``+dirty`` with edits). Raises ``ValidationFailed`` (invalid manifests) or ``BackendError`` (a
+    backend that cannot be read).
+    """
+    options = options or ReconcileOptions()
+    desired = load_step(root, path, revision_of(Path(root)))
+    targets = target_step(desired, backend_for)
+    return plan_step(desired, read_step(targets), targets, options)
+
+
+def apply_once(root: str | Path, path: str, backend_for: BackendFor, recorder: RecorderLike,
+               options: ReconcileOptions | None = None) -> ReconcileOutcome:
+    """Reconcile the manifests under ``root/path`` at the folder's revision, as one apply.
+
+    A rollout the pass starts is carried on, pass after pass, until it ends; ``options.confirm``
+    is asked on the first pass only (the change it confirmed is what the later passes finish).
+    """
+    options = options or ReconcileOptions()
+    revision = revision_of(Path(root))
+    outcome = reconcile(root, path, revision, backend_for, recorder, options)
+    while outcome.status is ReconcileStatus.PROGRESSING and outcome.requeue_after is not None:
+        time.sleep(outcome.requeue_after)
+        outcome = reconcile(root, path, revision, backend_for, recorder, replace(options, confirm=None))
+    return outcome

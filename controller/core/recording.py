@@ -116,7 +116,7 @@ class ResourceStatus:
         return {
             "kind": self.id.kind.value,
             "name": self.id.name,
-            "conditions": [_condition_json(c) for c in self.conditions],
+            "conditions": [condition_json(c) for c in self.conditions],
             "lastAppliedRevision": self.last_applied_revision,
             "lastAttemptedRevision": self.last_attempted_revision,
             "updated": self.updated,
@@ -133,7 +133,8 @@ class SourceStatus:
     last_errors: tuple[str, ...]
 
 
-def _condition_json(c: Condition) -> dict[str, Any]:
+def condition_json(c: Condition) -> dict[str, Any]:
+    """A condition as JSON-ready data (the status page, ``amlops status`` and the history database)."""
     return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
 
 
@@ -198,8 +199,8 @@ class Recorder:
                 )
                 row_id = int(cursor.lastrowid or 0)
             message = f"applying revision {revision}"
-            conditions = json.dumps([_condition_json(Condition("Ready", False, APPLYING_REASON, message)),
-                                     _condition_json(Condition("Progressing", True, APPLYING_REASON, message))])
+            conditions = json.dumps([condition_json(Condition("Ready", False, APPLYING_REASON, message)),
+                                     condition_json(Condition("Progressing", True, APPLYING_REASON, message))])
             for change in plan.effective:
                 if change.action is Action.DELETE:
                     continue  # a delete cut short is planned again: the resource is still there
@@ -340,7 +341,7 @@ class Recorder:
                     Condition("Ready", False, result.reason or "Failed", result.error or ""),
                     Condition("Stalled", True, result.reason or "Failed", result.error or ""),
                 )
-            row = (json.dumps([_condition_json(c) for c in conditions]), last_applied, revision,
+            row = (json.dumps([condition_json(c) for c in conditions]), last_applied, revision,
                    outcome.digests.get(change.id))
             if previous == row:
                 continue

@@ -21,7 +21,6 @@ The analysis (``judge``) is a pure function of the two versions' counters over t
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from typing import Any, Final, NoReturn
 
 from controller.backends.base import ApplyContext, Backend, TrafficSplitting
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Analysis, Rollout, RolloutStep, SampleRequest, WebserviceManifest
 from controller.structs.plans import Action, Change
 from controller.structs.rollouts import (
@@ -43,7 +43,7 @@ from controller.structs.rollouts import (
 )
 from controller.structs.states import DesiredResource
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 POLL_S: Final = 0.5
 """How soon a pass looks at a rollout under way again (a weight change takes effect within 0.1 s)."""
@@ -165,7 +165,7 @@ def _advance(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyCon
     annotation = manifest.metadata.annotations.get(ROLLOUT_ANNOTATION, "").strip().lower()
     if state is not None and state.target != resource.digest and annotation != "abort":
         # Git moved on while a rollout was under way: that version is no longer wanted.
-        log.info("rollout.superseded", extra={"service": name, "revision": state.revision})
+        log.info("rollout.superseded", service=name, revision=state.revision)
         backend.discard_candidate(name)
         backend.save_rollout(name, None)
         state = None
@@ -200,7 +200,7 @@ def _roll_back(backend: TrafficSplitting, state: RolloutState, message: str, rea
     """All traffic back to the live version, the candidate removed, the rollout forgotten; then fail."""
     backend.discard_candidate(state.service)
     backend.save_rollout(state.service, None)
-    log.warning("rollout.rolled_back", extra={"service": state.service, "reason": reason})
+    log.warning("rollout.rolled_back", service=state.service, reason=reason)
     raise RolledBack(message, reason=reason)
 
 
@@ -229,7 +229,7 @@ def _begin(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyConte
         backend.discard_candidate(name)
         backend.save_rollout(name, None)
         raise
-    log.info("rollout.started", extra={"service": name, "strategy": rollout.strategy, "revision": ctx.revision})
+    log.info("rollout.started", service=name, strategy=rollout.strategy, revision=ctx.revision)
     return Progress(False, f"{rollout.strategy}: starting the candidate version", POLL_S)
 
 
@@ -289,7 +289,7 @@ def _enter_step(backend: TrafficSplitting, rollout: Rollout, state: RolloutState
     state = replace(state, phase=Phase.STEPPING, step=index, weight=weight, step_started=now(), baseline=baseline)
     state = _save(backend, state, f"{step_label(index, weight)}: started")
     backend.set_weight(state.service, weight)
-    log.info("rollout.step", extra={"service": state.service, "step": index + 1, "weight": weight})
+    log.info("rollout.step", service=state.service, step=index + 1, weight=weight)
     return Progress(False, f"canary {step_label(index, weight)}", POLL_S)
 
 
@@ -312,8 +312,7 @@ def _stepping(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyCo
     figures = StepFigures(state.step + 1, state.weight, elapsed, verdict.candidate, verdict.live)
     reference = verdict.live.p99_ms if verdict.live.requests >= LIVE_REFERENCE_MIN else state.live_p99_ms
     state = replace(state, steps=(*state.steps, figures), live_p99_ms=reference)
-    log.info("rollout.step_passed", extra={"service": state.service, "step": state.step + 1,
-                                           "requests": verdict.candidate.requests})
+    log.info("rollout.step_passed", service=state.service, step=state.step + 1, requests=verdict.candidate.requests)
     if state.step + 1 < len(rollout.steps):
         return _enter_step(backend, rollout, state, state.step + 1, now)
     return _promote(backend, resource, ctx, state, "every step passed")
@@ -325,7 +324,7 @@ def _promote(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyCon
     backend.set_weight(state.service, 100)
     state = _save(backend, replace(state, phase=Phase.PROMOTING, weight=100), f"promoting ({why})")
     backend.promote_candidate(resource, ctx)
-    log.info("rollout.promoting", extra={"service": state.service, "why": why})
+    log.info("rollout.promoting", service=state.service, why=why)
     return Progress(False, f"{state.strategy}: promoting ({why})", POLL_S)
 
 
@@ -338,7 +337,7 @@ def _promoting(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyC
         return Progress(False, f"{state.strategy}: promoting, live replicas rolling to the new version", POLL_S)
     backend.discard_candidate(state.service)
     backend.save_rollout(state.service, None)
-    log.info("rollout.promoted", extra={"service": state.service, "steps": len(state.steps)})
+    log.info("rollout.promoted", service=state.service, steps=len(state.steps))
     return Progress(True, f"{state.strategy}: promoted after {len(state.steps)} steps", None, state.steps)
 
 

@@ -1,5 +1,8 @@
 """Structured logs: an event name plus fields, as text or JSON lines, with secrets redacted.
 
+Every module logs through ``controller.structs.logformats.event_logger`` (the style is written down
+there); this module configures where the lines go and in which format.
+
 Secrets are kept out of log calls by construction; the redaction filter is defence in depth: any
 known secret value (and its URL-quoted or base64 forms) that still reaches a record becomes ``***``.
 """

@@ -15,7 +15,6 @@ SIGHUP, sent only in request headers (or as the webhook URL a chat service gave)
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import random
 import threading
@@ -35,6 +34,7 @@ from controller import __version__
 from controller.sources.gitting import redact
 from controller.sources.loading import parse_documents
 from controller.sources.validating import format_field
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import SecretRef
 from controller.structs.notifications import (
     EVENTS,
@@ -47,7 +47,7 @@ from controller.structs.notifications import (
 )
 from controller.structs.results import ReconcileOutcome
 
-log = logging.getLogger("amlops.notify")
+log = event_logger("amlops.notify")
 
 QUEUE_LIMIT: Final = 100
 REVISIONS_REMEMBERED: Final = 256
@@ -302,7 +302,7 @@ class _Worker:
                 if self._bucket.take(self.stop):
                     self._deliver(item)
             except Exception:  # a bug here must not kill the receiver's thread
-                log.exception("notification.crashed", extra={"fields": {"receiver": self.receiver.name}})
+                log.exception("notification.crashed", receiver=self.receiver.name)
             finally:
                 with self._ready:
                     self._busy = False
@@ -331,8 +331,7 @@ class _Worker:
             delay = min(r.retry.maxBackoffSeconds, r.retry.backoffSeconds * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
             if result.retry_after is not None:
                 delay = min(r.retry.maxBackoffSeconds, max(delay, result.retry_after))
-            log.info("notification.retrying", extra={"fields": {**fields, "attempt": attempt, "error": message,
-                                                                 "wait": round(delay, 2)}})
+            log.info("notification.retrying", **fields, attempt=attempt, error=message, wait=round(delay, 2))
             if self.stop.wait(delay):
                 self._failed(f"{message} (stopped before retrying)", attempt, fields)
                 return
@@ -345,7 +344,7 @@ class _Worker:
         h.last_delivered_at = time.time()
         self.metrics.deliveries.labels(receiver=self.receiver.name, outcome="delivered").inc()
         self.metrics.ready.labels(receiver=self.receiver.name, type=self.receiver.type).set(1)
-        log.info("notification.delivered", extra={"fields": {**fields, "code": result.code, "attempts": attempt}})
+        log.info("notification.delivered", **fields, code=result.code, attempts=attempt)
         self.publish()
 
     def _failed(self, message: str, attempt: int, fields: dict[str, Any]) -> None:
@@ -357,7 +356,7 @@ class _Worker:
         h.last_failed_at = time.time()
         self.metrics.deliveries.labels(receiver=self.receiver.name, outcome="failed").inc()
         self.metrics.ready.labels(receiver=self.receiver.name, type=self.receiver.type).set(0)
-        log.warning("notification.failed", extra={"fields": {**fields, "attempts": attempt, "error": message}})
+        log.warning("notification.failed", **fields, attempts=attempt, error=message)
         self.publish()
 
 

@@ -9,6 +9,9 @@ content; they only shorten the wait.
 Process lifetime: the HTTP endpoints come up first (so a standby can say so), then the leader
 lock is taken (or waited for), then the loop runs until SIGTERM/SIGINT, which let the reconcile in
 flight finish and be recorded before exiting 0. SIGHUP re-reads the config file and secret files.
+
+Beside the loop: ``sourcing`` opens the source followed, ``reloading`` resolves the settings SIGHUP
+re-reads, ``waking`` holds the wake-up reasons and signal flags, ``banners`` the printed ``curl``.
 """
 
 from __future__ import annotations
@@ -18,52 +21,41 @@ import atexit
 import logging
 import os
 import random
-import shlex
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
-from typing import Any, Final, Protocol
-
-import yaml
+from typing import Any, Final
 
 from controller.core.connecting import BackendPool
 from controller.core.reconciling import PlanMemo, ReconcileOptions, reconcile
 from controller.core.recording import Recorder
+from controller.core.reporting import change_entries, history_rows, outcome_summary, published_resources
+from controller.runtime.banners import SAMPLE_REQUEST, service_banner
 from controller.runtime.flags import add_run_arguments
 from controller.runtime.locking import LeaderLock
 from controller.runtime.logs import RedactingFilter, configure_logging
 from controller.runtime.metrics import ControllerMetrics, ResourceCondition
-from controller.runtime.notifying import ConfigError, Notifier, parse_notifications, resolve_credentials
+from controller.runtime.notifying import Notifier
+from controller.runtime.reloading import load_reloadable
 from controller.runtime.serving import Endpoints, HttpServer
+from controller.runtime.sourcing import open_source
 from controller.runtime.statedirs import state_dir_problem, state_dir_status
-from controller.runtime.statuses import StatusBoard, mark_sync
+from controller.runtime.statuses import StatusBoard
+from controller.runtime.waking import Signals, Wakeup
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import (
-    GIT_TIMEOUT_S,
-    GitSource,
-    Snapshot,
-    SourceUnavailable,
-    looks_like_git_repo,
-    redact,
-)
-from controller.sources.watching import FolderSource
+from controller.sources.gitting import SourceUnavailable, redact
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
-from controller.structs.notifications import Credentials, Notifications
 from controller.structs.plans import Action
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import ActualResource, ResourceId, source_id
 
-log = logging.getLogger("amlops.run")
+log = event_logger("amlops.run")
 
-DEFAULT_INTERVAL_S: Final = 60.0
 LOCK_POLL_S: Final = 1.0
-HISTORY_KEPT: Final = 20
+HISTORY_SHOWN: Final = 20  # reconciles on the status page (amlops history reads the same database)
 BACKOFF_BASE_S: Final = 1.0
 DUMP_MODULES_ENV: Final = "AMLOPS_DUMP_MODULES"
 """When set to a path, the process writes its sorted ``sys.modules`` there at exit (tests use it)."""
@@ -74,176 +66,12 @@ EXIT_USAGE: Final = 64  # EX_USAGE, as the other commands; never 2, which means 
 EXIT_HELD: Final = 3
 
 
-class Source(Protocol):
-    """What the loop needs of a source: a snapshot per call, a name to show, secrets to redact."""
-
-    @property
-    def display_url(self) -> str: ...
-
-    @property
-    def branch(self) -> str | None: ...
-
-    @property
-    def secrets(self) -> tuple[str, ...]: ...
-
-    def fetch(self) -> Snapshot: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Reloadable:
-    """Settings SIGHUP re-reads. Precedence: flag, then config file, then environment, then default."""
-
-    interval: float
-    webhook_secret: str | None
-    api_token: str | None
-    git_token: str | None
-    notifications: Notifications = field(default_factory=Notifications)
-    notification_credentials: dict[str, Credentials] = field(default_factory=dict)
-    git_timeout: float = GIT_TIMEOUT_S
-
-    @property
-    def secrets(self) -> list[str]:
-        found = [s for s in (self.webhook_secret, self.api_token, self.git_token) if s]
-        return found + [v for c in self.notification_credentials.values() for v in c.values()]
-
-
-def _read_secret(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).expanduser().read_text().strip() or None
-    except OSError as exc:
-        raise SystemExit(f"amlops run: cannot read secret file {path}: {exc.strerror}") from None
-
-
-def load_reloadable(args: argparse.Namespace) -> Reloadable:
-    """Resolve the reloadable settings from flags, ``--config`` and the environment."""
-    config: dict[str, Any] = {}
-    if args.config:
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise SystemExit(f"amlops run: cannot read --config {args.config}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SystemExit(f"amlops run: --config {args.config} must be a mapping")
-        config = loaded or {}
-
-    def secret(flag: str | None, key: str, env: str) -> str | None:
-        file = flag or config.get(key)
-        return _read_secret(str(file)) if file else (os.environ.get(env) or None)
-
-    interval = float(
-        args.interval if args.interval is not None else config.get("interval", DEFAULT_INTERVAL_S)
-    )
-    if interval <= 0:
-        raise SystemExit("amlops run: --interval must be positive")
-    try:
-        notifications = parse_notifications(args.config) if args.config else Notifications()
-        credentials = resolve_credentials(notifications)
-    except ConfigError as exc:
-        raise SystemExit(f"amlops run: --config: {exc}") from None
-    flag_timeout = getattr(args, "git_timeout", None)
-    try:
-        git_timeout = float(flag_timeout if flag_timeout is not None else config.get("gitTimeout", GIT_TIMEOUT_S))
-    except (TypeError, ValueError):
-        raise SystemExit(f"amlops run: gitTimeout in --config {args.config} must be a number of seconds") from None
-    if git_timeout <= 0:
-        raise SystemExit("amlops run: --git-timeout must be positive")
-    return Reloadable(
-        interval=interval,
-        webhook_secret=secret(args.webhook_secret_file, "webhookSecretFile", "AMLOPS_WEBHOOK_SECRET"),
-        api_token=secret(args.api_token_file, "apiTokenFile", "AMLOPS_API_TOKEN"),
-        git_token=secret(args.git_token_file, "gitTokenFile", "AMLOPS_GIT_TOKEN"),
-        notifications=notifications,
-        notification_credentials=credentials,
-        git_timeout=git_timeout,
-    )
-
-
-def open_source(args: argparse.Namespace, state_dir: Path, settings: Reloadable) -> GitSource | FolderSource:
-    """A folder source for ``--watch`` or a plain folder, else a Git source (URL or local repo's committed history)."""
-    local = Path(args.repo).expanduser()
-    if args.watch or ("://" not in args.repo and local.is_dir() and not looks_like_git_repo(local)):
-        if not local.is_dir():
-            raise SystemExit(f"amlops run: --watch needs a local folder, got {args.repo!r}")
-        return FolderSource(local, path=args.path)
-    return GitSource(
-        args.repo,
-        cache_dir=state_dir / "cache",
-        path=args.path,
-        branch=args.branch,
-        token=settings.git_token,
-        ssh_key_file=args.ssh_key_file,
-        timeout_s=settings.git_timeout,
-    )
-
-
 def backoff_delay(failures: int, interval: float, rng: Callable[[], float] = random.random) -> float:
     """Seconds to wait after ``failures`` consecutive failures: doubling from 1 s, jittered, capped at ``interval``."""
     if failures <= 0:
         return interval
     ceiling: float = min(interval, BACKOFF_BASE_S * 2.0 ** min(failures - 1, 30))
     return max(0.05, ceiling * (0.5 + rng() / 2))
-
-
-class _Wakeup:
-    """Why the loop should run now; many wake-ups before it looks collapse into one."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._reasons: list[str] = []
-
-    def wake(self, reason: str) -> None:
-        with self._lock:
-            self._reasons.append(reason)
-        self._event.set()
-
-    def take(self) -> list[str]:
-        with self._lock:
-            reasons, self._reasons = self._reasons, []
-        self._event.clear()
-        return reasons
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(timeout)
-
-
-def _change_entries(outcome: ReconcileOutcome) -> list[dict[str, Any]]:
-    results = {c.id: c for c in outcome.changes}
-    entries = []
-    for change in outcome.plan.effective if outcome.plan is not None else ():
-        result = results.get(change.id)
-        entries.append(
-            {
-                "id": str(change.id),
-                "action": change.action.value,
-                "symbol": change.action.symbol,
-                "reason": change.reason,
-                "file": change.manifest_file,
-                "outcome": result.status.value
-                if result
-                else ("planned" if outcome.status is ReconcileStatus.DETECTED else "not applied"),
-                "message": (result.error if result else None),
-            }
-        )
-    return entries
-
-
-def _summary(outcome: ReconcileOutcome) -> str:
-    if outcome.errors:
-        first = outcome.errors[0]
-        return first if len(outcome.errors) == 1 else f"{first} (+{len(outcome.errors) - 1} more)"
-    if outcome.plan is not None and outcome.plan.held:
-        return f"held: {outcome.plan.held}"
-    if outcome.plan is not None and outcome.plan.has_changes:
-        counts: dict[str, int] = {}
-        for c in outcome.plan.effective:
-            counts[c.action.symbol] = counts.get(c.action.symbol, 0) + 1
-        return " ".join(f"{sym}{n}" for sym, n in counts.items())
-    return "in sync"
 
 
 class Controller:
@@ -258,9 +86,12 @@ class Controller:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.settings = load_reloadable(args)
         self.metrics = ControllerMetrics()
-        self.wakeup = _Wakeup()
+        self.wakeup = Wakeup()
         self.lock = LeaderLock(self.state_dir)
-        self.source: GitSource | FolderSource = open_source(args, self.state_dir, self.settings)
+        self.followed = open_source(args.repo, args.path, branch=args.branch, watch=args.watch,
+                                    ssh_key_file=args.ssh_key_file, cache_dir=self.state_dir / "cache",
+                                    settings=self.settings)
+        self.source = self.followed.source
         self.redactor.set_secrets(self.settings.secrets + list(self.source.secrets))
         self.status = StatusBoard(
             self.name,
@@ -268,7 +99,7 @@ class Controller:
                 "url": self.source.display_url,
                 "branch": args.branch,
                 "path": args.path,
-                "kind": "folder" if isinstance(self.source, FolderSource) else "git",
+                "kind": self.followed.kind,
             },
             detect_only=args.detect_only,
         )
@@ -277,7 +108,8 @@ class Controller:
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)
-        self.stop_requested = threading.Event()
+        self.signals = Signals()
+        self.stop_requested = self.signals.stop
         self.options = ReconcileOptions(
             controller_name=self.name,
             source=self.source_id,
@@ -289,10 +121,8 @@ class Controller:
             plan_memo=PlanMemo(),
             stop=self.stop_requested,
         )
-        self._reload_requested = False
         self._refused = False  # a standby that found the leader following another source
         self._failures = 0
-        self._history: list[dict[str, Any]] = []
         self.server = HttpServer(
             args.listen,
             Endpoints(
@@ -314,36 +144,19 @@ class Controller:
         host = "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
         return f"http://{host}:{port}/"
 
-    # -- signals ----------------------------------------------------------------------------
-
-    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
-        # Only set flags here: the loop notices within a fraction of a second (no locks in handlers).
-        self.stop_requested.set()
-
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
-        self._reload_requested = True
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: finish the change in flight and exit; SIGHUP: reload settings."""
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_hup)
-
     def reload(self) -> None:
         """Re-read the config file and secret files; keep the old settings if they are unreadable."""
-        self._reload_requested = False
+        self.signals.reload_requested = False
         try:
             fresh = load_reloadable(self.args)
         except SystemExit as exc:
-            log.error("settings.reload.failed", extra={"fields": {"error": str(exc)}})
+            log.error("settings.reload.failed", error=str(exc))
             return
         self.settings = fresh
         self.notifier.configure(fresh.notifications, fresh.notification_credentials, self._status_url())
-        if isinstance(self.source, GitSource):
-            self.source.set_token(fresh.git_token)
-            self.source.set_timeout(fresh.git_timeout)
+        self.followed.reconfigure(fresh)
         self.redactor.set_secrets(fresh.secrets + list(self.source.secrets))
-        log.info("settings.reloaded", extra={"fields": {"interval": fresh.interval}})
+        log.info("settings.reloaded", interval=fresh.interval)
         self.wake("reload")
 
     def wake(self, reason: str) -> None:
@@ -355,27 +168,22 @@ class Controller:
     def run(self) -> int:
         """Serve, lead (or stand by), loop until told to stop; the exit status of the process."""
         self.server.start()
-        log.info("http.listening", extra={"fields": {"address": self.server.address}})
+        log.info("http.listening", address=self.server.address)
         try:
             if not self.lock.try_acquire(self.source_id):
                 if self._other_source():
                     return EXIT_USAGE
                 self.status.update(role="standby")
-                log.info(
-                    "leader.standby",
-                    extra={"fields": {"lock": str(self.lock.path), "holder": self.lock.holder()}},
-                )
+                log.info("leader.standby", lock=str(self.lock.path), holder=self.lock.holder())
                 if not self._wait_for_lock():
                     return EXIT_USAGE if self._refused else EXIT_OK
             self._close_interrupted()
             self.status.update(role="leader", lastAppliedRevision=self.recorder.last_good_revision())
             self._publish_resources()
+            self._publish_history()
             self.metrics.leader.set(1)
-            log.info(
-                "leader.elected", extra={"fields": {"pid": os.getpid(), "state_dir": str(self.state_dir)}}
-            )
-            if isinstance(self.source, FolderSource):
-                self.source.start(lambda: self.wake("watch"))
+            log.info("leader.elected", pid=os.getpid(), state_dir=str(self.state_dir))
+            self.followed.watch(lambda: self.wake("watch"))
             return self._loop()
         finally:
             self.status.update(role="stopping")
@@ -384,17 +192,17 @@ class Controller:
             self.backends.close()
             self.server.close()
             self.lock.release()
-            log.info("controller.stopped", extra={"fields": {"pid": os.getpid()}})
+            log.info("controller.stopped", pid=os.getpid())
 
     def _close_interrupted(self) -> None:
         """A pass the previous leader left ``applying`` was cut short (kill -9, power loss): say so in history."""
         try:
             closed = self.recorder.close_interrupted()
         except Exception as exc:  # the history database is advisory here; never stop the loop for it
-            log.warning("history.unwritable", extra={"fields": {"error": str(exc)}})
+            log.warning("history.unwritable", error=str(exc))
             return
         if closed:
-            log.warning("reconcile.interrupted", extra={"fields": {"passes": closed}})
+            log.warning("reconcile.interrupted", passes=closed)
 
     def _other_source(self) -> bool:
         """Whether the leader follows another source: then this one must not stand by to take over.
@@ -408,7 +216,7 @@ class Controller:
         message = (f"amlops run: the controller leading {self.state_dir} (pid {self.lock.holder() or '?'}) follows "
                    f"{leader}; this one follows {self.source_id}. A standby must follow the same source: give this "
                    "controller its own --state-dir (and --controller-name if both share a backend)")
-        log.error("leader.other_source", extra={"fields": {"leader_source": leader, "source": self.source_id}})
+        log.error("leader.other_source", leader_source=leader, source=self.source_id)
         print(message, file=sys.stderr, flush=True)
         return True
 
@@ -419,7 +227,7 @@ class Controller:
             if self._other_source():
                 self._refused = True
                 return False
-            if self._reload_requested:
+            if self.signals.reload_requested:
                 self.reload()
             self.stop_requested.wait(LOCK_POLL_S)
         return False
@@ -446,7 +254,7 @@ class Controller:
         """Wait ``delay`` seconds or until woken; poll the stop flag so signals are seen promptly."""
         deadline = time.monotonic() + delay
         while not self.stop_requested.is_set():
-            if self._reload_requested:
+            if self.signals.reload_requested:
                 self.reload()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -468,7 +276,7 @@ class Controller:
     def reconcile_once(self, reasons: list[str]) -> ReconcileOutcome | None:
         """Fetch the source and run the reconcile pipeline once; record everything in the status."""
         started = time.time()
-        log.info("sync.started", extra={"fields": {"trigger": ",".join(sorted(set(reasons))) or "interval"}})
+        log.info("sync.started", trigger=",".join(sorted(set(reasons))) or "interval")
         # State dir: nothing can be recorded without it; say so instead of failing at the first write.
         problem = state_dir_problem(self.state_dir)
         self.status.update(stateDir=state_dir_status(self.state_dir, problem))
@@ -508,25 +316,29 @@ class Controller:
         except Exception as exc:
             # reconcile() turns every expected failure into an outcome; this is a bug, and the loop
             # must outlive it (retry with backoff) rather than leave the services unwatched.
-            log.exception("sync.crashed", extra={"fields": {"revision": snapshot.revision}})
+            log.exception("sync.crashed", revision=snapshot.revision)
             message = f"internal error: {type(exc).__name__}: {exc}"
             outcome = ReconcileOutcome(
                 snapshot.revision, ReconcileStatus.FAILED, began, datetime.now(UTC), errors=(message,)
             )
+            try:  # in the one history too, so amlops history and the status page both show it
+                self.recorder.record(outcome)
+            except Exception as record_exc:
+                log.warning("history.unwritable", error=str(record_exc))
         self._record(outcome, started)
-        self.notifier.reconciled(outcome, _summary(outcome))
+        self.notifier.reconciled(outcome, outcome_summary(outcome))
         return outcome
 
     def _secrets(self) -> tuple[str, ...]:
         return tuple(self.settings.secrets) + tuple(self.source.secrets)
 
     def _state_dir_failed(self, message: str, started: float) -> None:
-        log.warning("state_dir.unwritable", extra={"fields": {"error": message}})
+        log.warning("state_dir.unwritable", error=message)
         self._pass_failed(message, started)
 
     def _fetch_failed(self, message: str, started: float) -> None:
         self.metrics.fetch_errors.inc()
-        log.warning("source.fetch.failed", extra={"fields": {"error": message}})
+        log.warning("source.fetch.failed", error=message)
         self.status.update_source(reachable=False, lastFetchError=message)
         self._pass_failed(message, started)
 
@@ -544,12 +356,13 @@ class Controller:
             "changes": [],
         }
         self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
-        self._push_history({"revision": None, "status": "failed", "finishedAt": now, "summary": message})
 
-    def _push_history(self, entry: dict[str, Any]) -> None:
-        self._history.insert(0, entry)
-        del self._history[HISTORY_KEPT:]
-        self.status.update(history=list(self._history))
+    def _publish_history(self) -> None:
+        """The status page's history: the latest recorded reconciles, as ``amlops history`` lists them."""
+        try:
+            self.status.update(history=history_rows(self.recorder.history(HISTORY_SHOWN)))
+        except Exception as exc:  # the history database is advisory here; never stop the loop for it
+            log.warning("history.unreadable", error=str(exc))
 
     def _record(self, outcome: ReconcileOutcome, started: float) -> None:
         now = time.time()
@@ -571,14 +384,12 @@ class Controller:
             "durationSeconds": round(duration, 3),
             "phases": {k: round(v, 3) for k, v in outcome.durations.items()},
             "errors": list(outcome.errors),
-            "changes": _change_entries(outcome),
+            "changes": change_entries(outcome),
             "held": outcome.plan.held if outcome.plan is not None else None,
             "warnings": list(outcome.plan.warnings) if outcome.plan is not None else [],
         }
         self.status.update(lastReconcile=last, reconciles=(self.status.get("reconciles") or 0) + 1)
-        self._push_history(
-            {"revision": outcome.revision, "status": status, "finishedAt": now, "summary": _summary(outcome)}
-        )
+        self._publish_history()
         fields: dict[str, Any] = {
             "revision": outcome.revision,
             "status": status,
@@ -591,7 +402,7 @@ class Controller:
             fields["error"] = outcome.errors[0]
             fields["errors"] = len(outcome.errors)
         level = logging.INFO if outcome.ok else logging.WARNING
-        log.log(level, "sync.finished", extra={"fields": fields})
+        log.log(level, "sync.finished", **fields)
         # A pass that changed nothing already read the live state; after changes, read it again.
         unchanged = outcome.actual is not None and not outcome.changes
         observed = dict(outcome.actual.resources) if unchanged and outcome.actual is not None else self._observe()
@@ -605,7 +416,7 @@ class Controller:
             try:
                 observed.update(backend.read().resources)
             except Exception as exc:  # status is a courtesy: never let it stop the loop
-                log.warning("status.observe.failed", extra={"fields": {"error": type(exc).__name__}})
+                log.warning("status.observe.failed", error=type(exc).__name__)
         return observed
 
     def _announce_services(self, outcome: ReconcileOutcome, observed: dict[ResourceId, ActualResource]) -> None:
@@ -621,9 +432,8 @@ class Controller:
                     and resource.details.get("scoringUri")):
                 banner = service_banner(resource, self.state_dir, self.name, sample if sample.is_file() else None)
                 if self.log_format == "json":  # stdout carries JSON lines only in JSON mode
-                    log.info("service.ready", extra={"fields": {"service": change.id.name,
-                                                                "scoringUri": resource.details["scoringUri"],
-                                                                "howToCall": banner}})
+                    log.info("service.ready", service=change.id.name, scoringUri=resource.details["scoringUri"],
+                             howToCall=banner)
                 else:
                     print(banner, flush=True)
 
@@ -633,73 +443,15 @@ class Controller:
         try:
             statuses = self.recorder.resource_status()
         except Exception as exc:  # the history database is advisory here; never stop the loop for it
-            log.warning("status.resources.unreadable", extra={"fields": {"error": str(exc)}})
+            log.warning("status.resources.unreadable", error=str(exc))
             return
         observed = observed if observed is not None else self._observe()
-        resources = []
-        for status in sorted(statuses.values(), key=lambda s: (s.id.order(), s.id.name)):
-            entry = status.to_json()
-            live = observed.get(status.id)
-            conflict = status.condition("Stalled")
-            if conflict is not None and conflict.status and conflict.reason == "OwnershipConflict":
-                live = None  # what runs is another source's: its health says nothing about this one's manifest
-            if live is not None:
-                merged = {c["type"]: c for c in entry["conditions"]}
-                merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                               for c in live.conditions})
-                entry["conditions"] = list(merged.values())
-                entry["details"] = resource_details(live)
-            ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)
-            entry["status"] = "Ready" if ready and ready["status"] else ("Not ready" if ready else "Unknown")
-            mark_sync(entry, self.status.get("lastReconcile") or {})
-            resources.append(entry)
+        resources = published_resources(statuses, observed, self.status.get("lastReconcile") or {})
         self.status.update(resources=resources)
         conditions = [ResourceCondition(r["kind"], c["type"], bool(c["status"]), r["name"], str(c.get("reason") or ""))
                       for r in resources for c in r["conditions"]]
         self.metrics.set_resources(conditions)
         self.metrics.set_resource_conditions(conditions)
-
-
-def resource_details(resource: ActualResource) -> dict[str, Any]:
-    """The few live details worth showing per resource: endpoint, replicas, model versions."""
-    details = resource.details
-    shown: dict[str, Any] = {}
-    if details.get("scoringUri"):
-        shown["scoringUri"] = details["scoringUri"]
-    replicas = details.get("replicas")
-    if isinstance(replicas, dict) and "ready" in replicas:
-        shown["replicas"] = f"{replicas.get('ready')}/{replicas.get('desired', '?')}"
-    for key in ("modelVersions", "models", "version", "gpus", "placement"):
-        if details.get(key):
-            shown[key] = details[key]
-    if isinstance(details.get("rollout"), dict):
-        shown["rollout"] = details["rollout"]
-    return shown
-
-
-# The example's one held-out digit, used in the printed curl when run from this repository.
-SAMPLE_REQUEST: Final = "manifests/src/sample-request.json"
-
-
-def _amlops_command() -> str:
-    """How this process was started, so a printed command works without an activated venv."""
-    if Path(sys.argv[0]).name == "amlops":
-        return shlex.quote(str(Path(sys.argv[0]).absolute()))
-    return f"{shlex.quote(sys.executable)} -m controller"
-
-
-def service_banner(resource: ActualResource, state_dir: Path, controller_name: str, sample: Path | None = None) -> str:
-    """A ready-to-paste ``curl`` for a service, with the key fetched by ``amlops keys`` at paste time."""
-    uri = resource.details["scoringUri"]
-    flags = f"--state-dir {shlex.quote(str(state_dir))}"
-    if controller_name != "amlops":
-        flags += f" --controller-name {shlex.quote(controller_name)}"
-    header = ""
-    if resource.spec.get("auth", "key") == "key":
-        header = f'-H "Authorization: Bearer $({_amlops_command()} keys {resource.id.name} {flags} --primary)" '
-    body = f"@{shlex.quote(str(sample))}" if sample is not None else "'{\"data\": [[...784 floats]]}'"
-    return (f"\nService {resource.id.name} is ready: {uri}\n"
-            f"  curl -s {uri} {header}-H 'Content-Type: application/json' -d {body}\n")
 
 
 def _dump_modules_at_exit() -> None:
@@ -728,10 +480,10 @@ def main_run(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     except (OSError, ValueError) as exc:
-        log.error("controller.start.failed", extra={"fields": {"error": str(exc)}})
+        log.error("controller.start.failed", error=str(exc))
         return EXIT_USAGE
-    controller.install_signal_handlers()
+    controller.signals.install()
     return controller.run()
 
 
-__all__ = ["add_run_arguments", "backoff_delay", "load_reloadable", "main_run", "open_source"]
+__all__ = ["add_run_arguments", "backoff_delay", "main_run"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +19,9 @@ from controller.core.rendering import JSON_FORMAT_VERSION, describe_rollout_stat
 from controller.runtime.metrics import CONTENT_TYPE, ControllerMetrics
 from controller.runtime.statuses import StatusBoard
 from controller.runtime.webhooks import MAX_BODY_BYTES, bearer_token_valid, judge
-from controller.structs.logformats import rfc3339
+from controller.structs.logformats import event_logger, rfc3339
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
     endpoints: Endpoints  # set on the subclass made per server
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http.request", extra={"fields": {"line": format % args}})
+        log.debug("http.request", line=format % args)
 
     def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(code)
@@ -102,7 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if path == "/api/sync":
             if not bearer_token_valid(e.api_token(), self.headers.get("Authorization", "")):
-                log.warning("api.sync.denied", extra={"fields": {"client": self.client_address[0]}})
+                log.warning("api.sync.denied", client=self.client_address[0])
                 self._send(401, b"unauthorized: Authorization: Bearer <api token> required\n")
                 return
             e.wake("api")
@@ -111,12 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers = {k: v for k, v in self.headers.items()}
             verdict = judge(headers, body, e.webhook_secret(), e.branch())
             e.metrics.webhooks.labels(provider=verdict.provider or "unknown", code=str(verdict.status)).inc()
-            log.info(
-                "webhook.received",
-                extra={
-                    "fields": {"provider": verdict.provider, "code": verdict.status, "reason": verdict.reason}
-                },
-            )
+            log.info("webhook.received", provider=verdict.provider, code=verdict.status, reason=verdict.reason)
             if verdict.wake:
                 e.wake(f"webhook:{verdict.provider}")
             self._json(verdict.status, {"reason": verdict.reason, "synced": verdict.wake})

@@ -10,7 +10,7 @@ import copy
 import os
 import threading
 import time
-from typing import Any, Final
+from typing import Any
 
 
 class StatusBoard:
@@ -73,22 +73,3 @@ class StatusBoard:
                 errors = last.get("errors") or []
                 return False, "degraded: " + (str(errors[0]) if errors else "revision not applied")
             return True, "ready"
-
-
-# Outcomes after which what runs is not the latest revision: nothing of it was applied.
-_NOT_APPLIED: Final = {"invalid": "ValidationFailed", "held": "PlanHeld"}
-
-
-def mark_sync(entry: dict[str, Any], last: dict[str, Any]) -> None:
-    """Say whether ``entry`` runs the latest revision (``inSync``); when the latest was invalid or held,
-    add a false ``Synced`` condition (naming the resource's own errors, if any) and mark its status."""
-    reason = _NOT_APPLIED.get(str(last.get("status")))
-    entry["inSync"] = reason is None
-    if reason is None:
-        return
-    own = [e for e in last.get("errors") or [] if f"{entry['kind']} {entry['name']}:" in str(e)]
-    running = entry.get("lastAppliedRevision") or "an earlier revision"
-    message = (f"revision {last.get('revision')} was not applied ({last.get('status')}); still running {running}"
-               + (f": {own[0]}" if own else ""))
-    entry["conditions"] = [*entry["conditions"], {"type": "Synced", "status": False, "reason": reason, "message": message}]
-    entry["status"] = f"{entry['status']}, out of sync"

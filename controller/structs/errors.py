@@ -64,3 +64,10 @@ class TransientError(BackendError):
 
 class StateDirFull(TransientError):
     """The state directory's filesystem has no space left: nothing is recorded until some is freed."""
+
+
+class RevisionUnavailable(Exception):
+    """A Git revision could not be read (not a repository, an unknown ref, a failing git command).
+
+    The message is for the user as is: one line, never a traceback.
+    """

@@ -347,3 +347,26 @@ def test_a_resource_applied_before_sources_were_recorded_is_adopted_into_the_inv
     adopted = {c.id.kind for c in result.effective}
     assert adopted == {Kind.AKS_CLUSTER, Kind.ENVIRONMENT, Kind.MODEL, Kind.WEBSERVICE}  # not the workspace
     assert all(c.action is Action.UPDATE and c.reason.startswith("adopt: recorded without a source") for c in result.effective)
+
+
+def test_a_requested_delete_waits_only_for_what_uses_each_resource_and_skips_what_is_not_ours(repo: Repo) -> None:
+    from controller.core.planning import plan_deletion
+
+    desired = repo.standard(services=("svc-a", "svc-b")).load()
+    actual = _applied(desired)
+    foreign = ResourceId(Kind.ENVIRONMENT, "other-env")
+    actual = _with(actual, ActualResource(foreign, {}, {MANAGED_BY_TAG: "someone-else"}))
+    missing = ResourceId(Kind.MODEL, "gone")
+    ids = [rid for rid in actual.resources if rid.kind is not Kind.WORKSPACE] + [missing]
+    result, notes = plan_deletion(ids, actual, controller_name="amlops", revision="r1")
+    assert notes == ("Environment/other-env: not created by controller 'amlops'; skipped (--force deletes it anyway)",
+                     "Model/gone: not found")
+    assert [str(c.id) for c in result.changes] == ["Webservice/svc-a", "Webservice/svc-b", "Model/linear",
+                                                   "Environment/numpy-env", "AksCluster/aks-cpu"]
+    assert all(c.action is Action.DELETE and c.reason == "amlops delete" for c in result.changes)
+    services = (ResourceId(Kind.WEBSERVICE, "svc-a"), ResourceId(Kind.WEBSERVICE, "svc-b"))
+    by_kind = {c.id.kind: c for c in result.changes}
+    assert by_kind[Kind.MODEL].depends_on == services  # the model goes once no service runs it
+    assert by_kind[Kind.WEBSERVICE].depends_on == ()
+    forced, notes = plan_deletion([foreign], actual, controller_name="amlops", revision="r1", force=True)
+    assert [str(c.id) for c in forced.changes] == ["Environment/other-env"] and notes == ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from controller.runtime.running import service_banner
+from controller.runtime.banners import service_banner
 from controller.structs.manifests import Kind
 from controller.structs.states import ActualResource, ResourceId
 

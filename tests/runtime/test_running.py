@@ -320,3 +320,25 @@ def test_a_hanging_remote_is_reported_unreachable_after_the_configured_git_timeo
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "did not answer within 0.5 s (--git-timeout)" in done.stderr
+
+
+def test_the_status_page_lists_the_same_history_as_amlops_history_and_keeps_it_across_a_restart(
+    repo: GitRepo, tmp_path: Path, controllers: Start
+) -> None:
+    first_revision = repo.head()
+    once = subprocess.run([*_amlops_run_argv(), *repo_args(repo, tmp_path, "--once", "--listen", "127.0.0.1:0")],
+                          capture_output=True, text=True, timeout=120)
+    assert once.returncode == 0, once.stderr
+    repo.write("manifests/clusters/cpu.yaml", doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": -3}))
+    bad = repo.commit("negative nodes")
+    c = controllers(repo_args(repo, tmp_path, "--interval", "30"), tmp_path / "c.log")
+    c.wait_ready()
+    page = eventually(lambda: (h := c.status()["history"]) and h[0]["revision"] == bad and h, 30, "bad commit listed")
+    # The reconcile the --once process did is there too: one history, in the state dir's database.
+    assert [(h["revision"], h["status"]) for h in page[:2]] == [(bad, "invalid"), (first_revision, "applied")]
+    assert page[0]["summary"].startswith("manifests/clusters/cpu.yaml:1") and page[1]["summary"] == "+2 ~0 -/+0 -0"
+    listed = subprocess.run([sys.executable, "-m", "controller", "history", "--state-dir", str(tmp_path / "st"),
+                             "--output", "json"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert [(e["id"], e["revision"], e["status"]) for e in json.loads(listed.stdout)] == \
+        [(h["id"], h["revision"], h["status"]) for h in page]

@@ -139,7 +139,7 @@ def test_listen_addresses_parse() -> None:
 
 
 def test_a_rollout_under_way_shows_on_the_page_and_in_api_status(served: Served) -> None:
-    from controller.runtime.running import resource_details
+    from controller.core.reporting import resource_details
     from controller.structs.manifests import Kind
     from controller.structs.states import ActualResource, ResourceId
 
