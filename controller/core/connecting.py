@@ -54,12 +54,12 @@ def declared_replace_fields(kind: Kind) -> frozenset[str]:
     For planning without a backend at hand (``amlops plan --base/--head``): the cautious answer.
     Only the declarations are read; no backend is opened and no SDK is imported.
     """
-    from controller.backends.azureml.handling import replace_fields_of
     from controller.backends.azureml.v1.backend import V1_HANDLERS
     from controller.backends.azureml.v2.backend import V2_HANDLERS
-    from controller.backends.local.backend import LOCAL_REPLACE_FIELDS
+    from controller.backends.handling import replace_fields_of
+    from controller.backends.local.backend import LOCAL_HANDLERS
 
-    return (LOCAL_REPLACE_FIELDS.get(kind, frozenset()) | replace_fields_of(V1_HANDLERS, kind)
+    return (replace_fields_of(LOCAL_HANDLERS, kind) | replace_fields_of(V1_HANDLERS, kind)
             | replace_fields_of(V2_HANDLERS, kind))
 
 

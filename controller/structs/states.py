@@ -157,6 +157,15 @@ class Condition:
     reason: str
     message: str = ""
 
+    def to_json(self) -> dict[str, Any]:
+        """The condition as stored and shown: ``{"type", "status", "reason", "message"}``."""
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Condition:
+        """The condition ``to_json`` wrote."""
+        return cls(str(data["type"]), bool(data["status"]), str(data["reason"]), str(data.get("message", "")))
+
 
 @dataclass(frozen=True)
 class ActualResource:

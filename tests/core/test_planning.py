@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from controller.core.planning import as_applied, plan, static_replace_fields
@@ -347,3 +349,31 @@ def test_a_resource_applied_before_sources_were_recorded_is_adopted_into_the_inv
     adopted = {c.id.kind for c in result.effective}
     assert adopted == {Kind.AKS_CLUSTER, Kind.ENVIRONMENT, Kind.MODEL, Kind.WEBSERVICE}  # not the workspace
     assert all(c.action is Action.UPDATE and c.reason.startswith("adopt: recorded without a source") for c in result.effective)
+
+
+def test_the_planner_asks_each_backends_handler_which_fields_force_a_replace(repo: Repo, tmp_path: Path) -> None:
+    # agentCount: Azure ML v1 cannot resize an AKS compute in place; the local backend's cluster is a record.
+    from controller.backends.azureml.v1.backend import V1_HANDLERS
+    from controller.backends.handling import replace_fields_of
+    from controller.backends.local import LocalBackend
+
+    before = repo.standard(agents=3).load()
+    after = repo.standard(agents=5).load()
+    cluster = ResourceId(Kind.AKS_CLUSTER, "aks-cpu")
+    local = LocalBackend(tmp_path / "state", gpus=[])
+    try:
+        on_local = plan(after, _applied(before), controller_name="amlops", replace_fields=local.replace_fields)
+    finally:
+        local.close()
+    on_v1 = plan(after, _applied(before), controller_name="amlops",
+                 replace_fields=lambda kind: replace_fields_of(V1_HANDLERS, kind))
+    without_backend = _plan(after, _applied(before))
+
+    def agent_count(result: Plan) -> tuple[Action, bool]:
+        change = next(c for c in result.changes if c.id == cluster)
+        return change.action, next(d.forces_replace for d in change.diffs if d.path == "spec.agentCount")
+
+    # A forced replace of a cluster (retained by default) is refused and shown: no-op, never an update.
+    assert agent_count(on_local) == (Action.UPDATE, False)
+    assert agent_count(on_v1) == (Action.NOOP, True)
+    assert agent_count(without_backend) == (Action.NOOP, True)  # no backend at hand: the union, the cautious answer

@@ -13,6 +13,8 @@ reported (a ``Substituted`` condition and a log line), never done silently:
 * a TensorFlow 1.x pin (``tensorflow-gpu=1.12``): served by the installed TensorFlow 2 in
   v1-compatibility mode (``--tensorflow-compat v1``), unless ``tensorflowCompat`` says otherwise.
 * ``cudatoolkit`` / ``cudnn`` conda packages: CUDA comes with ``tensorflow[and-cuda]`` wheels.
+
+``EnvironmentHandler`` is the Environment kind's handler: it resolves and records the result.
 """
 
 from __future__ import annotations
@@ -38,9 +40,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from controller.backends.base import ProgressFn, no_progress
+from controller.backends.base import ApplyContext, ProgressFn, no_progress
+from controller.backends.local.machines import manifest_dir
+from controller.backends.local.records import RecordedKind
 from controller.structs.errors import PermanentError, TransientError
-from controller.structs.manifests import EnvironmentSpec
+from controller.structs.manifests import EnvironmentManifest, EnvironmentSpec, Kind
+from controller.structs.states import Condition, ConditionType, DesiredResource
 
 log = logging.getLogger(__name__)
 
@@ -311,3 +316,21 @@ def resolve_environment(
         return Resolution(sys.executable, requirements, tuple(subs), compat, None, dict(spec.environmentVariables))
     python = build_venv([str(r) for r in missing], envs_dir, progress)
     return Resolution(str(python), requirements, tuple(subs), compat, str(python.parent.parent), dict(spec.environmentVariables))
+
+
+class EnvironmentHandler(RecordedKind):
+    """Environment on the local backend: resolved to an interpreter (a cached venv when it must install)."""
+
+    kind = Kind.ENVIRONMENT
+
+    def apply(self, resource: DesiredResource, ctx: ApplyContext) -> tuple[list[Condition], dict[str, Any]]:
+        """Resolve the environment; Substituted says which requirements run as something else."""
+        manifest = resource.manifest
+        assert isinstance(manifest, EnvironmentManifest)
+        resolution = resolve_environment(manifest.spec, manifest_dir(resource, ctx), self.machine.state_dir / "envs",
+                                         ctx.progress)
+        conditions = []
+        if resolution.substitutions:
+            conditions.append(Condition(ConditionType.SUBSTITUTED, True, "Substituted",
+                                        "; ".join(s.message() for s in resolution.substitutions)))
+        return conditions, resolution.to_json()

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from controller.backends.azureml.credentials import secrets_of
-from controller.backends.azureml.handling import HandlerBackend
 from controller.backends.azureml.v1.clusters import ClusterHandler
 from controller.backends.azureml.v1.environments import EnvironmentHandler
 from controller.backends.azureml.v1.models import ModelHandler
@@ -28,6 +27,7 @@ from controller.backends.azureml.v1.sdk import epoch, quiet, warn_end_of_support
 from controller.backends.azureml.v1.services import ServiceAccessV1, ServiceHandler
 from controller.backends.azureml.v1.sessions import V1Session, WorkspaceHandler
 from controller.backends.base import KindHandler
+from controller.backends.handling import HandlerBackend
 from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind, WorkspaceManifest

@@ -1,4 +1,6 @@
-"""Dispatching the Backend protocol to per-kind handlers (one handler per kind, per API generation)."""
+"""Dispatching the Backend protocol to per-kind handlers: every backend is one handler per kind
+(the local backend's, and azureml's per API generation), as a Terraform provider has one
+implementation per resource type."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from controller.structs.states import ActualResource, ActualState, DesiredResour
 log = logging.getLogger(__name__)
 
 
-def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]], kind: Kind) -> frozenset[str]:
+def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]] | Mapping[Kind, KindHandler], kind: Kind) -> frozenset[str]:
     """What ``kind``'s handler declares cannot change in place (nothing for a kind without a handler)."""
     handler = handlers.get(kind)
     return handler.replace_fields if handler is not None else frozenset()
@@ -22,7 +24,7 @@ def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]], kind: Kind) ->
 class HandlerBackend:
     """read / create / update / delete, each handed to the handler of the resource's kind."""
 
-    name = "azureml"
+    name: str
     handlers: Mapping[Kind, KindHandler]
 
     def read(self) -> ActualState:
@@ -51,5 +53,4 @@ class HandlerBackend:
 
     def replace_fields(self, kind: Kind) -> frozenset[str]:
         """What ``kind``'s handler declares cannot change in place."""
-        handler = self.handlers.get(kind)
-        return handler.replace_fields if handler is not None else frozenset()
+        return replace_fields_of(self.handlers, kind)
