@@ -39,6 +39,7 @@ from controller.backends.local.views import ServiceView, view_of
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Autoscale, Kind, WebserviceManifest, WebserviceSpec
 from controller.structs.plans import Change
+from controller.structs.replicas import ServiceLaunch
 from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX, SPLIT_POLL_S, RolloutState
 from controller.structs.states import (
     DIGEST_TAG,
@@ -329,26 +330,22 @@ class ServiceHandler:
                     link.parent.mkdir(parents=True, exist_ok=True)
                     os.symlink(m.path, link, target_is_directory=True)
             model_dir = root
-        argv = [resolution.python, "-m", "controller.scoring", "--model-dir", str(model_dir),
-                "--service-name", name, "--auth", spec.auth,
-                "--scoring-timeout-ms", str(spec.scoringTimeoutMs),
-                "--max-concurrent", str(spec.maxConcurrentRequestsPerReplica),
-                "--max-queue-wait-ms", str(spec.maxQueueWaitMs),
-                "--tensorflow-compat", resolution.tensorflow_compat, "--log-format", "json",
-                # One /metrics for all replicas, each series labelled with its replica and what it serves.
-                "--metrics-dir", str(sdir / "metrics"), "--version-label", ",".join(f"{m.name}:{m.version}" for m in models)]
-        if spec.auth == "key":
-            argv += ["--keys-file", str(self.machine.keys_path(name))]
-        elif spec.auth == "token":
-            argv += ["--keys-file", str(self.machine.token_key_path(name))]
+        keys_file = {"key": self.machine.keys_path(name), "token": self.machine.token_key_path(name)}.get(spec.auth)
+        entry_script = source_dir = None
         cwd = str(sdir)
         if spec.entryScript is not None:
             src = _copy_sources(resource, spec, ctx, sdir)
-            argv += ["--entry-script", spec.entryScript if spec.sourceDirectory else Path(spec.entryScript).name,
-                     "--source-dir", str(src)]
-            cwd = str(src)
+            entry_script = spec.entryScript if spec.sourceDirectory else Path(spec.entryScript).name
+            source_dir = cwd = str(src)
+        launch = ServiceLaunch(
+            python=resolution.python, model_dir=str(model_dir), service_name=name, auth=spec.auth,
+            scoring_timeout_ms=spec.scoringTimeoutMs, max_concurrent=spec.maxConcurrentRequestsPerReplica,
+            max_queue_wait_ms=spec.maxQueueWaitMs, tensorflow_compat=resolution.tensorflow_compat,
+            metrics_dir=str(sdir / "metrics"), version_label=",".join(f"{m.name}:{m.version}" for m in models),
+            keys_file=None if keys_file is None else str(keys_file), entry_script=entry_script, source_dir=source_dir,
+        )
         env = {**resolution.environment_variables, "AZUREML_MODEL_DIR": str(model_dir), "PYTHONPATH": python_path()}
-        return {"argv": argv, "env": env, "cwd": cwd}
+        return {"argv": launch.argv(), "env": env, "cwd": cwd}
 
     # -- observing ---------------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ def replica_counters(replicas: Iterable[ReplicaRow]) -> dict[str, Counters]:
     counters = {}
     for rep in replicas:
         if process_alive(rep.pid, rep.started):
-            counters[f"{rep.pid}@{rep.started:.3f}"] = Counters.from_json(read_status(rep.status_file).get("traffic"))
+            counters[f"{rep.pid}@{rep.started:.3f}"] = Counters.from_json(read_status(rep.status_file).traffic)
     return counters
 
 

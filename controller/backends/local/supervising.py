@@ -70,6 +70,7 @@ from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
 from controller.structs.logformats import JsonLogFormatter
+from controller.structs.replicas import ReplicaLaunch, ReplicaState, ReplicaStatus
 
 Write = Callable[[sqlite3.Connection], object]
 UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
@@ -183,21 +184,12 @@ def start_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def read_status(path: str) -> dict[str, Any]:
+def read_status(path: str) -> ReplicaStatus:
     """A replica's status file, or ``initializing`` until it has written one."""
     try:
-        data = json.loads(Path(path).read_text())
-        return data if isinstance(data, dict) else {"state": "initializing"}
+        return ReplicaStatus.from_json(json.loads(Path(path).read_text()))
     except (OSError, ValueError):
-        return {"state": "initializing"}
-
-
-def status_count(status: dict[str, Any], key: str) -> int | None:
-    """A non-negative integer field of a status file (``inFlight``, ``capacity``), else None."""
-    value = status.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
+        return ReplicaStatus()
 
 
 def utilization(loads: Sequence[tuple[int, int]]) -> float | None:
@@ -241,7 +233,7 @@ class _Replica:
     row: ReplicaRow
     popen: subprocess.Popen[bytes] | None
     terminating_since: float | None = None
-    state: str = "initializing"
+    state: str = ReplicaState.INITIALIZING
     error: str | None = None
     in_flight: int | None = None
     capacity: int | None = None
@@ -346,9 +338,8 @@ class Supervisor:
         self._reap(row, now)
         for rep in self.replicas.values():
             status = read_status(rep.row.status_file)
-            rep.state, rep.error = str(status.get("state", "initializing")), status.get("error")
-            rep.in_flight, rep.capacity = status_count(status, "inFlight"), status_count(status, "capacity")
-            if rep.state == "ready" and rep.row.generation == row.generation:
+            rep.state, rep.error, rep.in_flight, rep.capacity = status.state, status.error, status.in_flight, status.capacity
+            if rep.state == ReplicaState.READY and rep.row.generation == row.generation:
                 self.failures.pop(rep.row.slot, None)
         self._enforce_memory(row, now)
         row = self._autoscale(row, now)
@@ -403,7 +394,7 @@ class Supervisor:
         high = max(low, int(policy.get("max", low)))
         target = max(1, int(policy.get("target", 70)))
         loads = [(r.in_flight, r.capacity) for r in self.replicas.values()
-                 if r.terminating_since is None and r.state == "ready" and r.in_flight is not None and r.capacity]
+                 if r.terminating_since is None and r.state == ReplicaState.READY and r.in_flight is not None and r.capacity]
         used = utilization(loads)
         count = max(low, min(high, row.replicas))  # a changed policy clamps at once
         if used is not None:
@@ -435,13 +426,13 @@ class Supervisor:
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
         # A slot holding an old replica and a ready new one: the old one may go now.
         for reps in by_slot.values():
-            new_ready = [r for r in reps if r.row.generation == row.generation and r.state == "ready"]
+            new_ready = [r for r in reps if r.row.generation == row.generation and r.state == ReplicaState.READY]
             if new_ready:
                 for rep in reps:
                     if rep.row.generation != row.generation:
                         self._terminate(rep, now)
         busy = any(r.terminating_since is not None for r in self.replicas.values()) or any(
-            r.row.generation == row.generation and r.state != "ready"
+            r.row.generation == row.generation and r.state != ReplicaState.READY
             for r in self.replicas.values() if r.terminating_since is None
         )
         if busy:
@@ -479,10 +470,9 @@ class Supervisor:
         sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
         status_file = str(run_dir / f"replica-{uniq}.status.json")
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
-        argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
-                "--defer-accept", "--status-file", status_file, "--replica", str(slot)]
-        if not self.service.endswith(CANDIDATE_SUFFIX):
-            argv += ["--split-file", str(split_path(self.state_dir, self.service))]
+        # A candidate never splits: only the live replicas hand requests on.
+        split = None if self.service.endswith(CANDIDATE_SUFFIX) else str(split_path(self.state_dir, self.service))
+        argv = [*launch["argv"], *ReplicaLaunch(self.listen_fd, fd_socket, status_file, slot, split).argv()]
         declared = launch.get("env", {})
         env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
@@ -541,8 +531,8 @@ class Supervisor:
                 continue
             del self.replicas[pid]
             self.record(("replica", pid), _deleting(self.service, pid))
-            status = ({"error": rep.killed_for} if rep.killed_for is not None
-                      else read_status(rep.row.status_file) if rep.error is None else {"error": rep.error})
+            error = (rep.killed_for if rep.killed_for is not None
+                     else read_status(rep.row.status_file).error if rep.error is None else rep.error)
             for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
@@ -550,7 +540,7 @@ class Supervisor:
                 _log(logging.INFO, "replica_stopped", service=self.service, pid=pid, slot=rep.row.slot)
                 continue
             # An unexpected exit: count it, and back off before the slot restarts.
-            error = status.get("error") or f"replica exited (code {code if code is not True else 'unknown'})"
+            error = error or f"replica exited (code {code if code is not True else 'unknown'})"
             self.last_error = str(error)
             n = self.failures.get(rep.row.slot, 0) + 1
             self.failures[rep.row.slot] = n

@@ -6,13 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.backends.local.stores import ReplicaRow, ServiceRow
-from controller.backends.local.supervising import (
-    FAILURE_LIMIT,
-    process_alive,
-    read_status,
-    status_count,
-    utilization,
-)
+from controller.backends.local.supervising import FAILURE_LIMIT, process_alive, read_status, utilization
+from controller.structs.replicas import ReplicaState
 
 
 @dataclass(frozen=True)
@@ -38,7 +33,7 @@ class ServiceView:
     def ready_current(self) -> int:
         """Distinct desired slots with a ready replica of the current generation."""
         return len({r.row.slot for r in self.replicas
-                    if r.row.generation == self.row.generation and r.state == "ready" and r.row.slot < self.row.replicas})
+                    if r.row.generation == self.row.generation and r.state == ReplicaState.READY and r.row.slot < self.row.replicas})
 
     @property
     def stale(self) -> int:
@@ -65,7 +60,7 @@ class ServiceView:
     def utilization(self) -> float | None:
         """In-flight requests over capacity of the ready replicas, as their status files say."""
         return utilization([(r.in_flight, r.capacity) for r in self.replicas
-                            if r.state == "ready" and r.in_flight is not None and r.capacity])
+                            if r.state == ReplicaState.READY and r.in_flight is not None and r.capacity])
 
     @property
     def converged(self) -> bool:
@@ -79,6 +74,5 @@ def view_of(row: ServiceRow, replicas: list[ReplicaRow]) -> ServiceView:
     for rep in replicas:
         if process_alive(rep.pid, rep.started):
             status = read_status(rep.status_file)
-            live.append(ReplicaView(rep, str(status.get("state", "initializing")), status.get("error"),
-                                    status_count(status, "inFlight"), status_count(status, "capacity")))
+            live.append(ReplicaView(rep, status.state, status.error, status.in_flight, status.capacity))
     return ServiceView(row, process_alive(row.supervisor_pid, row.supervisor_started), tuple(live))
