@@ -481,7 +481,7 @@ def _backends_in_use(args: argparse.Namespace, pool: BackendPool, command: str) 
 
 def _status_row(resource: ActualResource, backend: Backend, controller_name: str,
                 record: ResourceStatus | None) -> dict[str, Any]:
-    conditions = [{"type": c.type, "status": c.status, "reason": c.reason, "message": c.message} for c in resource.conditions]
+    conditions = [c.to_json() for c in resource.conditions]
     row: dict[str, Any] = {
         "kind": resource.id.kind.value,
         "name": resource.id.name,

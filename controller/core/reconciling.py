@@ -24,7 +24,6 @@ from controller.core.executing import ProgressCallback, RetryPolicy, execute
 from controller.core.planning import plan as make_plan
 from controller.core.recording import ResourceStatus
 from controller.sources.loading import load_desired_state
-from controller.sources.validating import workspace_of
 from controller.structs.errors import BackendError, TransientError, ValidationFailed
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.plans import Action, Change, Plan
@@ -37,6 +36,7 @@ from controller.structs.states import (
     DesiredResource,
     DesiredState,
     ResourceId,
+    workspace_of,
 )
 
 log = logging.getLogger(__name__)

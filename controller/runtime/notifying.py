@@ -32,7 +32,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from controller import __version__
-from controller.sources.gitting import redact
 from controller.sources.loading import parse_documents
 from controller.sources.validating import format_field
 from controller.structs.manifests import SecretRef
@@ -45,6 +44,7 @@ from controller.structs.notifications import (
     RevisionEvent,
     build_request,
 )
+from controller.structs.redactions import redact
 from controller.structs.results import ReconcileOutcome
 
 log = logging.getLogger("amlops.notify")

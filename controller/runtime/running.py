@@ -50,12 +50,12 @@ from controller.sources.gitting import (
     Snapshot,
     SourceUnavailable,
     looks_like_git_repo,
-    redact,
 )
 from controller.sources.watching import FolderSource
 from controller.structs.manifests import Kind
 from controller.structs.notifications import Credentials, Notifications
 from controller.structs.plans import Action
+from controller.structs.redactions import redact
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import ActualResource, ResourceId, source_id
 
@@ -645,8 +645,7 @@ class Controller:
                 live = None  # what runs is another source's: its health says nothing about this one's manifest
             if live is not None:
                 merged = {c["type"]: c for c in entry["conditions"]}
-                merged.update({c.type: {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-                               for c in live.conditions})
+                merged.update({c.type: c.to_json() for c in live.conditions})
                 entry["conditions"] = list(merged.values())
                 entry["details"] = resource_details(live)
             ready = next((c for c in entry["conditions"] if c["type"] == "Ready"), None)

@@ -7,7 +7,7 @@ temporary folder, then an atomic rename), and the reconcile reads that folder on
 Credentials never reach argv, ``.git/config``, logs or error messages: an HTTPS token travels
 as an ``http.extraHeader`` given through ``GIT_CONFIG_*`` environment variables, an SSH key
 through ``GIT_SSH_COMMAND``, and every message that leaves this module is passed through
-``redact``.
+``redact`` (``controller.structs.redactions``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import git
+
+from controller.structs.redactions import redact
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,6 @@ class Snapshot:
 
 class SourceUnavailable(Exception):
     """The source could not be read (network, authentication, missing branch). Transient: retry."""
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (and its URL-quoted and base64 forms) replaced by ``***``."""
-    for secret in secrets:
-        if not secret:
-            continue
-        forms = {secret, urllib.parse.quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
-        for form in sorted(forms, key=len, reverse=True):
-            text = text.replace(form, "***")
-    return text
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:

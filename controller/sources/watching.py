@@ -20,8 +20,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from controller.sources.digests import HASHER
 from controller.sources.gitting import Snapshot, SourceUnavailable
-from controller.sources.loading import HASHER
 from controller.sources.overlays import kustomization_file, overlay_folders
 
 log = logging.getLogger(__name__)

@@ -140,6 +140,17 @@ class DesiredState:
         return self._workspaces
 
 
+def workspace_of(state: DesiredState, resource: DesiredResource) -> WorkspaceManifest | None:
+    """The workspace a resource belongs to: named in its spec, or the only one declared."""
+    if isinstance(resource.manifest, WorkspaceManifest):
+        return resource.manifest
+    wanted = getattr(resource.manifest.spec, "workspace", None)
+    workspaces = state.workspaces()
+    if wanted is None:
+        return next(iter(workspaces.values())) if len(workspaces) == 1 else None
+    return workspaces.get(wanted)
+
+
 class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
