@@ -1,7 +1,22 @@
-"""The one shape of a JSON log line, shared by the controller, the supervisors and the scoring hosts.
+"""The one shape of a log line, shared by the controller, the supervisors and the scoring hosts.
 
 Keys follow the convention log collectors parse without configuration: ``time`` (RFC 3339, UTC,
 milliseconds), ``level``, ``msg`` (the event name), then ``logger`` and the event's fields.
+
+The one logging style in ``controller/`` is an event name plus fields, written through
+:func:`event_logger`::
+
+    log = event_logger(__name__)
+    log.info("service.applied", service=name, generation=3)
+    log.exception("sync.crashed", revision=revision)
+
+- The event name is a constant, lower case, ``area.what_happened`` (dots between parts,
+  underscores inside a part): ``reconcile.planned``, ``source.fetch.failed``. It never holds a value.
+- Everything variable is a keyword field, never ``%s`` arguments or an f-string: collectors index
+  fields, the text formatter prints them as ``key=value``, and the redacting filter scrubs each one.
+- Fields travel as ``extra={"fields": {...}}`` on the standard :class:`logging.LogRecord`, so
+  handlers, levels and filters stay those of :mod:`logging`; a field may use any name, even one a
+  ``LogRecord`` already has (``name``, ``message``), because it never becomes a record attribute.
 """
 
 from __future__ import annotations
@@ -9,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -48,3 +63,50 @@ class JsonLogFormatter(logging.Formatter):
         elif record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+class EventLogger:
+    """A :class:`logging.Logger` that takes an event name and keyword fields (the style above)."""
+
+    __slots__ = ("logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger: Final = logger
+
+    def _emit(self, level: int, event: str, exc_info: bool, fields: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(level):
+            # stacklevel 3: the record names the caller's file and line, not this wrapper's.
+            self.logger.log(level, event, exc_info=exc_info, extra={"fields": fields}, stacklevel=3)
+
+    def log(self, level: int, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at ``level`` (a :mod:`logging` level number)."""
+        self._emit(level, event, False, fields)
+
+    def debug(self, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at DEBUG."""
+        self._emit(logging.DEBUG, event, False, fields)
+
+    def info(self, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at INFO."""
+        self._emit(logging.INFO, event, False, fields)
+
+    def warning(self, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at WARNING."""
+        self._emit(logging.WARNING, event, False, fields)
+
+    def error(self, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at ERROR."""
+        self._emit(logging.ERROR, event, False, fields)
+
+    def exception(self, event: str, /, **fields: Any) -> None:
+        """Log ``event`` at ERROR with the traceback of the exception being handled."""
+        self._emit(logging.ERROR, event, True, fields)
+
+    def is_enabled_for(self, level: int) -> bool:
+        """Whether a record at ``level`` would be handled (to skip costly fields)."""
+        return self.logger.isEnabledFor(level)
+
+
+def event_logger(name: str) -> EventLogger:
+    """The event logger for module ``name`` (pass ``__name__``), over ``logging.getLogger(name)``."""
+    return EventLogger(logging.getLogger(name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -75,3 +76,64 @@ def test_scoring_hosts_and_supervisors_write_the_same_keys(capsys: object) -> No
     record.fields = {"service": "svc", "pid": 42}
     document = _conventional(JsonLogFormatter().format(record))
     assert document["msg"] == "replica_died" and document["level"] == "warning" and document["service"] == "svc"
+
+
+def test_an_event_logger_writes_its_fields_in_both_formats_redacted_and_named_after_the_caller() -> None:
+    import io
+
+    from controller.runtime.logs import RedactingFilter, TextFormatter
+    from controller.structs.logformats import event_logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    redactor = RedactingFilter()
+    redactor.set_secrets(["hunter2-secret"])
+    handler.addFilter(redactor)
+    logger = logging.getLogger("tests.event_logger")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    log = event_logger("tests.event_logger")
+    try:
+        handler.setFormatter(JsonLogFormatter())
+        log.info("service.applied", service="svc", generation=3, name="clash", message="also a field")
+        log.debug("token.seen", token="Bearer hunter2-secret")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("sync.crashed", revision="abc")
+        handler.setFormatter(TextFormatter())
+        log.warning("source.fetch.failed", error="no route to host")
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    applied = _conventional(lines[0])
+    assert applied["msg"] == "service.applied" and applied["level"] == "info"
+    assert applied["logger"] == "tests.event_logger"
+    assert (applied["service"], applied["generation"]) == ("svc", 3)
+    assert (applied["name"], applied["message"]) == ("clash", "also a field")
+    assert _conventional(lines[1])["token"] == "Bearer ***"
+    crashed = _conventional(lines[2])
+    assert crashed["level"] == "error" and crashed["revision"] == "abc" and "ValueError: boom" in crashed["exception"]
+    assert lines[-1].endswith(' WARNING source.fetch.failed error="no route to host"'), lines[-1]
+
+
+def test_an_event_logger_record_names_the_calling_line() -> None:
+    from controller.structs.logformats import event_logger
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("tests.event_logger.lines")
+    keep = Keep()
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        line = sys._getframe().f_lineno + 1
+        event_logger("tests.event_logger.lines").info("here.called")
+    finally:
+        logger.removeHandler(keep)
+    assert [(r.pathname, r.lineno, r.funcName) for r in records] == [(__file__, line, "test_an_event_logger_record_names_the_calling_line")]
