@@ -4,15 +4,15 @@ implementation per resource type."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from controller.backends.base import ApplyContext, KindHandler
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import KIND_ORDER, Kind
 from controller.structs.plans import Change
 from controller.structs.states import ActualResource, ActualState, DesiredResource, ResourceId
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]] | Mapping[Kind, KindHandler], kind: Kind) -> frozenset[str]:
@@ -49,7 +49,7 @@ class HandlerBackend:
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Delete ``id`` through its kind's handler; already gone is fine."""
         self.handlers[id.kind].delete(id, ctx)
-        log.info("resource_deleted kind=%s name=%s", id.kind.value, id.name)
+        log.info("resource.deleted", kind=id.kind.value, name=id.name)
 
     def replace_fields(self, kind: Kind) -> frozenset[str]:
         """What ``kind``'s handler declares cannot change in place."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import os
 import shlex
 import shutil
@@ -28,9 +27,10 @@ from typing import Final
 
 import git
 
+from controller.structs.logformats import event_logger
 from controller.structs.redactions import redact
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 GIT_TIMEOUT_S: Final = 30.0
 """Default bound on one git command: a remote that accepts the connection and never answers is
@@ -208,10 +208,7 @@ class GitSource:
             raise SourceUnavailable(f"branch {branch!r} not found in {self.display_url}") from None
         message = repo.commit(sha).summary
         root = self._export(repo, sha)
-        log.debug(
-            "source.fetched",
-            extra={"fields": {"revision": sha, "seconds": round(time.monotonic() - started, 3)}},
-        )
+        log.debug("source.fetched", revision=sha, seconds=round(time.monotonic() - started, 3))
         return Snapshot(revision=sha, root=root, path=self.path, message=str(message))
 
     def _export(self, repo: git.Repo, sha: str) -> Path:

@@ -17,7 +17,6 @@ replicas follow (``splitting.py``), and each version's replicas' own counters.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
@@ -37,12 +36,13 @@ from controller.backends.local.stores import LocalStore
 from controller.backends.local.supervising import candidate_of
 from controller.backends.local.workspaces import WorkspaceHandler
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import KIND_ORDER, Kind, WebserviceManifest
 from controller.structs.rollouts import RolloutState, Traffic
 from controller.structs.states import ActualResource, ActualState, DesiredResource, ResourceId
 from controller.structs.tokens import AccessToken
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 LOCAL_HANDLERS: Final[Mapping[Kind, type[RecordedKind] | type[ServiceHandler]]] = {
     Kind.WORKSPACE: WorkspaceHandler,
@@ -149,7 +149,7 @@ class LocalBackend(HandlerBackend):
         """Replace the primary or secondary key; replicas pick it up without restarting."""
         self.get_keys(service)
         regenerate(self.machine.keys_path(service), which)
-        log.info("service_key_regenerated service=%s key=%s", service, which)
+        log.info("service.key_regenerated", service=service, key=which)
 
     # -- traffic splitting (``TrafficSplitting``) -----------------------------------------------
 
@@ -202,7 +202,7 @@ class LocalBackend(HandlerBackend):
         """Hand ``weight`` percent of ``service``'s scoring requests to its candidate."""
         port = self.machine.row(candidate_of(service)).port if weight > 0 else 0
         write_split(self.state_dir, service, weight, port)
-        log.info("traffic_split service=%s weight=%d", service, weight)
+        log.info("traffic.split", service=service, weight=weight)
 
     def traffic(self, service: str) -> Traffic:
         """Per-replica counters of the live version and of the candidate."""

@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
-import logging
 import platform
 import shutil
 import site
@@ -44,10 +43,11 @@ from controller.backends.base import ApplyContext, ProgressFn, no_progress
 from controller.backends.local.machines import manifest_dir
 from controller.backends.local.records import RecordedKind
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import EnvironmentManifest, EnvironmentSpec, Kind
 from controller.structs.states import Condition, ConditionType, DesiredResource
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 PROVIDED_BY_SCORING_HOST = frozenset({"azureml-defaults", "azureml-inference-server-http"})
 CUDA_CONDA_PACKAGES = frozenset({"cudatoolkit", "cudnn", "cuda-toolkit", "cuda"})
@@ -270,7 +270,7 @@ def build_venv(requirements: Sequence[str], envs_dir: Path, progress: ProgressFn
         staging = envs_dir / f"{key}.building"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        log.info("venv_build_started hash=%s requirements=%d", key, len(requirements))
+        log.info("venv.build_started", hash=key, requirements=len(requirements))
         progress(f"creating venv {key}", 0.1)
         _run([sys.executable, "-m", "venv", "--without-pip", str(staging)], "create venv")
         purelib = subprocess.run(
@@ -291,7 +291,7 @@ def build_venv(requirements: Sequence[str], envs_dir: Path, progress: ProgressFn
             )
         (final / _READY_MARKER).write_text(json.dumps({"requirements": list(requirements)}))
         progress(f"venv {key} ready", 1.0)
-        log.info("venv_build_finished hash=%s", key)
+        log.info("venv.build_finished", hash=key)
         return _venv_python(final)
 
 
@@ -309,7 +309,7 @@ def resolve_environment(
     conda_deps, pip_reqs = collect_requirements(spec, root)
     remaining, subs, compat = substitute(conda_deps, pip_reqs, spec.tensorflowCompat)
     for sub in subs:
-        log.info("environment_substituted requested=%r provided=%r reason=%r", sub.requested, sub.provided, sub.reason)
+        log.info("environment.substituted", requested=sub.requested, provided=sub.provided, reason=sub.reason)
     missing = unsatisfied(remaining)
     requirements = tuple(str(r) for r in remaining)
     if not missing:

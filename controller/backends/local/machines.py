@@ -9,7 +9,6 @@ transaction, and each handler observes its own kind from it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import shutil
 import signal
@@ -37,10 +36,11 @@ from controller.backends.local.supervising import log_path as replica_log_path
 from controller.backends.local.variables import child_environment
 from controller.backends.local.views import ServiceView, view_of
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
 from controller.structs.states import Condition, DesiredResource, ownership_tags
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 STOP_GRACE_S = 20.0
 """How long a stopped service's processes get to drain: longer than a replica's own limit for its
@@ -219,7 +219,7 @@ class LocalMachine:
             started = None
         with self.store.transaction() as conn:
             self.store.set_supervisor(conn, name, popen.pid, started)
-        log.info("supervisor_spawned service=%s pid=%d", name, popen.pid)
+        log.info("supervisor.spawned", service=name, pid=popen.pid)
         return popen
 
     def stop_service(self, name: str) -> None:
@@ -263,7 +263,7 @@ class LocalMachine:
         with contextlib.suppress(OSError):
             socket_dir(self.state_dir).rmdir()  # only when no other service still has sockets there
         shutil.rmtree(service_dir(self.state_dir, name), ignore_errors=True)
-        log.info("service_stopped name=%s processes=%d", name, len(victims))
+        log.info("service.stopped", name=name, processes=len(victims))
 
     def reap_supervisors(self) -> None:
         """Collect the exit status of supervisors we spawned that have ended, so none stays a zombie."""

@@ -7,17 +7,17 @@ version); each kind's handler adds only that.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from typing import Any
 
 from controller.backends.base import ApplyContext
 from controller.backends.local.machines import LocalMachine, Records
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
 from controller.structs.states import ActualResource, Condition, ConditionType, DesiredResource, ResourceId
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 def recorded(kind: Kind, name: str, rec: dict[str, Any]) -> ActualResource:
@@ -47,7 +47,7 @@ class RecordedKind:
         """Apply and record ``resource`` (idempotent: an existing record is brought to the spec)."""
         conditions, details = self.apply(resource, ctx)
         self.machine.record(resource, ctx, [Condition(ConditionType.READY, True, "Succeeded"), *conditions], details)
-        log.info("resource_applied kind=%s name=%s", resource.manifest.kind, resource.manifest.name)
+        log.info("resource.applied", kind=resource.manifest.kind, name=resource.manifest.name)
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
         """The same as create: a record has no state beyond its spec."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import shutil
 import time
@@ -37,6 +36,7 @@ from controller.backends.local.stores import ServiceRow
 from controller.backends.local.supervising import bind_listener, candidate_of, service_dir
 from controller.backends.local.views import ServiceView, view_of
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Autoscale, Kind, WebserviceManifest, WebserviceSpec
 from controller.structs.plans import Change
 from controller.structs.replicas import ServiceLaunch
@@ -50,7 +50,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 def memory_limit_bytes(spec: WebserviceSpec) -> int:
@@ -196,7 +196,7 @@ class ServiceHandler:
         if running:
             time.sleep(3 * SPLIT_POLL_S)  # every replica has seen the split go before the candidate drains
             machine.stop_service(candidate_of(service))
-            log.info("candidate_discarded service=%s", service)
+            log.info("candidate.discarded", service=service)
 
     # -- applying ----------------------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class ServiceHandler:
                 for other, allocation in others.items():
                     if set(allocation.ids) & set(pool):  # a spare we were given: the other roll goes stop-first
                         store.set_gpu_pool(conn, other, tuple(i for i in allocation.ids if i not in pool))
-                        log.info("gpu_spare_reclaimed service=%s from=%s", row_name, other)
+                        log.info("gpu.spare_reclaimed", service=row_name, source=other)
                 if policy is not None and existing is not None:
                     # An apply keeps the count the autoscaler chose (within the new bounds): a roll
                     # under load must not first shrink the service to its minimum.
@@ -305,7 +305,7 @@ class ServiceHandler:
                 if not candidate:
                     store.put_resource(conn, Kind.WEBSERVICE.value, name, manifest.spec.model_dump(mode="json"),
                                        machine.tags(resource, ctx), [c.to_json() for c in conditions], details)
-            log.info("service_applied name=%s generation=%d replicas=%d port=%d", row_name, generation, row.replicas, port)
+            log.info("service.applied", name=row_name, generation=generation, replicas=row.replicas, port=port)
             machine.ensure_supervisor(row_name, listener)
         finally:
             if listener is not None:

@@ -61,7 +61,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import psutil
 
@@ -69,19 +69,14 @@ from controller.backends.local.gpus import replica_environment
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
-from controller.structs.logformats import JsonLogFormatter
+from controller.structs.logformats import JsonLogFormatter, event_logger
 from controller.structs.replicas import ReplicaLaunch, ReplicaState, ReplicaStatus
 
 Write = Callable[[sqlite3.Connection], object]
 UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
 """What a record write raises when the state database cannot take it (a full disk, a broken file)."""
 
-log = logging.getLogger("amlops.supervisor")
-
-
-def _log(level: int, event: str, **fields: Any) -> None:
-    """One structured line: the event name and its fields (JSON on the supervisor's stderr)."""
-    log.log(level, event, extra={"fields": fields})
+log = event_logger("amlops.supervisor")
 
 
 TICK_S = 0.2
@@ -286,11 +281,11 @@ class Supervisor:
         except UNWRITABLE as exc:
             self.next_record = time.monotonic() + RECORD_RETRY_S
             if self.record_error is None:
-                _log(logging.WARNING, "records_deferred", service=self.service, pending=len(self.pending), error=str(exc))
+                log.warning("records.deferred", service=self.service, pending=len(self.pending), error=str(exc))
             self.record_error = str(exc)
             return
         if self.record_error is not None:
-            _log(logging.INFO, "records_written", service=self.service, pending=len(self.pending))
+            log.info("records.written", service=self.service, pending=len(self.pending))
         self.pending.clear()
         self.record_error = None
 
@@ -301,7 +296,7 @@ class Supervisor:
         for row in recorded:
             if process_alive(row.pid, row.started):
                 self.replicas[row.pid] = _Replica(row, None)
-                _log(logging.INFO, "replica_adopted", service=self.service, pid=row.pid, slot=row.slot)
+                log.info("replica.adopted", service=self.service, pid=row.pid, slot=row.slot)
             else:
                 self.record(("replica", row.pid), _deleting(self.service, row.pid))
 
@@ -316,11 +311,11 @@ class Supervisor:
                 if self.last_row is None:
                     raise
                 if self.record_error is None:
-                    _log(logging.WARNING, "row_unreadable", service=self.service, error=str(exc))
+                    log.warning("row.unreadable", service=self.service, error=str(exc))
                     self.record_error = str(exc)
                 row = self.last_row
             if row is None or row.supervisor_pid not in (None, os.getpid()):
-                _log(logging.INFO, "supervisor_exiting", service=self.service, reason="deleted" if row is None else "replaced")
+                log.info("supervisor.exiting", service=self.service, reason="deleted" if row is None else "replaced")
                 return
             self.last_row = row
             self.tick(row)
@@ -380,8 +375,8 @@ class Supervisor:
             if used > limit:
                 rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
                                   f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
-                _log(logging.WARNING, "replica_oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
-                     rss_mib=used // 2**20, limit_mib=limit // 2**20)
+                log.warning("replica.oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
+                            rss_mib=used // 2**20, limit_mib=limit // 2**20)
                 kill_group(rep.row.pid)
 
     def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
@@ -419,8 +414,8 @@ class Supervisor:
             return row  # the count is the row's: an unrecorded one would be lost by a restarted supervisor
         if not changed:
             return row
-        _log(logging.INFO, "replicas_autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
-             utilization=None if used is None else round(used, 2), target=target)
+        log.info("replicas.autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
+                 utilization=None if used is None else round(used, 2), target=target)
         return replace(row, replicas=count)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
@@ -490,8 +485,8 @@ class Supervisor:
                 started = time.time()
             rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
             self.replicas[popen.pid] = _Replica(rep, popen)
-            _log(logging.INFO, "replica_started", service=self.service, pid=popen.pid, slot=slot,
-                 generation=row.generation, gpus=",".join(gpus) or "-")
+            log.info("replica.started", service=self.service, pid=popen.pid, slot=slot,
+                     generation=row.generation, gpus=",".join(gpus) or "-")
             return self.replicas[popen.pid]
 
         if not gpus:
@@ -511,7 +506,7 @@ class Supervisor:
                 started = spawn()
                 self.store.put_replica(conn, started.row)
         except UNWRITABLE as exc:
-            _log(logging.WARNING, "gpu_replica_deferred", service=self.service, slot=slot, error=str(exc))
+            log.warning("gpu.replica_deferred", service=self.service, slot=slot, error=str(exc))
             if started is not None and started.popen is not None:  # unrecorded, so its GPU looks free: stop it
                 self.replicas.pop(started.row.pid, None)
                 started.popen.kill()
@@ -522,7 +517,7 @@ class Supervisor:
             rep.terminating_since = now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rep.row.pid, signal.SIGTERM)
-            _log(logging.INFO, "replica_stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
+            log.info("replica.stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
 
     def _reap(self, row: ServiceRow, now: float) -> None:
         for pid, rep in list(self.replicas.items()):
@@ -537,7 +532,7 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
             if rep.terminating_since is not None:
-                _log(logging.INFO, "replica_stopped", service=self.service, pid=pid, slot=rep.row.slot)
+                log.info("replica.stopped", service=self.service, pid=pid, slot=rep.row.slot)
                 continue
             # An unexpected exit: count it, and back off before the slot restarts.
             error = error or f"replica exited (code {code if code is not True else 'unknown'})"
@@ -545,7 +540,7 @@ class Supervisor:
             n = self.failures.get(rep.row.slot, 0) + 1
             self.failures[rep.row.slot] = n
             self.next_start[rep.row.slot] = now + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_MAX_S)
-            _log(logging.WARNING, "replica_died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
+            log.warning("replica.died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
 
     def _record_failures(self, row: ServiceRow) -> None:
         worst = max(self.failures.values(), default=0)
@@ -603,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     pid, started = os.getpid(), start_time(os.getpid())
     sup.record(("supervisor",), lambda conn: store.set_supervisor(conn, args.service, pid, started))
-    _log(logging.INFO, "supervisor_started", service=args.service, pid=os.getpid())
+    log.info("supervisor.started", service=args.service, pid=os.getpid())
     sup.adopt()
     sup.run()
     return 0
