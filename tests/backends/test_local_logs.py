@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from controller.backends.local import LocalBackend
-from controller.backends.local.supervising import service_dir
+from controller.backends.local.layouts import service_dir
 
 from .conftest import Repo, apply_all, post
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from controller.backends.keys import read_keys, write_keys
-from controller.backends.local.supervising import read_status
+from controller.backends.local.processes import read_status
 from controller.scoring.keys import KeyRing
 from controller.scoring.options import parse_options
 from controller.scoring.reporting import write_status

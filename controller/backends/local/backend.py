@@ -27,13 +27,13 @@ from controller.backends.keys import KeyName, read_keys, regenerate, token_for
 from controller.backends.local.clusters import ClusterHandler
 from controller.backends.local.environments import EnvironmentHandler
 from controller.backends.local.gpus import Gpu, GpuInventory
+from controller.backends.local.layouts import candidate_of
 from controller.backends.local.machines import LocalMachine, tail
 from controller.backends.local.models import ModelHandler
 from controller.backends.local.records import RecordedKind
 from controller.backends.local.services import ServiceHandler
 from controller.backends.local.splitting import post_once, replica_counters, write_split
 from controller.backends.local.stores import LocalStore
-from controller.backends.local.supervising import candidate_of
 from controller.backends.local.workspaces import WorkspaceHandler
 from controller.structs.errors import PermanentError
 from controller.structs.logformats import event_logger

@@ -23,16 +23,10 @@ import psutil
 
 from controller.backends.base import ApplyContext
 from controller.backends.local.gpus import Gpu, GpuInventory, discover_gpus
+from controller.backends.local.layouts import database_path, service_dir, socket_dir
+from controller.backends.local.layouts import log_path as replica_log_path
+from controller.backends.local.processes import open_log, process_alive, start_time
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
-from controller.backends.local.supervising import (
-    database_path,
-    open_log,
-    process_alive,
-    service_dir,
-    socket_dir,
-    start_time,
-)
-from controller.backends.local.supervising import log_path as replica_log_path
 from controller.backends.local.variables import child_environment
 from controller.backends.local.views import ServiceView, view_of
 from controller.structs.errors import PermanentError, TransientError

@@ -28,12 +28,13 @@ from controller.backends.base import ApplyContext
 from controller.backends.keys import ensure_keys, ensure_token_key
 from controller.backends.local.environments import Resolution, current_interpreter
 from controller.backends.local.gpus import allocate_pool, allocations, pending_gpus
+from controller.backends.local.layouts import candidate_of, service_dir
 from controller.backends.local.machines import LocalMachine, Records, manifest_dir, python_path, tail
+from controller.backends.local.processes import bind_listener
 from controller.backends.local.records import recorded
 from controller.backends.local.registries import content_hash, resolve_model
 from controller.backends.local.splitting import read_split, write_split
 from controller.backends.local.stores import ServiceRow
-from controller.backends.local.supervising import bind_listener, candidate_of, service_dir
 from controller.backends.local.views import ServiceView, view_of
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.logformats import event_logger

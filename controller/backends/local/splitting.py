@@ -16,8 +16,9 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from controller.backends.local.layouts import split_path
+from controller.backends.local.processes import process_alive, read_status
 from controller.backends.local.stores import ReplicaRow
-from controller.backends.local.supervising import process_alive, read_status, split_path
 from controller.structs.rollouts import Counters, Split
 
 

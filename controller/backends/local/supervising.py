@@ -28,11 +28,11 @@ what it knows (the last service row it read, the replicas it started), keeps its
 pending, one per subject (a replica, the failure count, itself), and writes them once the
 database takes writes again. Supervising never waits on the disk.
 
-Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``local.py``
+Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``services.py``
 writes for services with ``autoscale`` or with neither ``replicas`` nor ``autoscale``): every
 ``refreshSeconds`` the supervisor sums ``inFlight`` and ``capacity`` over the ready replicas'
 status files and, like Azure's autoscaler, wants ``ceil(current × utilization / target)``
-replicas, clamped to the policy's ``[min, max]`` (``max`` already capped by ``local.py`` to the
+replicas, clamped to the policy's ``[min, max]`` (``max`` already capped by ``services.py`` to the
 replicas whose GPUs the service holds). ``current`` is the number of replicas measured. More
 replicas are taken at once; fewer only after ``SCALE_DOWN_REFRESHES`` refreshes in a row asked for
 fewer (and every desired slot was ready to be measured), and then down to the largest count those
@@ -44,33 +44,46 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import BinaryIO
 
 import psutil
 
 from controller.backends.local.gpus import replica_environment
+from controller.backends.local.layouts import (
+    CANDIDATE_SUFFIX,
+    database_path,
+    log_path,
+    service_dir,
+    socket_dir,
+    split_path,
+)
+from controller.backends.local.processes import (
+    bind_listener,
+    kill_group,
+    open_log,
+    process_alive,
+    read_status,
+    receive_listener,
+    resident_bytes,
+    start_time,
+)
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
 from controller.structs.logformats import JsonLogFormatter, event_logger
-from controller.structs.replicas import ReplicaLaunch, ReplicaState, ReplicaStatus
+from controller.structs.replicas import ReplicaLaunch, ReplicaState
 
 Write = Callable[[sqlite3.Connection], object]
 UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
@@ -95,98 +108,6 @@ sample between two bursts must not drain a replica the next burst needs (Azure a
 more slowly than out)."""
 
 
-def database_path(state_dir: Path) -> Path:
-    """Where the state database lives in a state directory."""
-    return state_dir / "state.db"
-
-
-def service_dir(state_dir: Path, service: str) -> Path:
-    """Per-service folder: logs, status files, keys, copied sources."""
-    return state_dir / "services" / service
-
-
-def socket_dir(state_dir: Path) -> Path:
-    """A folder for unix sockets whose paths stay under the 107-byte limit, however deep state_dir is."""
-    preferred = state_dir / "run"
-    if len(str(preferred)) <= 60:
-        return preferred
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"amlops-{digest}"
-
-
-CANDIDATE_SUFFIX = ".candidate"
-"""A service's candidate version (a canary) runs as a service of its own under this suffixed name,
-which no manifest can declare (service names hold no dots)."""
-
-
-def candidate_of(service: str) -> str:
-    """The name the candidate version of ``service`` runs under."""
-    return service + CANDIDATE_SUFFIX
-
-
-def split_path(state_dir: Path, service: str) -> Path:
-    """The split file ``service``'s replicas poll (``controller.structs.rollouts.Split``)."""
-    return service_dir(state_dir, service) / "split.json"
-
-
-def log_path(state_dir: Path, service: str, slot: int) -> Path:
-    """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
-    return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
-
-
-def open_log(path: Path) -> BinaryIO:
-    """``path`` opened for appending, readable by its owner only (logs may hold request data)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)  # a log made before files were private
-    return os.fdopen(fd, "ab")
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Whether ``pid`` still runs and is the process that started at ``started`` (not a reused pid)."""
-    if pid is None or started is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL the process group ``pid`` leads (a replica and its workers), or ``pid`` alone if it leads none."""
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the group outlives its leader while a worker is left in it
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # a replica started before replicas had their own group
-
-
-def resident_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` in bytes (0 once it is gone).
-
-    The local backend runs one scoring process per replica (no ``--workers``), so the replica's
-    own resident set is its memory; children are not summed, because finding them means scanning
-    every process on the machine, each second, for every service.
-    """
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
-def start_time(pid: int) -> float:
-    """The start time psutil reports for ``pid`` (what ``process_alive`` compares against)."""
-    return psutil.Process(pid).create_time()
-
-
-def read_status(path: str) -> ReplicaStatus:
-    """A replica's status file, or ``initializing`` until it has written one."""
-    try:
-        return ReplicaStatus.from_json(json.loads(Path(path).read_text()))
-    except (OSError, ValueError):
-        return ReplicaStatus()
-
-
 def utilization(loads: Sequence[tuple[int, int]]) -> float | None:
     """Sum of in-flight requests over sum of capacity, for ``(inFlight, capacity)`` pairs; None without capacity."""
     capacity = sum(c for _n, c in loads)
@@ -197,30 +118,6 @@ def desired_replicas(current: int, used: float, target_percent: int, low: int, h
     """Azure's autoscaler rule: ``ceil(current × utilization / target)``, clamped to ``[low, high]``."""
     wanted = math.ceil(round(current * used * 100 / target_percent, 9))  # round: 0.5 × 2 / 0.5 is 2, not 2.0000001
     return max(low, min(high, wanted))
-
-
-def receive_listener(path: str, timeout_s: float = 5.0) -> int:
-    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS).
-
-    The scoring host has the same few lines (``controller.scoring.sockets``): the controller side
-    may not import the scoring package (import-linter forbids it), so the client end lives here too.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout_s)
-        client.connect(path)
-        _msg, fds, _flags, _addr = socket.recv_fds(client, 64, 1)
-    if not fds:
-        raise OSError(f"{path} sent no file descriptor")
-    return fds[0]
-
-
-def bind_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
-    """A new listening socket on ``host:port`` (SO_REUSEADDR, so a just-closed port can be reused)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
 
 
 @dataclass

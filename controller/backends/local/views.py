@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from controller.backends.local.processes import process_alive, read_status
 from controller.backends.local.stores import ReplicaRow, ServiceRow
-from controller.backends.local.supervising import FAILURE_LIMIT, process_alive, read_status, utilization
+from controller.backends.local.supervising import FAILURE_LIMIT, utilization
 from controller.structs.replicas import ReplicaState
 
 
