@@ -15,7 +15,7 @@ new one. Phases, all measured from the moment ``git commit`` returned:
 - detect: until the controller logs ``sync.started`` (its JSON log, ``--log-format json``);
 - fetch: ``sync.started`` → the history record's ``started`` (the Git fetch and export);
 - load / read / plan / apply: the history record's ``durations`` (``amlops history --output json``);
-- first new replica started (supervisor log ``replica_started`` of the new generation), first and
+- first new replica started (supervisor log ``replica.started`` of the new generation), first and
   last new replica ready (the scoring host's ``ready`` event in the replica logs);
 - first new answer, and the last old answer (both versions answer while the roll is under way: new
   and old replicas share the listening socket);
@@ -299,9 +299,9 @@ def _events(path: Path) -> list[tuple[str, float]]:
 
 
 def replica_times(state: Path, since: float) -> dict[str, float | None]:
-    """First ``replica_started`` (supervisor log) and first/last scoring-host ``ready`` after ``since``."""
+    """First ``replica.started`` (supervisor log) and first/last scoring-host ``ready`` after ``since``."""
     sdir = next((p for p in state.rglob("supervisor.log") if SERVICE in str(p)), None)
-    started = [ts for msg, ts in (_events(sdir) if sdir is not None else []) if msg == "replica_started" and ts >= since]
+    started = [ts for msg, ts in (_events(sdir) if sdir is not None else []) if msg == "replica.started" and ts >= since]
     ready: list[float] = []
     logs = sdir.parent / "logs" if sdir is not None else None
     if logs is not None and logs.is_dir():

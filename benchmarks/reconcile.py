@@ -103,7 +103,8 @@ def measure_size(repo: Path, repeats: int) -> dict[str, Any]:
 
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from controller.core.planning import as_applied, plan, static_replace_fields
-    from controller.sources.loading import HASHER, load_desired_state
+    from controller.sources.digests import HASHER
+    from controller.sources.loading import load_desired_state
     from controller.structs.manifests import Kind
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -37,7 +37,7 @@ from benchmarks.requesting import LoadResult, lua_script, require_wrk, run_wrk
 from benchmarks.workfolders import work_folder
 from controller.backends.base import ApplyContext
 from controller.backends.local import LocalBackend
-from controller.backends.local.supervising import candidate_of
+from controller.backends.local.layouts import candidate_of
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
 from controller.sources.loading import load_desired_state

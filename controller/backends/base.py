@@ -195,8 +195,3 @@ class TrafficSplitting(Protocol):
     def discard_candidate(self, service: str) -> None:
         """Return all traffic to the live version and remove the candidate (idempotent)."""
         ...
-
-
-def observed(actual: ActualState, id: ResourceId) -> ActualResource | None:
-    """The actual resource with ``id``, if any (a small convenience for planners and tests)."""
-    return actual.resources.get(id)

@@ -16,10 +16,16 @@ from pathlib import Path
 from typing import Literal
 
 from controller.structs import tokens
+from controller.structs.replicas import (
+    PRIMARY_KEY,
+    SECONDARY_KEY,
+    TOKEN_SIGNING_KEY,
+    keys_document,
+    token_key_document,
+)
 from controller.structs.tokens import AccessToken
 
 KeyName = Literal["primary", "secondary"]
-_FIELDS = {"primary": "primaryKey", "secondary": "secondaryKey"}
 
 
 def new_key() -> str:
@@ -29,7 +35,7 @@ def new_key() -> str:
 
 def write_keys(path: Path, primary: str, secondary: str) -> None:
     """Write both keys to ``path`` atomically; the file is 0600 from creation."""
-    _write_private(path, {"primaryKey": primary, "secondaryKey": secondary})
+    _write_private(path, keys_document(primary, secondary))
 
 
 def _write_private(path: Path, document: dict[str, str]) -> None:
@@ -50,7 +56,7 @@ def _write_private(path: Path, document: dict[str, str]) -> None:
 def read_keys(path: Path) -> tuple[str, str]:
     """``(primary, secondary)`` stored at ``path``."""
     data = json.loads(path.read_text())
-    return str(data["primaryKey"]), str(data["secondaryKey"])
+    return str(data[PRIMARY_KEY]), str(data[SECONDARY_KEY])
 
 
 def ensure_keys(path: Path) -> None:
@@ -61,7 +67,7 @@ def ensure_keys(path: Path) -> None:
 
 def regenerate(path: Path, which: KeyName) -> None:
     """Replace one key with a fresh one, keeping the other (as ``Webservice.regen_key`` does)."""
-    if which not in _FIELDS:
+    if which not in ("primary", "secondary"):
         raise ValueError(f"key must be 'primary' or 'secondary', not {which!r}")
     primary, secondary = read_keys(path)
     if which == "primary":
@@ -74,10 +80,10 @@ def regenerate(path: Path, which: KeyName) -> None:
 def ensure_token_key(path: Path) -> None:
     """Create the token signing key file of a service with ``auth: token`` unless it exists."""
     if not path.exists():
-        _write_private(path, {"tokenSigningKey": new_key()})
+        _write_private(path, token_key_document(new_key()))
 
 
 def token_for(path: Path, service: str, now: float | None = None) -> AccessToken:
     """A fresh access token for ``service``, signed with the key stored at ``path``."""
     data = json.loads(path.read_text())
-    return tokens.mint(str(data["tokenSigningKey"]).encode(), service, time.time() if now is None else now)
+    return tokens.mint(str(data[TOKEN_SIGNING_KEY]).encode(), service, time.time() if now is None else now)

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
 from controller.sources.loading import load_desired_state
-from controller.sources.validating import workspace_of
+from controller.structs.states import workspace_of
 from controller.structs.errors import PermanentError
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
@@ -61,12 +61,12 @@ def declared_replace_fields(kind: Kind) -> frozenset[str]:
     For planning without a backend at hand (``amlops plan --base/--head``): the cautious answer.
     Only the declarations are read; no backend is opened and no SDK is imported.
     """
-    from controller.backends.azureml.handling import replace_fields_of
     from controller.backends.azureml.v1.backend import V1_HANDLERS
     from controller.backends.azureml.v2.backend import V2_HANDLERS
-    from controller.backends.local.backend import LOCAL_REPLACE_FIELDS
+    from controller.backends.handling import replace_fields_of
+    from controller.backends.local.backend import LOCAL_HANDLERS
 
-    return (LOCAL_REPLACE_FIELDS.get(kind, frozenset()) | replace_fields_of(V1_HANDLERS, kind)
+    return (replace_fields_of(LOCAL_HANDLERS, kind) | replace_fields_of(V1_HANDLERS, kind)
             | replace_fields_of(V2_HANDLERS, kind))
 
 

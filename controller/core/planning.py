@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
 from pydantic import BaseModel
 
-from controller.backends.azureml.v2.deployments import carried_values
 from controller.core.connecting import declared_replace_fields
 from controller.core.rendering import describe_rollout, describe_rollout_state
-from controller.sources.validating import workspace_of
 from controller.structs.manifests import (
     ALLOW_MASS_DELETE_ANNOTATION,
     KIND_ORDER,
@@ -40,6 +38,7 @@ from controller.structs.manifests import (
     WorkspaceManifest,
     canonical_base_image,
 )
+from controller.structs.migrations import carried_values
 from controller.structs.plans import Action, Change, FieldDiff, Plan
 from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
 from controller.structs.states import (
@@ -51,6 +50,7 @@ from controller.structs.states import (
     DesiredState,
     ResourceId,
     ownership_tags,
+    workspace_of,
 )
 
 ReplaceFields = Callable[[Kind], frozenset[str]]

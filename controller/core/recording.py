@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from controller.backends.databases import Database
 from controller.core.rendering import plan_to_json
+from controller.databases import Database
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action, Plan
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
@@ -116,7 +116,7 @@ class ResourceStatus:
         return {
             "kind": self.id.kind.value,
             "name": self.id.name,
-            "conditions": [condition_json(c) for c in self.conditions],
+            "conditions": [c.to_json() for c in self.conditions],
             "lastAppliedRevision": self.last_applied_revision,
             "lastAttemptedRevision": self.last_attempted_revision,
             "updated": self.updated,
@@ -133,13 +133,8 @@ class SourceStatus:
     last_errors: tuple[str, ...]
 
 
-def condition_json(c: Condition) -> dict[str, Any]:
-    """A condition as JSON-ready data (the status page, ``amlops status`` and the history database)."""
-    return {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message}
-
-
 def _conditions_from(data: str) -> tuple[Condition, ...]:
-    return tuple(Condition(d["type"], bool(d["status"]), d["reason"], d.get("message", "")) for d in json.loads(data))
+    return tuple(Condition.from_json(d) for d in json.loads(data))
 
 
 def _history_plan(plan: Plan) -> dict[str, Any]:
@@ -199,8 +194,8 @@ class Recorder:
                 )
                 row_id = int(cursor.lastrowid or 0)
             message = f"applying revision {revision}"
-            conditions = json.dumps([condition_json(Condition("Ready", False, APPLYING_REASON, message)),
-                                     condition_json(Condition("Progressing", True, APPLYING_REASON, message))])
+            conditions = json.dumps([Condition("Ready", False, APPLYING_REASON, message).to_json(),
+                                     Condition("Progressing", True, APPLYING_REASON, message).to_json()])
             for change in plan.effective:
                 if change.action is Action.DELETE:
                     continue  # a delete cut short is planned again: the resource is still there
@@ -341,7 +336,7 @@ class Recorder:
                     Condition("Ready", False, result.reason or "Failed", result.error or ""),
                     Condition("Stalled", True, result.reason or "Failed", result.error or ""),
                 )
-            row = (json.dumps([condition_json(c) for c in conditions]), last_applied, revision,
+            row = (json.dumps([c.to_json() for c in conditions]), last_applied, revision,
                    outcome.digests.get(change.id))
             if previous == row:
                 continue

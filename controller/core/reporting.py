@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from controller.backends.base import Backend
-from controller.core.recording import HistoryEntry, Recorder, ResourceStatus, SourceStatus, condition_json
+from controller.core.recording import HistoryEntry, Recorder, ResourceStatus, SourceStatus
 from controller.core.rendering import plan_to_json
 from controller.structs.errors import BackendError
 from controller.structs.manifests import Kind
@@ -72,7 +72,7 @@ def status_row(resource: ActualResource, backend: Backend, controller_name: str,
         "name": resource.id.name,
         "backend": backend.name,
         "managed": resource.owned_by(controller_name),
-        "conditions": [condition_json(c) for c in resource.conditions],
+        "conditions": [c.to_json() for c in resource.conditions],
         "recordedConditions": record.to_json()["conditions"] if record else [],
         "lastAppliedRevision": record.last_applied_revision if record else resource.tags.get("amlops.dev/revision"),
         "lastAttemptedRevision": record.last_attempted_revision if record else None,
@@ -163,7 +163,7 @@ def published_resources(statuses: Mapping[ResourceId, ResourceStatus], observed:
             live = None  # what runs is another source's: its health says nothing about this one's manifest
         if live is not None:
             merged = {c["type"]: c for c in entry["conditions"]}
-            merged.update({c.type: condition_json(c) for c in live.conditions})
+            merged.update({c.type: c.to_json() for c in live.conditions})
             entry["conditions"] = list(merged.values())
             entry["details"] = resource_details(live)
         entry["status"] = state_word(entry["conditions"], recorded)

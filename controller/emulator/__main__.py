@@ -24,8 +24,9 @@ from controller.emulator.records import WorkspaceRef
 from controller.emulator.serving import ProxyServer
 from controller.emulator.stores import Store
 from controller.emulator.v2computes import parse_cluster_flag
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger("controller.emulator")
+log = event_logger("controller.emulator")
 
 DEFAULT_WORKSPACE = "00000000-0000-0000-0000-000000000001/amlops-rg/amlops-ws"
 
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    log.info("emulator_listening port=%d state_dir=%s workspaces=%d", port, state, len(workspaces))
+    log.info("emulator.listening", port=port, state_dir=state, workspaces=len(workspaces))
     print(f"amlops emulator listening on http://127.0.0.1:{port} (source {state / 'env.sh'})", flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

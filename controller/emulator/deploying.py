@@ -13,7 +13,6 @@ TensorFlow is never imported here: replicas are separate processes.
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 import tarfile
 import threading
@@ -25,11 +24,12 @@ from typing import Any, Protocol
 
 from controller.structs import tokens
 from controller.structs.errors import BackendError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import BASE_IMAGE_ALIASES, Kind
 from controller.structs.states import ConditionType, DesiredResource, DesiredState, Origin, ResourceId
 from controller.structs.tokens import AccessToken
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 CONTROLLER_NAME = "amlops-emulator"
 SUBSTITUTIONS_PROPERTY = "amlops.dev/substitutions"
@@ -222,7 +222,7 @@ class LocalDataPlane:
                     self.backend.create(resource, ctx)
                 actual = self.backend.read()
             except BackendError as exc:
-                log.warning("service_deploy_failed name=%s error=%s", deployment.name, exc)
+                log.warning("service.deploy_failed", name=deployment.name, error=str(exc))
                 return DeployOutcome("Failed", {"code": "DeploymentFailed", "message": str(exc)},
                                      notes={RUNTIME_PROPERTY: "amlops scoring host"})
         env = actual.get(Kind.ENVIRONMENT, f"{deployment.name}-env")
@@ -233,7 +233,7 @@ class LocalDataPlane:
                     key = SUBSTITUTIONS_PROPERTY if cond.type == ConditionType.SUBSTITUTED else "amlops.dev/gpu"
                     notes[key] = cond.message
         if SUBSTITUTIONS_PROPERTY in notes:
-            log.info("service_environment_substituted name=%s substitutions=%r", deployment.name, notes[SUBSTITUTIONS_PROPERTY])
+            log.info("service.environment_substituted", name=deployment.name, substitutions=notes[SUBSTITUTIONS_PROPERTY])
         notes[RUNTIME_PROPERTY] = "amlops scoring host (entry script run directly; azureml-defaults provided)"
         uri = str(service.details.get("scoringUri")) if service is not None and service.details.get("scoringUri") else None
         return DeployOutcome("Healthy", None, uri, notes)
@@ -247,7 +247,7 @@ class LocalDataPlane:
             try:
                 self.backend.delete(ResourceId(Kind.WEBSERVICE, name), ctx)
             except BackendError as exc:
-                log.warning("service_delete_failed name=%s error=%s", name, exc)
+                log.warning("service.delete_failed", name=name, error=str(exc))
         shutil.rmtree(self.work / "services" / name, ignore_errors=True)
 
     def keys(self, name: str) -> tuple[str, str] | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import socket
 import ssl
 import time
@@ -22,8 +21,9 @@ from controller.emulator.frontends import PATH_PREFIX
 from controller.emulator.logins import TokenError
 from controller.emulator.records import attach_verdict
 from controller.emulator.routetables import Request, Response, arm_error, json_response, parse_target
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _MAX_BODY = 512 * 1024 * 1024
 
@@ -45,7 +45,7 @@ class _Base(BaseHTTPRequestHandler):
     server: ProxyServer
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http " + format, *args)
+        log.debug("http.message", message=format % args)
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -103,7 +103,7 @@ class _InnerHandler(_Base):
         route, params, known = emulator.router.match(self.command, kind, path)
         if route is None:
             emulator.faults.record(f"{self.command} {kind} <unmatched>")
-            log.info("route_not_found method=%s host=%s path=%s", self.command, host, path)
+            log.info("route.not_found", method=self.command, host=host, path=path)
             if known:
                 self._send(arm_error(405, "MethodNotAllowed", f"The requested method {self.command} is not allowed for {path}."))
             else:
@@ -136,9 +136,9 @@ class _InnerHandler(_Base):
         try:
             response = route.handler(request)
         except Exception:  # a handler bug must answer 500 like Azure, not drop the connection
-            log.exception("handler_failed route=%s", route.key)
+            log.exception("handler.failed", route=route.key)
             response = arm_error(500, "InternalServerError", "The emulator failed to handle this request.")
-        log.info("request method=%s route=%r status=%d", self.command, route.key, response.status)
+        log.info("request.answered", method=self.command, route=route.key, status=response.status)
         self._send(response, head_only=self.command == "HEAD")
 
     do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _dispatch
@@ -154,7 +154,7 @@ class _OuterHandler(_Base):
             message = (f"amlops emulator: CONNECT to {self.path} refused: only the emulated Azure hosts "
                        "(login.microsoftonline.com, management.azure.com, <region>.api.azureml.ms, "
                        "<account>.blob.core.windows.net) are served, and nothing is forwarded off this machine.\n")
-            log.warning("connect_refused target=%s", self.path)
+            log.warning("connect.refused", target=self.path)
             self.send_response(403, "Forbidden")
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(message.encode())))
@@ -171,7 +171,7 @@ class _OuterHandler(_Base):
         try:
             tls = context.wrap_socket(self.connection, server_side=True)
         except (ssl.SSLError, OSError) as exc:
-            log.info("tls_handshake_failed host=%s error=%s", host, exc)
+            log.info("tls.handshake_failed", host=host, error=str(exc))
             return
         try:
             _InnerHandler(tls, self.client_address, self.server)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 from pathlib import Path
@@ -22,9 +21,10 @@ from controller.emulator.records import (
 )
 from controller.emulator.routetables import WS_TEMPLATE, Request, Response, Router, json_response, mms_error
 from controller.emulator.v1assets import V1AssetRoutes, _model_public
+from controller.structs.logformats import event_logger
 from controller.structs.vmsizes import gpus_per_node
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
 
@@ -192,7 +192,7 @@ class V1ServiceRoutes(V1AssetRoutes):
             self.store.put("service", key, rec)
         state = "Succeeded" if outcome.state == "Healthy" else "Failed"
         self._finish_operation(op_id, state, outcome.error)
-        log.info("service_%s name=%s state=%s", action, rec["name"], outcome.state)
+        log.info("service.settled", action=action, name=rec["name"], state=outcome.state)
 
     def _start(self, key: str, op_id: str, action: str, fail: str | None) -> None:
         worker = threading.Thread(target=self._run_deployment, args=(key, op_id, action, fail),

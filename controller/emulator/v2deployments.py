@@ -19,7 +19,6 @@ failure threshold 30 and initial delay PT10S, ``containerResourceRequirements``,
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 from typing import Any, Final
 
@@ -33,8 +32,9 @@ from controller.emulator.routetables import WS_TEMPLATE, Request, Response, Rout
 from controller.emulator.v2assets import system_data, ws_scope
 from controller.emulator.v2computes import V2ComputeRoutes
 from controller.emulator.v2endpoints import V2EndpointRoutes
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _DEPLOYMENT_NAME: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 _LOCAL_NAME: Final = re.compile(r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$")
@@ -341,8 +341,8 @@ class V2DeploymentRoutes(V2EndpointRoutes, V2ComputeRoutes):
             elif error is not None:
                 self.frontend.set_upstream(rec["_endpoint"], rec["name"], None)
             self._finish_operation(op_id, "Failed" if error else "Succeeded", error)
-        log.info("deployment_settled endpoint=%s name=%s state=%s", rec["_endpoint"], rec["name"],
-                 rec["properties"]["provisioningState"])
+        log.info("deployment.settled", endpoint=rec["_endpoint"], name=rec["name"],
+                 state=rec["properties"]["provisioningState"])
 
     def restore_routes(self) -> None:
         """After a restart: make every endpoint and Succeeded deployment routable again (replicas were re-adopted)."""

@@ -18,7 +18,6 @@ provisioning succeeded may take traffic.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import threading
 import time
@@ -32,8 +31,9 @@ from controller.emulator.frontends import Frontend
 from controller.emulator.records import ARM_HOST, now_iso, public, req_verdict, workspace_key
 from controller.emulator.routetables import WS_TEMPLATE, Request, Response, Router, arm_error, json_response
 from controller.emulator.v2assets import V2AssetRoutes, system_data, ws_scope
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _ENDPOINT_NAME: Final = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 _OPS: Final = "/subscriptions/{sub}/providers/Microsoft.MachineLearningServices/locations/{loc}"
@@ -278,7 +278,7 @@ class V2EndpointRoutes(V2AssetRoutes):
             rec["properties"]["provisioningState"] = "Succeeded"
             self.store.put("endpoint", key, rec)
             self._finish_operation(op_id, "Succeeded")
-        log.info("endpoint_settled name=%s traffic=%s", rec["name"], traffic)
+        log.info("endpoint.settled", name=rec["name"], traffic=traffic)
 
     def delete_endpoint(self, req: Request) -> Response:
         rec = self.endpoint_record(req.params)
@@ -299,7 +299,7 @@ class V2EndpointRoutes(V2AssetRoutes):
             for path in (self._keys_path(rec), self._token_path(rec)):
                 path.unlink(missing_ok=True)
             self._finish_operation(op_id, "Succeeded")
-            log.info("endpoint_deleted name=%s", rec["name"])
+            log.info("endpoint.deleted", name=rec["name"])
 
         self.settle_later(work, f"endpoint-delete-{rec['name']}")
         return Response(202, b"", headers)

@@ -15,8 +15,8 @@ import sys
 import threading
 import time
 
-from controller.sources.gitting import redact
 from controller.structs.logformats import JsonLogFormatter, record_fields
+from controller.structs.redactions import redact
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 

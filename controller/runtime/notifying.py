@@ -31,7 +31,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from controller import __version__
-from controller.sources.gitting import redact
 from controller.sources.loading import parse_documents
 from controller.sources.validating import format_field
 from controller.structs.logformats import event_logger
@@ -45,6 +44,7 @@ from controller.structs.notifications import (
     RevisionEvent,
     build_request,
 )
+from controller.structs.redactions import redact
 from controller.structs.results import ReconcileOutcome
 
 log = event_logger("amlops.notify")

@@ -45,10 +45,11 @@ from controller.runtime.statedirs import state_dir_problem, state_dir_status
 from controller.runtime.statuses import StatusBoard
 from controller.runtime.waking import Signals, Wakeup
 from controller.settings import Settings, resolve_settings
-from controller.sources.gitting import SourceUnavailable, redact
+from controller.sources.gitting import SourceUnavailable
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
+from controller.structs.redactions import redact
 from controller.structs.results import ChangeStatus, ReconcileOutcome, ReconcileStatus
 from controller.structs.states import ActualResource, ResourceId, source_id
 

@@ -1,7 +1,7 @@
 """Keys and tokens the scoring endpoint accepts, re-read from the keys file when it changes.
 
-The keys file is JSON: ``{"primaryKey": "...", "secondaryKey": "..."}`` for ``--auth key`` and
-``{"tokenSigningKey": "..."}`` for ``--auth token``, where requests carry short-lived tokens signed
+The keys file is JSON (``controller.structs.replicas``): ``{"primaryKey": "...", "secondaryKey": "..."}``
+for ``--auth key`` and ``{"tokenSigningKey": "..."}`` for ``--auth token``, where requests carry short-lived tokens signed
 with that key for this service (``controller.structs.tokens``). Key values are never logged. The file is looked at no more often than every
 ``CHECK_INTERVAL_S``, not on every request; a missing file accepts no key at all.
 """
@@ -16,8 +16,8 @@ import orjson
 
 from controller.scoring.reporting import log_event
 from controller.structs import tokens
+from controller.structs.replicas import AUTH_FIELDS
 
-FIELDS_BY_MODE = {"key": ("primaryKey", "secondaryKey"), "token": ("tokenSigningKey",)}
 CHECK_INTERVAL_S = 0.5
 
 
@@ -28,7 +28,7 @@ class KeyRing:
         self._path = path
         self._mode = mode
         self._service = service  # a token must name this service (when the host knows its name)
-        self._fields = FIELDS_BY_MODE[mode]
+        self._fields = AUTH_FIELDS[mode]
         self._stamp: tuple[int, int, int] | None = None
         self._secrets: tuple[bytes, ...] = ()
         self._checked: float | None = None

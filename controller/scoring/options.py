@@ -1,4 +1,7 @@
-"""The command line of the scoring host: a contract shared with ``amlops serve`` and the local backend."""
+"""The command line of the scoring host: a contract shared with ``amlops serve`` and the local backend.
+
+The flags the local backend and its supervisor pass are spelled once, in ``controller.structs.replicas.Flag``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from controller.structs.replicas import Flag
 
 
 @dataclass(frozen=True)
@@ -88,23 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--entry-script", help="score.py path, relative to --source-dir or absolute; "
+    add(Flag.ENTRY_SCRIPT, help="score.py path, relative to --source-dir or absolute; "
         "without it the built-in TensorFlow SavedModel scorer serves the model dir")
-    add("--source-dir", help="put on sys.path and used as cwd (default: the entry script's folder)")
-    add("--model-dir", help="exported as AZUREML_MODEL_DIR before init()")
+    add(Flag.SOURCE_DIR, help="put on sys.path and used as cwd (default: the entry script's folder)")
+    add(Flag.MODEL_DIR, help="exported as AZUREML_MODEL_DIR before init()")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     add("--port", type=int, default=5001, help="TCP port to listen on (default 5001; 0: any)")
-    add("--listen-fd", type=int, help="serve an inherited listening TCP socket instead of binding")
-    add("--fd-socket", help="unix socket path that hands out the listening socket (SCM_RIGHTS)")
-    add("--defer-accept", action="store_true", help="accept nothing until init() has finished")
+    add(Flag.LISTEN_FD, type=int, help="serve an inherited listening TCP socket instead of binding")
+    add(Flag.FD_SOCKET, help="unix socket path that hands out the listening socket (SCM_RIGHTS)")
+    add(Flag.DEFER_ACCEPT, action="store_true", help="accept nothing until init() has finished")
     add("--workers", type=_positive, default=1, help="pre-forked processes sharing the socket")
-    add("--service-name", help="also serve /api/v1/service/NAME/score")
-    add("--auth", choices=("key", "token", "none"), default="none",
+    add(Flag.SERVICE_NAME, help="also serve /api/v1/service/NAME/score")
+    add(Flag.AUTH, choices=("key", "token", "none"), default="none",
         help="what a scoring request must carry: a key, a token, or nothing (default none)")
-    add("--keys-file", help='JSON {"primaryKey","secondaryKey"} (or {"token"}), re-read on change')
-    add("--scoring-timeout-ms", type=_positive, default=60000, help="run() time limit; 504 after it (default 60000)")
-    add("--max-concurrent", type=_positive, default=1, help="concurrent run() calls per process")
-    add("--max-queue-wait-ms", type=_positive, default=500,
+    add(Flag.KEYS_FILE, help='JSON {"primaryKey","secondaryKey"} (or {"token"}), re-read on change')
+    add(Flag.SCORING_TIMEOUT_MS, type=_positive, default=60000, help="run() time limit; 504 after it (default 60000)")
+    add(Flag.MAX_CONCURRENT, type=_positive, default=1, help="concurrent run() calls per process")
+    add(Flag.MAX_QUEUE_WAIT_MS, type=_positive, default=500,
         help="longest wait for a free run() slot; 503 after it (default 500)")
     add("--max-request-bytes", type=_positive, default=100 * 1024 * 1024,
         help="largest request body accepted; 413 above it (default 100 MiB)")
@@ -115,15 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keepalive-timeout-ms", type=_positive, default=75000, help="an idle keep-alive connection is closed after this")
     add("--max-body-bytes-in-flight", type=_positive, default=256 * 1024 * 1024,
         help="request bodies held at once by this process (read or being scored); beyond it 503 + Retry-After")
-    add("--status-file", help="JSON status, replaced atomically on each change")
-    add("--split-file", help="JSON {weight, port}: hand that percentage of scoring requests to the port (a canary)")
-    add("--tensorflow-compat", choices=("v1", "none"), default="none",
+    add(Flag.STATUS_FILE, help="JSON status, replaced atomically on each change")
+    add(Flag.SPLIT_FILE, help="JSON {weight, port}: hand that percentage of scoring requests to the port (a canary)")
+    add(Flag.TENSORFLOW_COMPAT, choices=("v1", "none"), default="none",
         help="v1: `import tensorflow` in the entry script gives tensorflow.compat.v1")
-    add("--log-format", choices=("text", "json"), default="text", help="log lines on stderr as text or JSON")
-    add("--metrics-dir", help="folder the service's processes share: each writes its metrics there and "
+    add(Flag.LOG_FORMAT, choices=("text", "json"), default="text", help="log lines on stderr as text or JSON")
+    add(Flag.METRICS_DIR, help="folder the service's processes share: each writes its metrics there and "
         "/metrics answers for all of them")
-    add("--replica", default="0", help="this replica's name, the replica label of its metrics (default 0)")
-    add("--version-label", dest="version", default="",
+    add(Flag.REPLICA, default="0", help="this replica's name, the replica label of its metrics (default 0)")
+    add(Flag.VERSION_LABEL, dest="version", default="",
         help="what this replica serves (its model versions), the version label of its metrics")
     return parser
 
@@ -133,7 +138,7 @@ def parse_options(argv: Sequence[str]) -> ScoringOptions:
     parser = build_parser()
     ns = parser.parse_args(list(argv))
     if ns.auth != "none" and not ns.keys_file:
-        parser.error(f"--auth {ns.auth} needs --keys-file")
+        parser.error(f"{Flag.AUTH} {ns.auth} needs {Flag.KEYS_FILE}")
     values = {name: getattr(ns, name) for name in ScoringOptions.__dataclass_fields__ if hasattr(ns, name)}
     # Absolute paths now: the entry script later runs with --source-dir as its working directory.
     for name in ("source_dir", "model_dir", "keys_file", "status_file", "split_file", "fd_socket", "metrics_dir"):

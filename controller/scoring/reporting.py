@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from controller.structs.logformats import log_document
+from controller.structs.replicas import load_fields, status_document
 
 _format = "text"
 _status_unwritten = False
@@ -65,8 +66,7 @@ def write_status(path: str | None, state: str, **fields: Any) -> bool:
     global _status_unwritten
     if not path:
         return True
-    document: dict[str, Any] = {"pid": os.getpid(), "state": state, "error": None}
-    document.update(fields)
+    document = status_document(os.getpid(), state, fields)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as handle:
@@ -110,5 +110,5 @@ def report_load(
     counters = traffic() if traffic is not None else None
     state = (count, None if counters is None else (counters["requests"], counters["forwarded"]))
     if state != last or _status_unwritten:
-        report(inFlight=count, capacity=capacity, **({} if counters is None else {"traffic": counters}))
+        report(**load_fields(count, capacity, counters))
     loop.call_later(LOAD_REPORT_INTERVAL_S, report_load, loop, report, in_flight, capacity, state, traffic)

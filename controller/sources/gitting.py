@@ -7,14 +7,13 @@ temporary folder, then an atomic rename), and the reconcile reads that folder on
 Credentials never reach argv, ``.git/config``, logs or error messages: an HTTPS token travels
 as an ``http.extraHeader`` given through ``GIT_CONFIG_*`` environment variables, an SSH key
 through ``GIT_SSH_COMMAND``, and every message that leaves this module is passed through
-``redact``.
+``redact`` (``controller.structs.redactions``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import logging
 import os
 import shlex
 import shutil
@@ -22,14 +21,16 @@ import tarfile
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import git
 
-log = logging.getLogger(__name__)
+from controller.structs.logformats import event_logger
+from controller.structs.redactions import redact
+
+log = event_logger(__name__)
 
 GIT_TIMEOUT_S: Final = 30.0
 """Default bound on one git command: a remote that accepts the connection and never answers is
@@ -50,17 +51,6 @@ class Snapshot:
 
 class SourceUnavailable(Exception):
     """The source could not be read (network, authentication, missing branch). Transient: retry."""
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (and its URL-quoted and base64 forms) replaced by ``***``."""
-    for secret in secrets:
-        if not secret:
-            continue
-        forms = {secret, urllib.parse.quote(secret, safe=""), base64.b64encode(secret.encode()).decode()}
-        for form in sorted(forms, key=len, reverse=True):
-            text = text.replace(form, "***")
-    return text
 
 
 def split_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -218,10 +208,7 @@ class GitSource:
             raise SourceUnavailable(f"branch {branch!r} not found in {self.display_url}") from None
         message = repo.commit(sha).summary
         root = self._export(repo, sha)
-        log.debug(
-            "source.fetched",
-            extra={"fields": {"revision": sha, "seconds": round(time.monotonic() - started, 3)}},
-        )
+        log.debug("source.fetched", revision=sha, seconds=round(time.monotonic() - started, 3))
         return Snapshot(revision=sha, root=root, path=self.path, message=str(message))
 
     def _export(self, repo: git.Repo, sha: str) -> Path:

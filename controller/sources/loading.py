@@ -9,17 +9,16 @@ Cross-resource checks live in ``validating``; this module turns files into docum
 from __future__ import annotations
 
 import gc
-import hashlib
-import os
 import re
-import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
 import yaml
 
+from controller.sources.digests import HASHER, walk_files
+from controller.sources.documents import Document, FieldPath
+from controller.sources.validating import build_desired_state
 from controller.structs.errors import ManifestError, ValidationFailed
 from controller.structs.states import DesiredState
 
@@ -78,24 +77,6 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+.0123456789"),
 )
-
-FieldPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Document:
-    """One YAML document: its plain data, the line it starts on and the line of every field.
-
-    ``field_files`` names the file of fields that came from elsewhere (an overlay's patch);
-    every other field is in ``file``.
-    """
-
-    file: str
-    line: int
-    data: Any
-    field_lines: dict[FieldPath, int]
-    field_files: dict[FieldPath, str] = field(default_factory=dict)
-
 
 class _TooLarge(Exception):
     def __init__(self, line: int, message: str) -> None:
@@ -228,7 +209,7 @@ def discover_files(root: Path, start: Path) -> tuple[list[Path], list[ManifestEr
     if start.is_file() or start.is_symlink():
         candidates: Iterator[Path] = iter([start])
     elif start.is_dir():
-        candidates = _walk(start)
+        candidates = walk_files(start)
     else:
         return [], [ManifestError(display_path(root, start), 0, "no such file or folder")]
     files: list[Path] = []
@@ -240,13 +221,6 @@ def discover_files(root: Path, start: Path) -> tuple[list[Path], list[ManifestEr
             continue
         files.append(path)
     return files, errors
-
-
-def _walk(start: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
 
 
 def display_path(root: Path, path: Path) -> str:
@@ -351,8 +325,6 @@ def load_desired_state(root: str | Path, path: str = ".", revision: str = "worki
     as long as the files its manifests point at are unchanged (checked by stat-cached hashes).
     A controller polling an unchanged repo then validates nothing again.
     """
-    from controller.sources.validating import build_desired_state
-
     root_path = Path(root).absolute()
     key = (str(root_path), path, revision)
     if reuse:
@@ -395,56 +367,3 @@ def _contents_unchanged(state: DesiredState) -> bool:
     except OSError:
         return False
     return True
-
-
-class ContentHasher:
-    """sha256 of files and folder trees, cached by (path, size, mtime) so unchanged files are read once."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, tuple[int, int, str]] = {}
-
-    def file(self, path: Path, st: os.stat_result | None = None) -> str:
-        """Hex digest of one file's bytes (``st``: its ``os.stat``, when the caller has it already)."""
-        if st is None:
-            st = os.stat(path)
-        key = str(path)
-        cached = self._files.get(key)
-        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
-            return cached[2]
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        result = digest.hexdigest()
-        self._files[key] = (st.st_size, st.st_mtime_ns, result)
-        return result
-
-    def tree(self, path: Path) -> str:
-        """``sha256:`` digest of a file, or of a folder's files (names and contents, hidden entries skipped).
-
-        One ``stat`` per file: a controller hashes the watched tree on every pass.
-        """
-        digest = hashlib.sha256()
-        try:
-            st: os.stat_result | None = os.stat(path)
-        except FileNotFoundError:
-            st = None  # hashes as an empty folder, as before it existed
-        if st is not None and stat.S_ISREG(st.st_mode):
-            digest.update(self.file(path, st).encode())
-            return "sha256:" + digest.hexdigest()
-        prefix = len(str(path)) + 1
-        for file in sorted(_walk(path)):
-            if file.name.startswith("."):
-                continue
-            try:
-                file_st = os.stat(file)
-            except FileNotFoundError:  # a dangling link, or removed since the walk
-                continue
-            if not stat.S_ISREG(file_st.st_mode):
-                continue
-            digest.update(str(file)[prefix:].replace(os.sep, "/").encode() + b"\0")
-            digest.update(self.file(file, file_st).encode() + b"\0")
-        return "sha256:" + digest.hexdigest()
-
-
-HASHER: Final = ContentHasher()

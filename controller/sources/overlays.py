@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from controller.sources.documents import Document
 from controller.sources.loading import (
     DOCUMENTS,
     KUSTOMIZATION_FILES,
-    Document,
     DocumentCache,
     display_path,
     parse_documents,

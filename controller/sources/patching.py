@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from controller.sources.loading import Document, FieldPath
+from controller.sources.documents import Document, FieldPath
 
 JSON_PATCH_OPS: Final = ("add", "remove", "replace", "move", "copy", "test")
 # Identity fields of a merge patch: they say which resource it patches, they never change it.

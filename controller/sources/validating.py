@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controller.sources.loading import HASHER, Document, FieldPath
+from controller.sources.digests import HASHER
+from controller.sources.documents import Document, FieldPath
 from controller.structs.errors import ManifestError
 from controller.structs.manifests import (
     API_VERSION,
@@ -413,13 +414,3 @@ def build_desired_state(root: Path, documents: list[Document], revision: str) ->
     builder.check_api_rules()
     return builder.build(revision), builder.errors
 
-
-def workspace_of(state: DesiredState, resource: DesiredResource) -> WorkspaceManifest | None:
-    """The workspace a resource belongs to: named in its spec, or the only one declared."""
-    if isinstance(resource.manifest, WorkspaceManifest):
-        return resource.manifest
-    wanted = getattr(resource.manifest.spec, "workspace", None)
-    workspaces = state.workspaces()
-    if wanted is None:
-        return next(iter(workspaces.values())) if len(workspaces) == 1 else None
-    return workspaces.get(wanted)

@@ -10,7 +10,6 @@ itself (level-triggered), so a missed event is caught by the next periodic pass.
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,11 +19,12 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from controller.sources.digests import HASHER
 from controller.sources.gitting import Snapshot, SourceUnavailable
-from controller.sources.loading import HASHER
 from controller.sources.overlays import kustomization_file, overlay_folders
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 DEBOUNCE_S: Final = 0.5
 _IGNORED_PARTS: Final = frozenset({"__pycache__", ".git"})
@@ -108,7 +108,7 @@ class FolderSource:
             raise SourceUnavailable(f"no such folder: {watched}")
 
         def fire() -> None:
-            log.info("source.changed", extra={"fields": {"folder": str(watched)}})
+            log.info("source.changed", folder=str(watched))
             on_change()
 
         self._handler = _Debouncer(watched, fire, self._debounce)

@@ -140,6 +140,17 @@ class DesiredState:
         return self._workspaces
 
 
+def workspace_of(state: DesiredState, resource: DesiredResource) -> WorkspaceManifest | None:
+    """The workspace a resource belongs to: named in its spec, or the only one declared."""
+    if isinstance(resource.manifest, WorkspaceManifest):
+        return resource.manifest
+    wanted = getattr(resource.manifest.spec, "workspace", None)
+    workspaces = state.workspaces()
+    if wanted is None:
+        return next(iter(workspaces.values())) if len(workspaces) == 1 else None
+    return workspaces.get(wanted)
+
+
 class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
@@ -156,6 +167,15 @@ class Condition:
     status: bool
     reason: str
     message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The condition as stored and shown: ``{"type", "status", "reason", "message"}``."""
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Condition:
+        """The condition ``to_json`` wrote."""
+        return cls(str(data["type"]), bool(data["status"]), str(data["reason"]), str(data.get("message", "")))
 
 
 @dataclass(frozen=True)

@@ -166,7 +166,7 @@ def drive(repo: Repo, backend: LocalBackend, recorder: Recorder, revision: str, 
 
 def stopped_candidate(backend: LocalBackend) -> bool:
     """Whether no candidate version runs and no split is left."""
-    from controller.backends.local.supervising import candidate_of, split_path
+    from controller.backends.local.layouts import candidate_of, split_path
 
     with backend.store.snapshot() as conn:
         row = backend.store.get_service(conn, candidate_of(SERVICE))

@@ -267,7 +267,7 @@ def test_a_canary_on_gpus_gets_gpus_of_its_own_beside_the_live_replicas(
     repo: Repo, tmp_path: Path, state_dir: Path
 ) -> None:
     from controller.backends.local.gpus import Gpu
-    from controller.backends.local.supervising import candidate_of
+    from controller.backends.local.layouts import candidate_of
 
     backend = LocalBackend(state_dir, "test-controller", ready_timeout=90,
                            gpus=[Gpu(i, f"GPU-{i}", "Tesla T4") for i in range(4)])

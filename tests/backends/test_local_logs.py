@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from controller.backends.local import LocalBackend
-from controller.backends.local.supervising import service_dir
+from controller.backends.local.layouts import service_dir
 
 from .conftest import Repo, apply_all, post
 
@@ -34,7 +34,7 @@ def test_supervisor_and_replica_logs_are_json_lines_with_time_level_and_msg(
     assert post(backend.scoring_uri(SERVICE), {"data": [1]}, primary)[0] == 200
     folder = service_dir(state_dir, SERVICE)
     supervisor = _events(folder / "supervisor.log")
-    assert [e["slot"] for e in supervisor if e["msg"] == "replica_started"] == [0, 1]
+    assert [e["slot"] for e in supervisor if e["msg"] == "replica.started"] == [0, 1]
     replica_logs = sorted((folder / "logs").glob("replica-*.log"))
     assert len(replica_logs) == 2
     for path in replica_logs:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.backends.local import FAILURE_LIMIT, LocalBackend
-from controller.backends.local.supervising import service_dir
+from controller.backends.local.layouts import service_dir
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind
 from controller.structs.states import ConditionType
@@ -23,7 +23,7 @@ BROKEN_PY = "def init():\n    raise RuntimeError('broken release')\n\ndef run(ra
 def _starts(state_dir: Path, generation: int) -> int:
     lines = (service_dir(state_dir, SERVICE) / "supervisor.log").read_text().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]  # the supervisor logs JSON lines
-    return sum(1 for e in events if e["msg"] == "replica_started" and e["service"] == SERVICE and e["generation"] == generation)
+    return sum(1 for e in events if e["msg"] == "replica.started" and e["service"] == SERVICE and e["generation"] == generation)
 
 
 def test_rolling_to_a_version_that_cannot_init_stalls_while_the_old_replica_keeps_serving(

@@ -251,9 +251,9 @@ def test_a_replica_over_its_memory_limit_is_killed_restarted_and_reported(
     # written (an OOM-killed pod drops its connection too), so either outcome is the real behaviour.
     assert post(uri, {"grow_mib": 300}, None)[0] in (200, CLIENT_FAILURE)
     supervisor_log = state_dir / "services" / SERVICE / "supervisor.log"
-    _eventually(lambda: "replica_oom_killed" in supervisor_log.read_text(), timeout=30, what="OOM kill")
-    line = next(json.loads(ln) for ln in supervisor_log.read_text().splitlines() if "replica_oom_killed" in ln)
-    assert line["msg"] == "replica_oom_killed" and line["pid"] == before and line["limit_mib"] == 256
+    _eventually(lambda: "replica.oom_killed" in supervisor_log.read_text(), timeout=30, what="OOM kill")
+    line = next(json.loads(ln) for ln in supervisor_log.read_text().splitlines() if "replica.oom_killed" in ln)
+    assert line["msg"] == "replica.oom_killed" and line["pid"] == before and line["limit_mib"] == 256
     after = _eventually(lambda: (p := _pids(backend)) and before not in p and p, timeout=60, what="restart")
     backend.wait_ready(SERVICE, timeout=60)
     assert post(uri, {}, None) == (200, {"held_mib": 0})  # a fresh process

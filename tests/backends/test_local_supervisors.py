@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from controller.backends.local import LocalBackend
-from controller.backends.local.supervising import service_dir
+from controller.backends.local.layouts import service_dir
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind
 

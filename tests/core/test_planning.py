@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from controller.core.planning import as_applied, plan, static_replace_fields
@@ -370,3 +372,29 @@ def test_a_requested_delete_waits_only_for_what_uses_each_resource_and_skips_wha
     assert by_kind[Kind.WEBSERVICE].depends_on == ()
     forced, notes = plan_deletion([foreign], actual, controller_name="amlops", revision="r1", force=True)
     assert [str(c.id) for c in forced.changes] == ["Environment/other-env"] and notes == ()
+def test_the_planner_asks_each_backends_handler_which_fields_force_a_replace(repo: Repo, tmp_path: Path) -> None:
+    # agentCount: Azure ML v1 cannot resize an AKS compute in place; the local backend's cluster is a record.
+    from controller.backends.azureml.v1.backend import V1_HANDLERS
+    from controller.backends.handling import replace_fields_of
+    from controller.backends.local import LocalBackend
+
+    before = repo.standard(agents=3).load()
+    after = repo.standard(agents=5).load()
+    cluster = ResourceId(Kind.AKS_CLUSTER, "aks-cpu")
+    local = LocalBackend(tmp_path / "state", gpus=[])
+    try:
+        on_local = plan(after, _applied(before), controller_name="amlops", replace_fields=local.replace_fields)
+    finally:
+        local.close()
+    on_v1 = plan(after, _applied(before), controller_name="amlops",
+                 replace_fields=lambda kind: replace_fields_of(V1_HANDLERS, kind))
+    without_backend = _plan(after, _applied(before))
+
+    def agent_count(result: Plan) -> tuple[Action, bool]:
+        change = next(c for c in result.changes if c.id == cluster)
+        return change.action, next(d.forces_replace for d in change.diffs if d.path == "spec.agentCount")
+
+    # A forced replace of a cluster (retained by default) is refused and shown: no-op, never an update.
+    assert agent_count(on_local) == (Action.UPDATE, False)
+    assert agent_count(on_v1) == (Action.NOOP, True)
+    assert agent_count(without_backend) == (Action.NOOP, True)  # no backend at hand: the union, the cautious answer

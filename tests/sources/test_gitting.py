@@ -16,7 +16,8 @@ from typing import ClassVar
 
 import pytest
 
-from controller.sources.gitting import GitSource, SourceUnavailable, redact, split_credentials
+from controller.sources.gitting import GitSource, SourceUnavailable, split_credentials
+from controller.structs.redactions import redact
 
 TOKEN = "ghp_SuperSecretToken1234567890"
 AUTHOR = {

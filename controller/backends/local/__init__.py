@@ -1,9 +1,11 @@
-"""The embedded local backend: Azure ML played out on this machine.
+"""The embedded local backend: Azure ML played out on this machine, one handler per kind.
 
-Services are real scoring processes under one supervisor each (``supervising``), state lives in
-SQLite (``stores``), models in a content-addressed registry (``registries``), environments are
-resolved to interpreters or cached venvs (``environments``) and GPUs are placed one per replica
-(``gpus``). ``backend`` is the Backend protocol over all of them.
+``backend`` is the Backend protocol: it hands each kind to its handler (``workspaces``,
+``clusters``, ``environments``, ``models``, ``services``), which share one ``machines.LocalMachine``
+(state folder, SQLite store from ``stores``, GPUs from ``gpus``, the supervisors it started).
+Services are real scoring processes under one supervisor each (``supervising``, over ``processes``
+and the state folder's ``layouts``), models live in a content-addressed registry (``registries``),
+canaries follow a split file (``splitting``).
 """
 
 from controller.backends.local.backend import LocalBackend

@@ -13,6 +13,8 @@ reported (a ``Substituted`` condition and a log line), never done silently:
 * a TensorFlow 1.x pin (``tensorflow-gpu=1.12``): served by the installed TensorFlow 2 in
   v1-compatibility mode (``--tensorflow-compat v1``), unless ``tensorflowCompat`` says otherwise.
 * ``cudatoolkit`` / ``cudnn`` conda packages: CUDA comes with ``tensorflow[and-cuda]`` wheels.
+
+``EnvironmentHandler`` is the Environment kind's handler: it resolves and records the result.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import fcntl
 import hashlib
 import importlib.metadata
 import json
-import logging
 import platform
 import shutil
 import site
@@ -38,11 +39,15 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from controller.backends.base import ProgressFn, no_progress
+from controller.backends.base import ApplyContext, ProgressFn, no_progress
+from controller.backends.local.machines import manifest_dir
+from controller.backends.local.records import RecordedKind
 from controller.structs.errors import PermanentError, TransientError
-from controller.structs.manifests import EnvironmentSpec
+from controller.structs.logformats import event_logger
+from controller.structs.manifests import EnvironmentManifest, EnvironmentSpec, Kind
+from controller.structs.states import Condition, ConditionType, DesiredResource
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 PROVIDED_BY_SCORING_HOST = frozenset({"azureml-defaults", "azureml-inference-server-http"})
 CUDA_CONDA_PACKAGES = frozenset({"cudatoolkit", "cudnn", "cuda-toolkit", "cuda"})
@@ -265,7 +270,7 @@ def build_venv(requirements: Sequence[str], envs_dir: Path, progress: ProgressFn
         staging = envs_dir / f"{key}.building"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
-        log.info("venv_build_started hash=%s requirements=%d", key, len(requirements))
+        log.info("venv.build_started", hash=key, requirements=len(requirements))
         progress(f"creating venv {key}", 0.1)
         _run([sys.executable, "-m", "venv", "--without-pip", str(staging)], "create venv")
         purelib = subprocess.run(
@@ -286,7 +291,7 @@ def build_venv(requirements: Sequence[str], envs_dir: Path, progress: ProgressFn
             )
         (final / _READY_MARKER).write_text(json.dumps({"requirements": list(requirements)}))
         progress(f"venv {key} ready", 1.0)
-        log.info("venv_build_finished hash=%s", key)
+        log.info("venv.build_finished", hash=key)
         return _venv_python(final)
 
 
@@ -304,10 +309,28 @@ def resolve_environment(
     conda_deps, pip_reqs = collect_requirements(spec, root)
     remaining, subs, compat = substitute(conda_deps, pip_reqs, spec.tensorflowCompat)
     for sub in subs:
-        log.info("environment_substituted requested=%r provided=%r reason=%r", sub.requested, sub.provided, sub.reason)
+        log.info("environment.substituted", requested=sub.requested, provided=sub.provided, reason=sub.reason)
     missing = unsatisfied(remaining)
     requirements = tuple(str(r) for r in remaining)
     if not missing:
         return Resolution(sys.executable, requirements, tuple(subs), compat, None, dict(spec.environmentVariables))
     python = build_venv([str(r) for r in missing], envs_dir, progress)
     return Resolution(str(python), requirements, tuple(subs), compat, str(python.parent.parent), dict(spec.environmentVariables))
+
+
+class EnvironmentHandler(RecordedKind):
+    """Environment on the local backend: resolved to an interpreter (a cached venv when it must install)."""
+
+    kind = Kind.ENVIRONMENT
+
+    def apply(self, resource: DesiredResource, ctx: ApplyContext) -> tuple[list[Condition], dict[str, Any]]:
+        """Resolve the environment; Substituted says which requirements run as something else."""
+        manifest = resource.manifest
+        assert isinstance(manifest, EnvironmentManifest)
+        resolution = resolve_environment(manifest.spec, manifest_dir(resource, ctx), self.machine.state_dir / "envs",
+                                         ctx.progress)
+        conditions = []
+        if resolution.substitutions:
+            conditions.append(Condition(ConditionType.SUBSTITUTED, True, "Substituted",
+                                        "; ".join(s.message() for s in resolution.substitutions)))
+        return conditions, resolution.to_json()

@@ -10,7 +10,6 @@ into the version folder (the walk-through's ``models/tf-dnn-mnist`` holding ``mo
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 import shutil
 import sqlite3
@@ -20,8 +19,9 @@ from pathlib import Path
 
 from controller.backends.local.stores import LocalStore, ModelVersion
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 def _files(source: Path) -> Iterator[tuple[str, Path]]:
@@ -81,7 +81,7 @@ def register_model(
             staging.rename(final)
             mv = ModelVersion(name, version, sha, tags, time.time(), str(final))
             store.put_model_version(conn, mv)
-            log.info("model_registered name=%s version=%d sha256=%s", name, version, sha[:12])
+            log.info("model.registered", name=name, version=version, sha256=sha[:12])
             return mv
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,8 +16,9 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from controller.backends.local.layouts import split_path
+from controller.backends.local.processes import process_alive, read_status
 from controller.backends.local.stores import ReplicaRow
-from controller.backends.local.supervising import process_alive, read_status, split_path
 from controller.structs.rollouts import Counters, Split
 
 
@@ -50,7 +51,7 @@ def replica_counters(replicas: Iterable[ReplicaRow]) -> dict[str, Counters]:
     counters = {}
     for rep in replicas:
         if process_alive(rep.pid, rep.started):
-            counters[f"{rep.pid}@{rep.started:.3f}"] = Counters.from_json(read_status(rep.status_file).get("traffic"))
+            counters[f"{rep.pid}@{rep.started:.3f}"] = Counters.from_json(read_status(rep.status_file).traffic)
     return counters
 
 

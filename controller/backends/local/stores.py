@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.backends.databases import Database
+from controller.databases import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (

@@ -28,11 +28,11 @@ what it knows (the last service row it read, the replicas it started), keeps its
 pending, one per subject (a replica, the failure count, itself), and writes them once the
 database takes writes again. Supervising never waits on the disk.
 
-Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``local.py``
+Autoscaling (a service row whose ``launch`` carries an ``autoscale`` policy, which ``services.py``
 writes for services with ``autoscale`` or with neither ``replicas`` nor ``autoscale``): every
 ``refreshSeconds`` the supervisor sums ``inFlight`` and ``capacity`` over the ready replicas'
 status files and, like Azure's autoscaler, wants ``ceil(current × utilization / target)``
-replicas, clamped to the policy's ``[min, max]`` (``max`` already capped by ``local.py`` to the
+replicas, clamped to the policy's ``[min, max]`` (``max`` already capped by ``services.py`` to the
 replicas whose GPUs the service holds). ``current`` is the number of replicas measured. More
 replicas are taken at once; fewer only after ``SCALE_DOWN_REFRESHES`` refreshes in a row asked for
 fewer (and every desired slot was ready to be measured), and then down to the largest count those
@@ -44,43 +44,52 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO
 
 import psutil
 
 from controller.backends.local.gpus import replica_environment
+from controller.backends.local.layouts import (
+    CANDIDATE_SUFFIX,
+    database_path,
+    log_path,
+    service_dir,
+    socket_dir,
+    split_path,
+)
+from controller.backends.local.processes import (
+    bind_listener,
+    kill_group,
+    open_log,
+    process_alive,
+    read_status,
+    receive_listener,
+    resident_bytes,
+    start_time,
+)
 from controller.backends.local.stores import LocalStore, ReplicaRow, ServiceRow
 from controller.backends.local.variables import child_environment
 from controller.structs.errors import StateDirFull
-from controller.structs.logformats import JsonLogFormatter
+from controller.structs.logformats import JsonLogFormatter, event_logger
+from controller.structs.replicas import ReplicaLaunch, ReplicaState
 
 Write = Callable[[sqlite3.Connection], object]
 UNWRITABLE = (sqlite3.Error, OSError, StateDirFull)
 """What a record write raises when the state database cannot take it (a full disk, a broken file)."""
 
-log = logging.getLogger("amlops.supervisor")
-
-
-def _log(level: int, event: str, **fields: Any) -> None:
-    """One structured line: the event name and its fields (JSON on the supervisor's stderr)."""
-    log.log(level, event, extra={"fields": fields})
+log = event_logger("amlops.supervisor")
 
 
 TICK_S = 0.2
@@ -99,107 +108,6 @@ sample between two bursts must not drain a replica the next burst needs (Azure a
 more slowly than out)."""
 
 
-def database_path(state_dir: Path) -> Path:
-    """Where the state database lives in a state directory."""
-    return state_dir / "state.db"
-
-
-def service_dir(state_dir: Path, service: str) -> Path:
-    """Per-service folder: logs, status files, keys, copied sources."""
-    return state_dir / "services" / service
-
-
-def socket_dir(state_dir: Path) -> Path:
-    """A folder for unix sockets whose paths stay under the 107-byte limit, however deep state_dir is."""
-    preferred = state_dir / "run"
-    if len(str(preferred)) <= 60:
-        return preferred
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"amlops-{digest}"
-
-
-CANDIDATE_SUFFIX = ".candidate"
-"""A service's candidate version (a canary) runs as a service of its own under this suffixed name,
-which no manifest can declare (service names hold no dots)."""
-
-
-def candidate_of(service: str) -> str:
-    """The name the candidate version of ``service`` runs under."""
-    return service + CANDIDATE_SUFFIX
-
-
-def split_path(state_dir: Path, service: str) -> Path:
-    """The split file ``service``'s replicas poll (``controller.structs.rollouts.Split``)."""
-    return service_dir(state_dir, service) / "split.json"
-
-
-def log_path(state_dir: Path, service: str, slot: int) -> Path:
-    """The log file of replica ``slot`` of ``service`` (restarts of the slot append to it)."""
-    return service_dir(state_dir, service) / "logs" / f"replica-{slot}.log"
-
-
-def open_log(path: Path) -> BinaryIO:
-    """``path`` opened for appending, readable by its owner only (logs may hold request data)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.fchmod(fd, 0o600)  # a log made before files were private
-    return os.fdopen(fd, "ab")
-
-
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """Whether ``pid`` still runs and is the process that started at ``started`` (not a reused pid)."""
-    if pid is None or started is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 0.05 and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL the process group ``pid`` leads (a replica and its workers), or ``pid`` alone if it leads none."""
-    try:
-        os.killpg(pid, signal.SIGKILL)  # the group outlives its leader while a worker is left in it
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # a replica started before replicas had their own group
-
-
-def resident_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` in bytes (0 once it is gone).
-
-    The local backend runs one scoring process per replica (no ``--workers``), so the replica's
-    own resident set is its memory; children are not summed, because finding them means scanning
-    every process on the machine, each second, for every service.
-    """
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
-def start_time(pid: int) -> float:
-    """The start time psutil reports for ``pid`` (what ``process_alive`` compares against)."""
-    return psutil.Process(pid).create_time()
-
-
-def read_status(path: str) -> dict[str, Any]:
-    """A replica's status file, or ``initializing`` until it has written one."""
-    try:
-        data = json.loads(Path(path).read_text())
-        return data if isinstance(data, dict) else {"state": "initializing"}
-    except (OSError, ValueError):
-        return {"state": "initializing"}
-
-
-def status_count(status: dict[str, Any], key: str) -> int | None:
-    """A non-negative integer field of a status file (``inFlight``, ``capacity``), else None."""
-    value = status.get(key)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
-
-
 def utilization(loads: Sequence[tuple[int, int]]) -> float | None:
     """Sum of in-flight requests over sum of capacity, for ``(inFlight, capacity)`` pairs; None without capacity."""
     capacity = sum(c for _n, c in loads)
@@ -212,36 +120,12 @@ def desired_replicas(current: int, used: float, target_percent: int, low: int, h
     return max(low, min(high, wanted))
 
 
-def receive_listener(path: str, timeout_s: float = 5.0) -> int:
-    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS).
-
-    The scoring host has the same few lines (``controller.scoring.sockets``): the controller side
-    may not import the scoring package (import-linter forbids it), so the client end lives here too.
-    """
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout_s)
-        client.connect(path)
-        _msg, fds, _flags, _addr = socket.recv_fds(client, 64, 1)
-    if not fds:
-        raise OSError(f"{path} sent no file descriptor")
-    return fds[0]
-
-
-def bind_listener(port: int, host: str = "127.0.0.1") -> socket.socket:
-    """A new listening socket on ``host:port`` (SO_REUSEADDR, so a just-closed port can be reused)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
-
-
 @dataclass
 class _Replica:
     row: ReplicaRow
     popen: subprocess.Popen[bytes] | None
     terminating_since: float | None = None
-    state: str = "initializing"
+    state: str = ReplicaState.INITIALIZING
     error: str | None = None
     in_flight: int | None = None
     capacity: int | None = None
@@ -294,11 +178,11 @@ class Supervisor:
         except UNWRITABLE as exc:
             self.next_record = time.monotonic() + RECORD_RETRY_S
             if self.record_error is None:
-                _log(logging.WARNING, "records_deferred", service=self.service, pending=len(self.pending), error=str(exc))
+                log.warning("records.deferred", service=self.service, pending=len(self.pending), error=str(exc))
             self.record_error = str(exc)
             return
         if self.record_error is not None:
-            _log(logging.INFO, "records_written", service=self.service, pending=len(self.pending))
+            log.info("records.written", service=self.service, pending=len(self.pending))
         self.pending.clear()
         self.record_error = None
 
@@ -309,7 +193,7 @@ class Supervisor:
         for row in recorded:
             if process_alive(row.pid, row.started):
                 self.replicas[row.pid] = _Replica(row, None)
-                _log(logging.INFO, "replica_adopted", service=self.service, pid=row.pid, slot=row.slot)
+                log.info("replica.adopted", service=self.service, pid=row.pid, slot=row.slot)
             else:
                 self.record(("replica", row.pid), _deleting(self.service, row.pid))
 
@@ -324,11 +208,11 @@ class Supervisor:
                 if self.last_row is None:
                     raise
                 if self.record_error is None:
-                    _log(logging.WARNING, "row_unreadable", service=self.service, error=str(exc))
+                    log.warning("row.unreadable", service=self.service, error=str(exc))
                     self.record_error = str(exc)
                 row = self.last_row
             if row is None or row.supervisor_pid not in (None, os.getpid()):
-                _log(logging.INFO, "supervisor_exiting", service=self.service, reason="deleted" if row is None else "replaced")
+                log.info("supervisor.exiting", service=self.service, reason="deleted" if row is None else "replaced")
                 return
             self.last_row = row
             self.tick(row)
@@ -346,9 +230,8 @@ class Supervisor:
         self._reap(row, now)
         for rep in self.replicas.values():
             status = read_status(rep.row.status_file)
-            rep.state, rep.error = str(status.get("state", "initializing")), status.get("error")
-            rep.in_flight, rep.capacity = status_count(status, "inFlight"), status_count(status, "capacity")
-            if rep.state == "ready" and rep.row.generation == row.generation:
+            rep.state, rep.error, rep.in_flight, rep.capacity = status.state, status.error, status.in_flight, status.capacity
+            if rep.state == ReplicaState.READY and rep.row.generation == row.generation:
                 self.failures.pop(rep.row.slot, None)
         self._enforce_memory(row, now)
         row = self._autoscale(row, now)
@@ -389,8 +272,8 @@ class Supervisor:
             if used > limit:
                 rep.killed_for = (f"OOMKilled: the replica used {used / 2**20:.0f} MiB, over its memory limit of "
                                   f"{limit / 2**20:.0f} MiB (resources.memoryGbLimit, else memoryGb)")
-                _log(logging.WARNING, "replica_oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
-                     rss_mib=used // 2**20, limit_mib=limit // 2**20)
+                log.warning("replica.oom_killed", service=self.service, pid=rep.row.pid, slot=rep.row.slot,
+                            rss_mib=used // 2**20, limit_mib=limit // 2**20)
                 kill_group(rep.row.pid)
 
     def _autoscale(self, row: ServiceRow, now: float) -> ServiceRow:
@@ -403,7 +286,7 @@ class Supervisor:
         high = max(low, int(policy.get("max", low)))
         target = max(1, int(policy.get("target", 70)))
         loads = [(r.in_flight, r.capacity) for r in self.replicas.values()
-                 if r.terminating_since is None and r.state == "ready" and r.in_flight is not None and r.capacity]
+                 if r.terminating_since is None and r.state == ReplicaState.READY and r.in_flight is not None and r.capacity]
         used = utilization(loads)
         count = max(low, min(high, row.replicas))  # a changed policy clamps at once
         if used is not None:
@@ -428,20 +311,20 @@ class Supervisor:
             return row  # the count is the row's: an unrecorded one would be lost by a restarted supervisor
         if not changed:
             return row
-        _log(logging.INFO, "replicas_autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
-             utilization=None if used is None else round(used, 2), target=target)
+        log.info("replicas.autoscaled", service=self.service, from_replicas=row.replicas, to_replicas=count,
+                 utilization=None if used is None else round(used, 2), target=target)
         return replace(row, replicas=count)
 
     def _roll(self, row: ServiceRow, by_slot: dict[int, list[_Replica]], now: float) -> None:
         # A slot holding an old replica and a ready new one: the old one may go now.
         for reps in by_slot.values():
-            new_ready = [r for r in reps if r.row.generation == row.generation and r.state == "ready"]
+            new_ready = [r for r in reps if r.row.generation == row.generation and r.state == ReplicaState.READY]
             if new_ready:
                 for rep in reps:
                     if rep.row.generation != row.generation:
                         self._terminate(rep, now)
         busy = any(r.terminating_since is not None for r in self.replicas.values()) or any(
-            r.row.generation == row.generation and r.state != "ready"
+            r.row.generation == row.generation and r.state != ReplicaState.READY
             for r in self.replicas.values() if r.terminating_since is None
         )
         if busy:
@@ -479,10 +362,9 @@ class Supervisor:
         sockets.mkdir(parents=True, exist_ok=True, mode=0o700)
         status_file = str(run_dir / f"replica-{uniq}.status.json")
         fd_socket = str(sockets / f"{self.service[:20]}-{uniq}.sock")
-        argv = [*launch["argv"], "--listen-fd", str(self.listen_fd), "--fd-socket", fd_socket,
-                "--defer-accept", "--status-file", status_file, "--replica", str(slot)]
-        if not self.service.endswith(CANDIDATE_SUFFIX):
-            argv += ["--split-file", str(split_path(self.state_dir, self.service))]
+        # A candidate never splits: only the live replicas hand requests on.
+        split = None if self.service.endswith(CANDIDATE_SUFFIX) else str(split_path(self.state_dir, self.service))
+        argv = [*launch["argv"], *ReplicaLaunch(self.listen_fd, fd_socket, status_file, slot, split).argv()]
         declared = launch.get("env", {})
         env = child_environment(os.environ, {**declared, **replica_environment(gpus, declared)})
         logfile = log_path(self.state_dir, self.service, slot)
@@ -500,8 +382,8 @@ class Supervisor:
                 started = time.time()
             rep = ReplicaRow(self.service, popen.pid, started, slot, row.generation, gpus, status_file, fd_socket)
             self.replicas[popen.pid] = _Replica(rep, popen)
-            _log(logging.INFO, "replica_started", service=self.service, pid=popen.pid, slot=slot,
-                 generation=row.generation, gpus=",".join(gpus) or "-")
+            log.info("replica.started", service=self.service, pid=popen.pid, slot=slot,
+                     generation=row.generation, gpus=",".join(gpus) or "-")
             return self.replicas[popen.pid]
 
         if not gpus:
@@ -521,7 +403,7 @@ class Supervisor:
                 started = spawn()
                 self.store.put_replica(conn, started.row)
         except UNWRITABLE as exc:
-            _log(logging.WARNING, "gpu_replica_deferred", service=self.service, slot=slot, error=str(exc))
+            log.warning("gpu.replica_deferred", service=self.service, slot=slot, error=str(exc))
             if started is not None and started.popen is not None:  # unrecorded, so its GPU looks free: stop it
                 self.replicas.pop(started.row.pid, None)
                 started.popen.kill()
@@ -532,7 +414,7 @@ class Supervisor:
             rep.terminating_since = now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rep.row.pid, signal.SIGTERM)
-            _log(logging.INFO, "replica_stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
+            log.info("replica.stopping", service=self.service, pid=rep.row.pid, slot=rep.row.slot)
 
     def _reap(self, row: ServiceRow, now: float) -> None:
         for pid, rep in list(self.replicas.items()):
@@ -541,21 +423,21 @@ class Supervisor:
                 continue
             del self.replicas[pid]
             self.record(("replica", pid), _deleting(self.service, pid))
-            status = ({"error": rep.killed_for} if rep.killed_for is not None
-                      else read_status(rep.row.status_file) if rep.error is None else {"error": rep.error})
+            error = (rep.killed_for if rep.killed_for is not None
+                     else read_status(rep.row.status_file).error if rep.error is None else rep.error)
             for leftover in (rep.row.status_file, rep.row.fd_socket):  # a killed replica cleans up nothing
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
             if rep.terminating_since is not None:
-                _log(logging.INFO, "replica_stopped", service=self.service, pid=pid, slot=rep.row.slot)
+                log.info("replica.stopped", service=self.service, pid=pid, slot=rep.row.slot)
                 continue
             # An unexpected exit: count it, and back off before the slot restarts.
-            error = status.get("error") or f"replica exited (code {code if code is not True else 'unknown'})"
+            error = error or f"replica exited (code {code if code is not True else 'unknown'})"
             self.last_error = str(error)
             n = self.failures.get(rep.row.slot, 0) + 1
             self.failures[rep.row.slot] = n
             self.next_start[rep.row.slot] = now + min(BACKOFF_START_S * 2 ** (n - 1), BACKOFF_MAX_S)
-            _log(logging.WARNING, "replica_died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
+            log.warning("replica.died", service=self.service, pid=pid, slot=rep.row.slot, failures=n)
 
     def _record_failures(self, row: ServiceRow) -> None:
         worst = max(self.failures.values(), default=0)
@@ -613,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     pid, started = os.getpid(), start_time(os.getpid())
     sup.record(("supervisor",), lambda conn: store.set_supervisor(conn, args.service, pid, started))
-    _log(logging.INFO, "supervisor_started", service=args.service, pid=os.getpid())
+    log.info("supervisor.started", service=args.service, pid=os.getpid())
     sup.adopt()
     sup.run()
     return 0

@@ -15,12 +15,10 @@ Tokens and keys never reach a log.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
 from controller.backends.azureml.credentials import secrets_of
-from controller.backends.azureml.handling import HandlerBackend
 from controller.backends.azureml.v1.clusters import ClusterHandler
 from controller.backends.azureml.v1.environments import EnvironmentHandler
 from controller.backends.azureml.v1.models import ModelHandler
@@ -28,12 +26,14 @@ from controller.backends.azureml.v1.sdk import epoch, quiet, warn_end_of_support
 from controller.backends.azureml.v1.services import ServiceAccessV1, ServiceHandler
 from controller.backends.azureml.v1.sessions import V1Session, WorkspaceHandler
 from controller.backends.base import KindHandler
+from controller.backends.handling import HandlerBackend
 from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.tokens import AccessToken
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 V1_HANDLERS: Final[Mapping[Kind, type[KindHandler]]] = {
     Kind.WORKSPACE: WorkspaceHandler,
@@ -94,7 +94,7 @@ class AzureMLBackend(HandlerBackend):
         svc = self._access.webservice(service)
         with quiet():
             self.session.call(f"regenerate the {which} key of service {service}", lambda: svc.regen_key(which.capitalize()))
-        log.info("service_key_regenerated service=%s key=%s", service, which)
+        log.info("service.key_regenerated", service=service, key=which)
 
     def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
         """The last ``lines`` lines of the service's container log (``Webservice.get_logs``).

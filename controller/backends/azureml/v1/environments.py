@@ -6,7 +6,6 @@ they cannot be deleted: a removed manifest leaves its environment registered.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -14,6 +13,7 @@ from typing import Any, Final
 from controller.backends.azureml.tags import SPEC_TAG, ownership_tags, split_ownership
 from controller.backends.azureml.v1.sessions import V1Session
 from controller.backends.base import ApplyContext
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import BASE_IMAGE_ALIASES, EnvironmentManifest, Kind, canonical_base_image
 from controller.structs.plans import Change
 from controller.structs.states import (
@@ -28,7 +28,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _ENV_PREFIX: Final = "AMLOPS_"
 _ENV_KEYS: Final = {MANAGED_BY_TAG: "AMLOPS_MANAGED_BY", MANIFEST_PATH_TAG: "AMLOPS_MANIFEST_PATH",
@@ -93,7 +93,7 @@ class EnvironmentHandler:
         assert isinstance(m, EnvironmentManifest)
         env = self._environment(resource, m, ctx)
         registered = self.session.call(f"register environment {m.name}", lambda: env.register(self.session.ws))
-        log.info("environment_registered name=%s version=%s", m.name, registered.version)
+        log.info("environment.registered", name=m.name, version=registered.version)
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
         """Register a new version (environments are versioned, never changed)."""
@@ -101,7 +101,7 @@ class EnvironmentHandler:
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """SDK v1 environments cannot be deleted: left registered."""
-        log.info("environment_delete_skipped name=%s reason='SDK v1 environments cannot be deleted'", id.name)
+        log.info("environment.delete_skipped", name=id.name, reason="SDK v1 environments cannot be deleted")
 
 
 def _observe(name: str, env: Any) -> ActualResource:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from controller.backends.azureml.tags import CONTENT_TAG, ownership_tags, split_
 from controller.backends.azureml.v1.sdk import quiet, register_model
 from controller.backends.azureml.v1.sessions import V1Session
 from controller.backends.base import ApplyContext
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind, ModelManifest
 from controller.structs.plans import Change
 from controller.structs.states import (
@@ -23,7 +23,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 def model_source(resource: DesiredResource, root: str) -> Path:
@@ -73,7 +73,7 @@ class ModelHandler:
         # A version is reused only from this source's inventory (v1 models cannot be re-tagged in place).
         existing = [e for e in existing if not ctx.source or (e.tags or {}).get(SOURCE_TAG, "") == ctx.source]
         if existing:
-            log.info("model_unchanged name=%s version=%s", m.name, existing[0].version)
+            log.info("model.unchanged", name=m.name, version=existing[0].version)
             return
         source = model_source(resource, ctx.root)
         tags = {**m.spec.tags, **ownership_tags(resource, ctx), CONTENT_TAG: content}
@@ -82,7 +82,7 @@ class ModelHandler:
             model = s.call(f"register model {m.name}", lambda: register_model(
                 ws, source, m.name, tags=tags, description=m.spec.description,
                 model_framework=m.spec.framework, model_framework_version=m.spec.frameworkVersion))
-        log.info("model_registered name=%s version=%s", m.name, model.version)
+        log.info("model.registered", name=m.name, version=model.version)
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
         """Register a new version when the content changed (models are versioned, never changed)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import logging
 import os
 import re
 import shutil
@@ -19,8 +18,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from controller.backends.azureml.classifying import scrub
+from controller.structs.logformats import event_logger
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 _warned = threading.Event()
 _sdk_temp_lock = threading.Lock()
@@ -30,8 +30,8 @@ def warn_end_of_support() -> None:
     """Log once per process that SDK v1 is past Microsoft's end of support."""
     if not _warned.is_set():
         _warned.set()
-        log.warning("azureml_sdk_v1_end_of_support package=azureml-core support_ended=2026-06 "
-                    "advice='SDK v1 gets no fixes; move services to api: v2 (azure-ai-ml)'")
+        log.warning("azureml.sdk_v1_end_of_support", package="azureml-core", support_ended="2026-06",
+                    advice="SDK v1 gets no fixes; move services to api: v2 (azure-ai-ml)")
 
 
 def epoch(value: Any) -> int:

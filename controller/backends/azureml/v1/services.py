@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -14,6 +13,7 @@ from controller.backends.azureml.v1.sdk import error_message, quiet, sdk_tempfil
 from controller.backends.azureml.v1.sessions import V1Session
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind, WebserviceManifest
 from controller.structs.plans import Change
 from controller.structs.states import (
@@ -26,7 +26,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 class ServiceHandler:
@@ -242,7 +242,7 @@ class ServiceHandler:
         if redeploy or falsy:
             why = (f"service.update() silently drops falsy values ({', '.join(falsy)})" if falsy
                    else "fields that service.update() cannot change")
-            log.warning("service_replaced name=%s reason=%r", m.name, why)
+            log.warning("service.replaced", name=m.name, reason=why)
             ctx.progress(f"replacing service {m.name}: {why}", None)
             self.delete(resource.id, ctx)
             self._deploy_service(resource, m, ctx)

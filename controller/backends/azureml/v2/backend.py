@@ -18,13 +18,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from controller.backends.azureml.credentials import secrets_of
-from controller.backends.azureml.handling import HandlerBackend
 from controller.backends.azureml.v2.assets import EnvironmentHandler, ModelHandler
 from controller.backends.azureml.v2.computes import ComputeHandler
 from controller.backends.azureml.v2.endpoints import EndpointHandler
 from controller.backends.azureml.v2.migrating import set_keys
 from controller.backends.azureml.v2.sessions import V2Session, WorkspaceHandler
 from controller.backends.base import ApplyContext, KindHandler
+from controller.backends.handling import HandlerBackend
 from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind, WorkspaceManifest

@@ -1,63 +1,19 @@
 """A Webservice manifest as a v2 KubernetesOnlineEndpoint + KubernetesOnlineDeployment, every value explicit.
 
 The manifest's defaults are v1's (``AksWebservice.deploy_configuration``); v2's differ. Every value
-is sent explicitly so a service moved from v1 to v2 keeps its behaviour: ``V2_DEFAULTS`` lists what
-v2 would otherwise apply, and ``carried_values`` tells the plan which of them this service changes.
+is sent explicitly so a service moved from v1 to v2 keeps its behaviour (``controller.structs.migrations``
+lists what v2 would otherwise apply, for the plan to show).
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from controller.structs.manifests import Autoscale, Probe, WebserviceSpec
 
 SCALING_FIELDS: Final = frozenset({"spec.replicas", "spec.autoscale", "spec.description", "spec.tags"})
 """Spec paths (and their children) a deployment changes in place; anything else needs new containers."""
-
-
-class CarriedValue(NamedTuple):
-    """One value the manifest gives where v2's default differs."""
-
-    field: str
-    v2_field: str
-    value: Any
-    v2_default: Any
-
-
-V2_DEFAULTS: Final[tuple[tuple[str, str, Any], ...]] = (
-    ("scoringTimeoutMs", "request_settings.request_timeout_ms", 5000),
-    ("livenessProbe.initialDelaySeconds", "liveness_probe.initial_delay", 10),
-    ("livenessProbe.failureThreshold", "liveness_probe.failure_threshold", 30),
-    ("readinessProbe.initialDelaySeconds", "readiness_probe.initial_delay", 10),
-    ("readinessProbe.failureThreshold", "readiness_probe.failure_threshold", 30),
-    ("autoscale.maxReplicas", "scale_settings.max_instances", 1),
-)
-
-
-def _lookup(spec: WebserviceSpec, dotted: str) -> Any:
-    value: Any = spec
-    for part in dotted.split("."):
-        if part == "readinessProbe" and spec.readinessProbe is None:
-            value = spec.livenessProbe  # v1 probes readiness with the liveness settings
-            continue
-        if part == "autoscale" and spec.autoscale is None:
-            if spec.replicas is not None:
-                return None
-            value = Autoscale()  # v1 autoscales by default
-            continue
-        value = getattr(value, part)
-    return value
-
-
-def carried_values(spec: WebserviceSpec) -> list[CarriedValue]:
-    """The values this service's manifest (with v1's defaults) gives where v2's default is different."""
-    carried = []
-    for field, v2_field, default in V2_DEFAULTS:
-        value = _lookup(spec, field)
-        if value is not None and value != default:
-            carried.append(CarriedValue(field, v2_field, value, default))
-    return carried
 
 
 def deployment_name(digest: str) -> str:

@@ -1,19 +1,21 @@
-"""Dispatching the Backend protocol to per-kind handlers (one handler per kind, per API generation)."""
+"""Dispatching the Backend protocol to per-kind handlers: every backend is one handler per kind
+(the local backend's, and azureml's per API generation), as a Terraform provider has one
+implementation per resource type."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from controller.backends.base import ApplyContext, KindHandler
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import KIND_ORDER, Kind
 from controller.structs.plans import Change
 from controller.structs.states import ActualResource, ActualState, DesiredResource, ResourceId
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
-def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]], kind: Kind) -> frozenset[str]:
+def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]] | Mapping[Kind, KindHandler], kind: Kind) -> frozenset[str]:
     """What ``kind``'s handler declares cannot change in place (nothing for a kind without a handler)."""
     handler = handlers.get(kind)
     return handler.replace_fields if handler is not None else frozenset()
@@ -22,7 +24,7 @@ def replace_fields_of(handlers: Mapping[Kind, type[KindHandler]], kind: Kind) ->
 class HandlerBackend:
     """read / create / update / delete, each handed to the handler of the resource's kind."""
 
-    name = "azureml"
+    name: str
     handlers: Mapping[Kind, KindHandler]
 
     def read(self) -> ActualState:
@@ -47,9 +49,8 @@ class HandlerBackend:
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Delete ``id`` through its kind's handler; already gone is fine."""
         self.handlers[id.kind].delete(id, ctx)
-        log.info("resource_deleted kind=%s name=%s", id.kind.value, id.name)
+        log.info("resource.deleted", kind=id.kind.value, name=id.name)
 
     def replace_fields(self, kind: Kind) -> frozenset[str]:
         """What ``kind``'s handler declares cannot change in place."""
-        handler = self.handlers.get(kind)
-        return handler.replace_fields if handler is not None else frozenset()
+        return replace_fields_of(self.handlers, kind)
