@@ -19,11 +19,10 @@ from typing import Protocol, runtime_checkable
 
 from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
 from controller.sources.loading import load_desired_state
-from controller.structs.states import workspace_of
 from controller.structs.errors import PermanentError
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
-from controller.structs.states import DesiredState, ResourceId
+from controller.structs.states import DesiredState, ResourceId, workspace_of
 
 BackendFor = Callable[[WorkspaceManifest | None], Backend]
 

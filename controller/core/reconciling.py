@@ -37,7 +37,6 @@ from controller.structs.states import (
     DesiredResource,
     DesiredState,
     ResourceId,
-    workspace_of,
 )
 
 log = event_logger(__name__)
