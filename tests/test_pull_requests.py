@@ -90,9 +90,11 @@ def test_a_mixed_change_shows_everything_that_will_move(pr_repo: Path) -> None:
     _git(pr_repo, "commit", "-qam", "retrain, tune and scale")
     code, _annotations, comment = _review(pr_repo)
     assert code == 0, comment
-    assert "**Plan: 0 to add, 3 to change, 0 to replace, 0 to destroy.**" in comment
+    # The cluster cannot change in place and is kept (deletionPolicy: Retain): the reviewer reads why.
+    assert "**Plan: 0 to add, 2 to change, 0 to replace, 0 to destroy.**" in comment
     for resource in ("AksCluster/aks-gpu", "Model/tf-dnn-mnist", "Webservice/aks-dnn-mnist"):
         assert f"`{resource}`" in comment
+    assert "refused: spec.agentCount cannot change in place, and deletionPolicy is Retain" in comment
     assert "M manifests/src/score.py" in comment and "M manifests/models/tf-dnn-mnist/model/checkpoint" in comment
 
 
