@@ -75,5 +75,6 @@ def test_promtool_accepts_a_service_metrics_scrape(backend: LocalBackend, repo: 
     time.sleep(1.5)  # both replicas have shared a snapshot: the scrape is a merged one
     text = _scrape(base)
     assert len({s.labels.get("replica") for f in text_string_to_metric_families(text) for s in f.samples}) == 2
+    assert "_created" not in text  # no start-of-counting series beside each counter, as on the controller
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
