@@ -180,6 +180,18 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
         # Re-reconciling an unchanged revision says nothing new; chat rooms heard outcomes only.
         assert len(states(rx.under("/github/"), fixed)) == 2
         assert [first[:12] in r.json()["text"] for r in rx.under(SLACK_PATH)].count(True) == 1
+
+        # A commit that would delete all the controller owns is held: the commit stays pending, chat hears why.
+        repo.write("manifests/cluster.yaml", doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": 2,
+                                                                     "deletionPolicy": "Delete"}))
+        deletable = repo.commit("the cluster may be deleted")
+        eventually(lambda: c.status()["lastAppliedRevision"] == deletable, 60, "the deletion policy applied")
+        (repo.root / "manifests/cluster.yaml").unlink()
+        emptied = repo.commit("remove the cluster")
+        eventually(lambda: states(rx.under("/github/"), emptied) == ["pending", "pending"], 60, "GitHub pending, then held")
+        assert "would delete 1 of 1" in rx.under("/github/")[-1].json()["description"]
+        eventually(lambda: any(emptied[:12] in r.json()["text"] and "held" in r.json()["text"]
+                               for r in rx.under(SLACK_PATH)), 30, "Slack told it is held")
         hung.close()  # its connection is reset: the hung delivery ends, and the controller stops at once
         eventually(lambda: notification(c.status(), "hung")["failed"] >= 1, 30, "the hung delivery given up")
         assert c.stop() == 0
