@@ -164,7 +164,7 @@ class ScoringMetrics(Collector):
     def _snapshot_path(self) -> Path | None:
         return None if self.share_dir is None else self.share_dir / f"{os.getpid()}{SNAPSHOT_SUFFIX}"
 
-    def write_snapshot(self) -> None:
+    def write_snapshot(self, text: bytes | None = None) -> None:
         """Write this process's metrics where the service's other processes read them (tmp + rename)."""
         target = self._snapshot_path()
         if target is None:
@@ -172,7 +172,7 @@ class ScoringMetrics(Collector):
         with contextlib.suppress(OSError):  # a full or vanished folder costs the shared view, never a request
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(generate_latest(self.registry))
+            tmp.write_bytes(generate_latest(self.registry) if text is None else text)
             os.replace(tmp, target)
 
     def remove_snapshot(self) -> None:
@@ -202,6 +202,10 @@ class ScoringMetrics(Collector):
     def render(self) -> bytes:
         """The text exposition of this process's live metrics and every live peer's latest snapshot."""
         own = generate_latest(self.registry)
+        # What this scrape shows of this process goes to its snapshot too: a next scrape that lands on
+        # another process reads these values or newer ones, never the older periodic snapshot, so no
+        # series steps back (a scraper would take that for a counter reset).
+        self.write_snapshot(own)
         peers = self._peer_snapshots()
         if not peers:
             return own
