@@ -6,7 +6,8 @@ between processes (11, 18, 1, 18…) as resets. So every series carries ``servic
 ``replica`` and ``worker`` labels, each process writes its snapshot to the service's shared
 metrics folder (``--metrics-dir``) about every second, and ``/metrics`` answers with its own live
 counters plus the latest snapshot of every other live process there: any process gives the view of
-all, each series monotonic, at most a second behind for the other processes.
+all, each series monotonic (a scrape also writes the answering process's snapshot, so the next scrape, on
+whichever process, shows it no lower), at most a second behind for the other processes.
 
 The hot path pays for plain integer updates only: counts live in dicts and lists owned by one
 thread each (the event loop for requests, each slot thread for its own batch sizes), so no lock
