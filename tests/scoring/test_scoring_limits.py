@@ -185,10 +185,9 @@ def test_memory_is_returned_after_large_requests(start_host: StartHost, size_dir
 
 
 def _in_flight(host: Host) -> int:
-    for line in host.request("GET", "/metrics")[2].decode().splitlines():
-        if line.startswith("amlops_scoring_in_flight "):
-            return int(float(line.split()[-1]))
-    return -1
+    # The series carries the replica's identity labels (service, version, replica, worker).
+    value = metric_value(host.request("GET", "/metrics")[2].decode(), "amlops_scoring_in_flight")
+    return -1 if value is None else int(value)
 
 
 def test_a_burst_of_large_bodies_gets_answers_within_the_budget_never_resets(
