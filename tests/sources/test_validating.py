@@ -229,9 +229,8 @@ rollout:
 def test_a_canary_on_azure_ml_v1_is_refused_at_its_strategy_line(tmp_path: Path) -> None:
     write_repo(tmp_path, {"ws.yaml": AZUREML_V1, "c.yaml": CLUSTER, "m.yaml": MODEL, "svc.yaml": service(CANARY_BODY)})
     assert errors_of(tmp_path) == [
-        "svc.yaml:12: Webservice aks-dnn-mnist: spec.rollout.strategy: canary needs a traffic split under one scoring "
-        "URI, which Azure ML v1 AKS web services cannot do; set api: v2 (on this service or its workspace) or use "
-        "strategy rolling"
+        "svc.yaml:12: Webservice aks-dnn-mnist: spec.rollout.strategy: strategy canary needs Azure ML v2: a v1 AKS "
+        "web service cannot split traffic between versions under one URI; use rolling, or set api: v2"
     ]
 
 
