@@ -265,21 +265,6 @@ class _Builder:
         for index, ref in enumerate(spec.models):
             if not self._declared(Kind.MODEL, ref.name):
                 self.error(origin, manifest, ("spec", "models", index), self._missing("Model", ref.name, self._names(Kind.MODEL)))
-        self._check_rollout_api(manifest, origin)
-
-    def _check_rollout_api(self, manifest: WebserviceManifest, origin: Origin) -> None:
-        """Azure ML v1 has no traffic split under one scoring URI (AKS web services are one version each)."""
-        strategy = manifest.spec.rollout.strategy
-        if strategy == "rolling":
-            return
-        names = [manifest.spec.workspace] if manifest.spec.workspace else self._names(Kind.WORKSPACE)
-        found = self.resources.get(ResourceId(Kind.WORKSPACE, names[0])) if len(names) == 1 else None
-        if found is None or not isinstance(found[0], WorkspaceManifest) or found[0].spec.backend != "azureml":
-            return
-        if (manifest.spec.api or found[0].spec.api) == "v1":
-            self.error(origin, manifest, ("spec", "rollout", "strategy"),
-                       f"{strategy} needs a traffic split under one scoring URI, which Azure ML v1 AKS web services "
-                       "cannot do; set api: v2 (on this service or its workspace) or use strategy rolling")
 
     def check_gpu_capacity(self) -> None:
         """AKS pods cannot share GPUs: max replicas × GPUs per replica, summed per cluster, must fit."""

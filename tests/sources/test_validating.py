@@ -239,7 +239,9 @@ def test_a_canary_is_accepted_on_the_local_backend_and_on_azure_ml_v2(tmp_path: 
     assert len(load_desired_state(tmp_path)) == 3
     v2 = tmp_path / "v2"
     v2.mkdir()
-    write_repo(v2, {"ws.yaml": AZUREML_V1, "c.yaml": CLUSTER, "m.yaml": MODEL,
+    # Azure ML v2 cannot create an AKS cluster: the service's cluster is attached.
+    attached = CLUSTER + "  attach:\n    resourceId: /subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks1\n"
+    write_repo(v2, {"ws.yaml": AZUREML_V1, "c.yaml": attached, "m.yaml": MODEL,
                     "svc.yaml": service(CANARY_BODY + "api: v2\n")})
     assert len(load_desired_state(v2)) == 4
 

@@ -14,6 +14,9 @@ base = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("test_validating_base", base)
 _spec.loader.exec_module(base)
 
+# A canary or blue/green runs its new version beside the live one: one replica of one GPU leaves the
+# three-GPU cluster room for it (three would not fit twice).
+ONE_REPLICA = base.SERVICE_OK.replace("replicas: 3", "replicas: 1")
 ATTACH = "  attach:\n    resourceId: /subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks1\n"
 
 
@@ -48,20 +51,20 @@ def test_a_service_moved_to_v2_needs_its_cluster_attached(tmp_path: Path) -> Non
 
 
 def test_v1_rejects_v2_only_fields(tmp_path: Path) -> None:
-    body = base.SERVICE_OK + "instanceType: gpu-small\nrollout:\n  strategy: canary\n  steps: [{weight: 10}, {weight: 100}]\n"
+    body = ONE_REPLICA + "instanceType: gpu-small\nrollout:\n  strategy: canary\n  steps: [{weight: 10}, {weight: 100}]\n"
     errors = base.errors_of(repo(tmp_path, "v1", body))
     assert [e.split(": ")[2] for e in errors] == ["spec.instanceType", "spec.rollout.strategy"]
     assert "svc.yaml:11:" in errors[0] and "v1 AKS web service cannot split traffic" in errors[1]
 
 
 def test_the_same_service_is_valid_on_v2(tmp_path: Path) -> None:
-    body = base.SERVICE_OK + "instanceType: gpu-small\nrollout:\n  strategy: canary\n  steps: [{weight: 10}, {weight: 100}]\n"
+    body = ONE_REPLICA + "instanceType: gpu-small\nrollout:\n  strategy: canary\n  steps: [{weight: 10}, {weight: 100}]\n"
     state = load_desired_state(repo(tmp_path, "v2", body))
     assert len(state.resources) == 4
 
 
 def test_a_service_override_to_v2_is_judged_by_v2_rules(tmp_path: Path) -> None:
-    body = base.SERVICE_OK + "api: v2\nauth: none\nrollout: {strategy: blueGreen}\n"
+    body = ONE_REPLICA + "api: v2\nauth: none\nrollout: {strategy: blueGreen}\n"
     errors = base.errors_of(repo(tmp_path, "v1", body))
     assert [e.split(": ")[2] for e in errors] == ["spec.auth"]
 
@@ -73,6 +76,6 @@ def test_the_gpu_rule_still_applies_on_v2(tmp_path: Path) -> None:
 
 
 def test_a_local_workspace_ignores_api_rules(tmp_path: Path) -> None:
-    body = base.SERVICE_OK + "auth: none\nrollout: {strategy: blueGreen}\n"
+    body = ONE_REPLICA + "auth: none\nrollout: {strategy: blueGreen}\n"
     files = {"cluster.yaml": base.CLUSTER, "model.yaml": base.MODEL, "svc.yaml": base.service(body)}
     assert len(load_desired_state(base.write_repo(tmp_path, files)).resources) == 3
