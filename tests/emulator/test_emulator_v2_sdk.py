@@ -91,7 +91,7 @@ def test_plain_azure_ai_ml_code_deploys_splits_rekeys_and_deletes(v2: RunningEmu
     # keys: regenerating the primary retires the old one at once
     assert out["key_changed"] is True
     assert out["old_key_after_regen"] == 401 and out["new_key_after_regen"] == 200
-    assert "==> replica 0 <==" in str(out["logs"]) and '"event":"ready"' in str(out["logs"])
+    assert "==> replica 0 <==" in str(out["logs"]) and '"msg":"ready"' in str(out["logs"])
     assert out["deployments"] == ["blue", "green"]
     # the traffic table switches when the endpoint's operation succeeds, not before
     assert out["traffic_switch"] == [200, "100", "InProgress", {"blue": 10, "green": 10}, {"green": 20}]
