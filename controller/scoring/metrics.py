@@ -6,7 +6,8 @@ between processes (11, 18, 1, 18…) as resets. So every series carries ``servic
 ``replica`` and ``worker`` labels, each process writes its snapshot to the service's shared
 metrics folder (``--metrics-dir``) about every second, and ``/metrics`` answers with its own live
 counters plus the latest snapshot of every other live process there: any process gives the view of
-all, each series monotonic, at most a second behind for the other processes.
+all, each series monotonic (a scrape also writes the answering process's snapshot, so the next scrape, on
+whichever process, shows it no lower), at most a second behind for the other processes.
 
 The hot path pays for plain integer updates only: counts live in dicts and lists owned by one
 thread each (the event loop for requests, each slot thread for its own batch sizes), so no lock
@@ -164,7 +165,7 @@ class ScoringMetrics(Collector):
     def _snapshot_path(self) -> Path | None:
         return None if self.share_dir is None else self.share_dir / f"{os.getpid()}{SNAPSHOT_SUFFIX}"
 
-    def write_snapshot(self) -> None:
+    def write_snapshot(self, text: bytes | None = None) -> None:
         """Write this process's metrics where the service's other processes read them (tmp + rename)."""
         target = self._snapshot_path()
         if target is None:
@@ -172,7 +173,7 @@ class ScoringMetrics(Collector):
         with contextlib.suppress(OSError):  # a full or vanished folder costs the shared view, never a request
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(generate_latest(self.registry))
+            tmp.write_bytes(generate_latest(self.registry) if text is None else text)
             os.replace(tmp, target)
 
     def remove_snapshot(self) -> None:
@@ -202,6 +203,10 @@ class ScoringMetrics(Collector):
     def render(self) -> bytes:
         """The text exposition of this process's live metrics and every live peer's latest snapshot."""
         own = generate_latest(self.registry)
+        # What this scrape shows of this process goes to its snapshot too: a next scrape that lands on
+        # another process reads these values or newer ones, never the older periodic snapshot, so no
+        # series steps back (a scraper would take that for a counter reset).
+        self.write_snapshot(own)
         peers = self._peer_snapshots()
         if not peers:
             return own

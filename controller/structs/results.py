@@ -63,6 +63,8 @@ class ChangeOutcome:
     message: str | None = None
     requeue_after: float | None = None
     rollout: tuple[dict[str, Any], ...] = ()
+    # The change was a rollout that ended rolled back: the live version serves, the new one is gone.
+    rolled_back: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for JSON output and the history database."""

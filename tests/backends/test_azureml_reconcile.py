@@ -10,6 +10,7 @@ and does not depend on the order the tests run in.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
 import json
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 pytestmark = pytest.mark.azureml
@@ -176,6 +178,41 @@ def empty_workspace(tmp_path: Path) -> Iterator[Any]:
     running = emulators.start_emulator(tmp_path / "state")
     yield running
     running.stop()
+
+
+def _replica_devices(state_dir: Path) -> list[str]:
+    """``CUDA_VISIBLE_DEVICES`` of each scoring replica the emulator's data plane runs under ``state_dir``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "controller.scoring" in cmdline and any(str(state_dir) in part for part in cmdline):
+            with contextlib.suppress(psutil.Error):
+                found.append(proc.environ().get("CUDA_VISIBLE_DEVICES", "unset"))
+    return found
+
+
+@pytest.mark.parametrize("machine_gpus", [0, 1, 4])
+def test_gpu_services_deploy_the_same_on_a_machine_with_0_1_or_4_gpus(machine_gpus: int, tmp_path: Path) -> None:
+    # Azure's scheduler (the emulated cluster: 3 × Standard_NC6) decides whether GPU services fit; the
+    # machine's own GPUs only say where the emulator's data plane runs their replicas: one GPU each
+    # while the machine has them, CPU beyond that (as on a machine without any), never a refusal.
+    gpus = [{"uuid": f"GPU-machine-{i}", "name": "NVIDIA H200", "index": i, "memoryBytes": 150754820096,
+             "migParent": None} for i in range(machine_gpus)]
+    running = emulators.start_emulator(tmp_path / "state", gpus=gpus)
+    try:
+        config = json.loads((running.state_dir / "config.json").read_text())
+        repo = Repo(tmp_path / "repo", config)
+        repo.service("svc-big", replicas=1, gpu=1)
+        out = Reconciler(running, tmp_path)(repo, predict=[[1, 1]])
+        assert out["status"] == "applied", out
+        assert out["predict"]["status"] == 200 and out["predict"]["body"] == [[3.0]], out["predict"]
+        devices = sorted(_replica_devices(running.state_dir))
+        machine = {g["uuid"] for g in gpus}
+        on_gpus = [d for d in devices if d]
+        assert len(devices) == 2 and set(on_gpus) <= machine and len(set(on_gpus)) == len(on_gpus), devices
+        assert len(on_gpus) == min(machine_gpus, 2), devices
+    finally:
+        running.stop()
 
 
 def test_applying_the_manifests_creates_the_cluster_environment_model_and_service(

@@ -141,6 +141,7 @@ def test_a_version_whose_init_fails_is_rolled_back_before_any_request_reaches_it
 
     change = next(c for c in outcomes[-1].changes if c.id.kind is Kind.WEBSERVICE)
     assert change.status is ChangeStatus.FAILED and change.reason == "CandidateFailed"
+    assert change.rolled_back  # what notifications report as rolled-back rather than failed
     assert change.error is not None and "the model files are corrupt" in change.error
     assert failures(answers) == []
     assert answers and all(a.version == "live" for a in answers)

@@ -169,7 +169,7 @@ def test_status_names_each_replicas_gpu_and_an_apply_left_unschedulable_exits_1(
 
     repo.service(replicas=1, gpu=1)
     applied = amlops("apply", ".", "--yes", "--no-color")
-    assert applied.returncode == 0, applied.stderr  # applied (2 only with --detailed-exitcode)
+    assert applied.returncode == 0, applied.stderr  # a successful apply exits 0
     shown = amlops("status", "--path", ".")
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"replica 0 \(pid \d+, generation 1\): GPU-fake-0000 \(Fake H200\)", shown.stdout), shown.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,20 @@ def test_a_canary_change_shows_its_steps_and_checks_as_in_the_golden_file(name: 
     if os.environ.get("AMLOPS_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def _field_names(value: object) -> set[str]:
+    """Every key of ours in a JSON document (a diff's before/after values are the user's data)."""
+    if isinstance(value, dict):
+        return {str(k) for k in value} | {n for k, v in value.items() if k not in ("before", "after") for n in _field_names(v)}
+    if isinstance(value, list):
+        return {n for v in value for n in _field_names(v)}
+    return set()
+
+
+@pytest.mark.parametrize("plan", [fixed_plan, canary_plan])
+def test_plan_json_has_the_shape_of_every_json_document_amlops_prints(plan) -> None:  # type: ignore[no-untyped-def]
+    # The same shape as /api/status and status --output json: camelCase keys and a format version.
+    data = json.loads(render_json(plan()))
+    assert data["formatVersion"] == 1
+    assert sorted(n for n in _field_names(data) if not re.fullmatch(r"[a-z][a-zA-Z0-9]*", n)) == []

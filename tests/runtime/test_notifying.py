@@ -180,6 +180,18 @@ def test_each_revision_is_reported_to_every_provider_in_its_documented_shape_and
         # Re-reconciling an unchanged revision says nothing new; chat rooms heard outcomes only.
         assert len(states(rx.under("/github/"), fixed)) == 2
         assert [first[:12] in r.json()["text"] for r in rx.under(SLACK_PATH)].count(True) == 1
+
+        # A commit that would delete all the controller owns is held: the commit stays pending, chat hears why.
+        repo.write("manifests/cluster.yaml", doc("AksCluster", "cpu", {"vmSize": "Standard_D2_v2", "agentCount": 2,
+                                                                     "deletionPolicy": "Delete"}))
+        deletable = repo.commit("the cluster may be deleted")
+        eventually(lambda: c.status()["lastAppliedRevision"] == deletable, 60, "the deletion policy applied")
+        (repo.root / "manifests/cluster.yaml").unlink()
+        emptied = repo.commit("remove the cluster")
+        eventually(lambda: states(rx.under("/github/"), emptied) == ["pending", "pending"], 60, "GitHub pending, then held")
+        assert "would delete 1 of 1" in rx.under("/github/")[-1].json()["description"]
+        eventually(lambda: any(emptied[:12] in r.json()["text"] and "held" in r.json()["text"]
+                               for r in rx.under(SLACK_PATH)), 30, "Slack told it is held")
         hung.close()  # its connection is reset: the hung delivery ends, and the controller stops at once
         eventually(lambda: notification(c.status(), "hung")["failed"] >= 1, 30, "the hung delivery given up")
         assert c.stop() == 0
@@ -296,6 +308,38 @@ def test_a_rate_limited_receiver_queues_the_rest() -> None:
         notifier.publish()
         assert len(rx.requests) == 1 and seen[-1][0]["queued"] == 2
         notifier.close(0.2)
+
+
+def test_a_rollout_rolled_back_is_reported_as_rolled_back_and_other_failures_as_failed() -> None:
+    from datetime import UTC, datetime
+
+    from controller.structs.manifests import Kind
+    from controller.structs.plans import Action
+    from controller.structs.results import ChangeOutcome, ChangeStatus, ReconcileOutcome, ReconcileStatus
+    from controller.structs.states import ResourceId
+
+    def failed(revision: str, *, rolled_back: bool) -> ReconcileOutcome:
+        now = datetime.now(UTC)
+        change = ChangeOutcome(ResourceId(Kind.WEBSERVICE, "svc"), Action.UPDATE, ChangeStatus.FAILED, 1, 0.1,
+                               "analysis failed at step 1 (10 %): error rate 40 %", "AnalysisFailed", rolled_back=rolled_back)
+        return ReconcileOutcome(revision, ReconcileStatus.FAILED, now, now, changes=(change,))
+
+    with receiver() as rx:
+        notifier, _seen = _notifier(_github(rx.url), {"token": GH_TOKEN})
+        hook_notifier, _hook_seen = _notifier({"name": "hook", "type": "webhook", "url": f"{rx.url}/hook",
+                                               "secret": {"fromEnv": "X"}}, {"secret": HOOK_SECRET})
+        for n in (notifier, hook_notifier):
+            n.reconciled(failed(_sha(20), rolled_back=True), "rolled back: analysis failed")
+            n.reconciled(failed(_sha(21), rolled_back=False), "failed: 1 change")
+        eventually(lambda: len(rx.under("/hook")) == 2 and len(rx.under("/repos/")) == 2, 20, "four deliveries")
+        notifier.close(5)
+        hook_notifier.close(5)
+    assert [r.json()["event"] for r in rx.under("/hook")] == ["rolled-back", "failed"]
+    assert [r.header("X-Amlops-Event") for r in rx.under("/hook")] == ["rolled-back", "failed"]
+    # A commit whose rollout was rolled back is not in place: GitHub marks it failed, with the reason.
+    statuses = {r.path.rsplit("/", 1)[1]: r.json() for r in rx.under("/repos/")}
+    assert statuses[_sha(20)]["state"] == "failure" and "rolled back" in statuses[_sha(20)]["description"]
+    assert statuses[_sha(21)]["state"] == "failure"
 
 
 def test_severity_and_event_filters_choose_what_a_receiver_hears() -> None:

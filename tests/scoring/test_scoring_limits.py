@@ -185,6 +185,7 @@ def test_memory_is_returned_after_large_requests(start_host: StartHost, size_dir
 
 
 def _in_flight(host: Host) -> int:
+    # The series carries the replica's identity labels (service, version, replica, worker).
     value = metric_value(host.request("GET", "/metrics")[2].decode(), "amlops_scoring_in_flight")
     return -1 if value is None else int(value)
 

@@ -82,8 +82,9 @@ ACCEPTED = {
     "a quoted number where text is wanted": _service("  auth: key\n", "  auth: key\n  tags: {release: '3'}\n"),
     "autoscale without replicas": _service("  replicas: 3\n", "  autoscale: {minReplicas: 1, maxReplicas: 3}\n"),
     "two documents of two kinds in one file": (CLUSTER, lambda text: text + ENVIRONMENT),
-    "a canary with steps": _service("  auth: key\n", "  auth: key\n  rollout:\n    strategy: canary\n"
-                                    "    steps: [{weight: 10}, {weight: 100}]\n"),
+    # One replica: a canary's new version runs beside the live one, and the cluster has 3 GPUs.
+    "a canary with steps": (SERVICE, lambda text: text.replace("replicas: 3", "replicas: 1").replace(
+        "  auth: key\n", "  auth: key\n  rollout:\n    strategy: canary\n    steps: [{weight: 10}, {weight: 100}]\n")),
 }
 
 REJECTED = {

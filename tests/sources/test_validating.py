@@ -229,8 +229,8 @@ rollout:
 def test_a_canary_on_azure_ml_v1_is_refused_at_its_strategy_line(tmp_path: Path) -> None:
     write_repo(tmp_path, {"ws.yaml": AZUREML_V1, "c.yaml": CLUSTER, "m.yaml": MODEL, "svc.yaml": service(CANARY_BODY)})
     assert errors_of(tmp_path) == [
-        "svc.yaml:12: Webservice aks-dnn-mnist: spec.rollout.strategy: strategy canary needs Azure ML v2: a v1 AKS web "
-        "service cannot split traffic between versions under one URI; use rolling, or set api: v2"
+        "svc.yaml:12: Webservice aks-dnn-mnist: spec.rollout.strategy: strategy canary needs Azure ML v2: a v1 AKS "
+        "web service cannot split traffic between versions under one URI; use rolling, or set api: v2"
     ]
 
 
@@ -239,6 +239,7 @@ def test_a_canary_is_accepted_on_the_local_backend_and_on_azure_ml_v2(tmp_path: 
     assert len(load_desired_state(tmp_path)) == 3
     v2 = tmp_path / "v2"
     v2.mkdir()
+    # Azure ML v2 cannot create an AKS cluster: the service's cluster is attached.
     attached = CLUSTER + "  attach:\n    resourceId: /subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks1\n"
     write_repo(v2, {"ws.yaml": AZUREML_V1, "c.yaml": attached, "m.yaml": MODEL,
                     "svc.yaml": service(CANARY_BODY + "api: v2\n")})

@@ -14,6 +14,9 @@ base = importlib.util.module_from_spec(_spec)
 sys.modules.setdefault("test_validating_base", base)
 _spec.loader.exec_module(base)
 
+# A canary or blue/green runs its new version beside the live one: one replica of one GPU leaves the
+# three-GPU cluster room for it (three would not fit twice).
+ONE_REPLICA = base.SERVICE_OK.replace("replicas: 3", "replicas: 1")
 ATTACH = "  attach:\n    resourceId: /subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerService/managedClusters/aks1\n"
 
 
