@@ -258,7 +258,7 @@ class Clients:
             t.join(60)
 
 
-def test_a_new_model_file_rolls_out_blue_green_in_steps_with_zero_failed_requests(
+def test_a_new_model_file_rolls_out_through_canary_steps_with_zero_failed_requests(
         emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
     first = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
     repo.service(rollout={"strategy": "canary", "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
@@ -267,13 +267,19 @@ def test_a_new_model_file_rolls_out_blue_green_in_steps_with_zero_failed_request
     repo.weights([[2.0], [2.0]])
     emulator.reset_counts()
     with Clients(first["uri"], first["key"]) as clients:
-        out = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
+        # One short step per pass (the rollout engine's), passes run as the loop runs them.
+        out = _applied(reconcile(repo, drive={"service": "svc-tiny"}, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
     for name, results in clients.results.items():
         assert results and all(r[0] == 200 for r in results), (name, [r for r in results if r[0] != 200][:5])
         assert {r[1] for r in results} <= {"[[3.0]]", "[[4.0]]"}, (name, {r[1] for r in results})
     after = out["predict"]
     assert after["body"] == [[4.0]] and after["deployments"] != first["deployments"] and len(after["deployments"]) == 1
-    assert emulator.counts()["PUT arm {WS}/onlineEndpoints/{name}"] == 3, emulator.counts()  # 10 %, 50 %, 100 %
+    (change,) = [c for c in out["changes"] if c["id"] == "Webservice/svc-tiny"]
+    assert [s["weight"] for s in change["rollout"]] == [10, 50, 100], change
+    # Traffic PUTs: 10 %, 50 %, 100 %, and the promotion naming the new deployment live; the rollout
+    # tag is written only when its state changes, never on a pass that merely waits.
+    puts = emulator.counts()["PUT arm {WS}/onlineEndpoints/{name}"]
+    assert puts < len(out["passes"]) + 4, (puts, len(out["passes"]))
 
 
 def test_a_broken_new_model_gets_no_traffic_and_the_old_deployment_keeps_serving(

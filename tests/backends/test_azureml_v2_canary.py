@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import textwrap
 import threading
 import time
@@ -206,6 +207,9 @@ def test_a_v2_version_that_errors_on_a_share_of_requests_is_rolled_back_at_the_f
     change = _webservice(out)
     assert change["reason"] == "AnalysisFailed", change
     assert change["error"].startswith("analysis failed at step 1 (10 %): error rate "), change
+    # The figure is Azure Monitor's, counted by the endpoint's router: about every third answer of the candidate.
+    rate, requests = re.search(r"error rate ([\d.]+) % > 5.0 % over (\d+) requests", change["error"]).groups()
+    assert int(requests) >= 15 and 20.0 <= float(rate) <= 50.0, change["error"]
     assert load.failures() == [], load.failures()[:5]
     share, candidate, total = load.candidate_share()
     assert candidate > 0 and share <= 0.10 + TOLERANCE, (share, candidate, total)
