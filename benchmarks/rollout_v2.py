@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append({**phases(out), "process wall": time.monotonic() - started})
     finally:
         emulator.stop()
-    heading(f"Azure ML v2 (emulator): commit to 100 % traffic on the new deployment, by phase ({len(runs)} rollouts)")
+    heading(f"Azure ML v2 (emulator): a three-step canary from a changed model file to all traffic, by phase ({len(runs)} rollouts)")
     names = list(runs[0])
     print(table(["phase", "median s", "min s", "max s"],
                 [(n, statistics.median(r[n] for r in runs), min(r[n] for r in runs), max(r[n] for r in runs))

@@ -288,3 +288,62 @@ def test_a_killed_controller_resumes_a_v2_canary_where_it_stood_and_reaches_all_
     # The step passed before the kill is in the record with the two after it.
     assert [s["weight"] for s in _webservice(out)["rollout"]] == [10, 50, 100]
     assert out["predict"]["body"] == [[6.0]] and len(out["predict"]["deployments"]) == 1
+
+
+SLOW = SCORE + textwrap.dedent('''
+    import time
+    _fast = run
+
+    def run(raw_data):
+        time.sleep(0.2)
+        return _fast(raw_data)
+''')
+
+
+def test_a_much_slower_v2_version_is_rolled_back_on_its_p99_against_the_live_deployment(
+        emulator: Any, reconcile: Reconciler, live: tuple[Repo, dict[str, Any]]) -> None:
+    repo, first = live
+    repo.service(rollout=CANARY)
+    repo.write("src/score.py", SLOW)  # the live version answers in a few ms
+    with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:
+        out = reconcile(repo, drive={"service": SERVICE})
+    assert out["status"] == "failed", json.dumps(out, indent=1)[:6000]
+    change = _webservice(out)
+    assert change["reason"] == "AnalysisFailed" and "× live p99" in change["error"], change
+    assert change["error"].startswith("analysis failed at step 1 (10 %): p99 "), change
+    assert load.failures() == [], load.failures()[:5]
+    share, candidate, total = load.candidate_share()
+    assert candidate > 0 and share <= 0.10 + TOLERANCE, (share, candidate, total)
+    assert _deployments(emulator) == {first["deployments"][0]: 100}
+    repo.write("src/score.py", SCORE)
+
+
+def test_a_v2_blue_green_gives_the_checked_new_deployment_all_traffic_at_once(
+        emulator: Any, reconcile: Reconciler, live: tuple[Repo, dict[str, Any]]) -> None:
+    repo, first = live
+    repo.service(rollout={"strategy": "blueGreen", "sampleRequest": {"body": json.dumps({"data": [[1, 1]]}),
+                                                                    "expect": "[[7.0]]"}})
+    repo.weights([[3.0], [4.0]])  # version 2 answers [[7.0]]
+    with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:
+        out = reconcile(repo, drive={"service": SERVICE}, predict={"service": SERVICE, "rows": [[1, 1]]})
+    assert out["status"] == "applied", json.dumps(out, indent=1)[:6000]
+    assert load.failures() == []
+    # Never a split: the live deployment answered everything until the new one answered everything.
+    whos = [a.who for a in load.answers]
+    assert "candidate" in whos and whos == sorted(whos, key=lambda w: w == "candidate"), whos
+    assert _webservice(out)["rollout"] == []
+    assert out["predict"]["body"] == [[7.0]] and len(out["predict"]["deployments"]) == 1
+
+
+def test_a_scale_change_under_a_canary_strategy_is_made_in_place_without_a_rollout(
+        emulator: Any, reconcile: Reconciler, live: tuple[Repo, dict[str, Any]]) -> None:
+    repo, first = live
+    repo.service(rollout=CANARY)
+    assert reconcile(repo)["status"] in ("applied", "no-changes")
+    repo.service(rollout=CANARY, replicas=2)
+    out = reconcile(repo, predict={"service": SERVICE, "rows": [[1, 1]]})
+    assert out["status"] == "applied", json.dumps(out, indent=1)[:6000]
+    assert out["predict"]["deployments"] == first["deployments"], out["predict"]
+    ws = emulator.workspace_id()
+    status, dep = emulator.arm("GET", f"{ws}/onlineEndpoints/{SERVICE}/deployments/{first['deployments'][0]}")
+    assert status == 200 and dep["sku"]["capacity"] == 2, dep
