@@ -349,3 +349,21 @@ def test_a_scale_change_under_a_canary_strategy_is_made_in_place_without_a_rollo
     ws = emulator.workspace_id()
     status, dep = emulator.arm("GET", f"{ws}/onlineEndpoints/{SERVICE}/deployments/{first['deployments'][0]}")
     assert status == 200 and dep["sku"]["capacity"] == 2, dep
+
+
+def test_a_person_promotes_a_v2_canary_by_hand_from_its_first_step(
+        emulator: Any, reconcile: Reconciler, workdir: Path, live: tuple[Repo, dict[str, Any]]) -> None:
+    repo, first = live
+    slow_steps = {**CANARY, "steps": [{"weight": 10, "pauseSeconds": 600}, {"weight": 100, "pauseSeconds": 600}]}
+    repo.service(rollout=slow_steps)
+    repo.weights([[4.0], [4.0]])  # version 2 answers [[8.0]]
+    with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:
+        killed = reconcile(repo, drive={"service": SERVICE, "exitAtStep": 1})
+        assert killed["status"] == "killed", killed
+        assert "promote requested" in _amlops(emulator, repo, workdir, "rollout", "promote", SERVICE)
+        out = reconcile(repo, drive={"service": SERVICE}, predict={"service": SERVICE, "rows": [[1, 1]]})
+    assert out["status"] == "applied", json.dumps(out, indent=1)[:6000]
+    assert load.failures() == []
+    # Ten-minute pauses, yet done at once: the person's promote skipped them.
+    assert out["predict"]["body"] == [[8.0]] and len(out["predict"]["deployments"]) == 1
+    assert _deployments(emulator) == {out["predict"]["deployments"][0]: 100}
