@@ -297,6 +297,9 @@ def _enter_step(backend: TrafficSplitting, rollout: Rollout, state: RolloutState
     state = replace(state, phase=Phase.STEPPING, step=index, weight=weight, step_started=now(), baseline=baseline)
     state = _save(backend, state, f"{step_label(index, weight)}: started")
     backend.set_weight(state.service, weight)
+    if isinstance(backend, TrafficWindows):
+        # A span cannot leave out what came before it: it starts once the new weight is in force.
+        state = _save(backend, replace(state, step_started=now()), f"{step_label(index, weight)}: started")
     log.info("rollout.step", extra={"service": state.service, "step": index + 1, "weight": weight})
     return Progress(False, f"canary {step_label(index, weight)}", POLL_S)
 

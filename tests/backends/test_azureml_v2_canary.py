@@ -36,6 +36,9 @@ CANARY = {
     "analysis": {"maxErrorRate": 0.05, "maxP99Ratio": 4, "minRequests": 15},
     "sampleRequest": {"body": json.dumps({"data": [[1, 1]]})},
 }
+# For versions that are good (the same code with other weights): p99 within 10× the live one's, as
+# a busy machine's blips at 100 %, where one replica takes all the load, are no reason to roll back.
+GOOD_CANARY = {**CANARY, "analysis": {"maxErrorRate": 0.05, "maxP99Ratio": 10, "minRequests": 15}}
 # The live version's script, failing every third request it answers.
 ERRORING = SCORE + textwrap.dedent('''
     calls = 0
@@ -174,7 +177,7 @@ def _deployments(emulator: Any) -> dict[str, int]:
 def test_a_good_version_passes_every_v2_canary_step_and_reaches_all_traffic(
         emulator: Any, reconcile: Reconciler, live: tuple[Repo, dict[str, Any]]) -> None:
     repo, first = live
-    repo.service(rollout=CANARY)
+    repo.service(rollout=GOOD_CANARY)
     repo.weights([[2.0], [2.0]])  # version 2 answers [[4.0]]
     with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:
         out = reconcile(repo, drive={"service": SERVICE}, predict={"service": SERVICE, "rows": [[1, 1]]})
@@ -249,7 +252,7 @@ def _amlops(emulator: Any, repo: Repo, workdir: Path, *args: str) -> str:
 def test_a_killed_controller_leaves_a_v2_rollout_that_status_shows_and_abort_returns_to_live(
         emulator: Any, reconcile: Reconciler, workdir: Path, live: tuple[Repo, dict[str, Any]]) -> None:
     repo, first = live
-    repo.service(rollout=CANARY)
+    repo.service(rollout=GOOD_CANARY)
     repo.weights([[5.0], [5.0]])
     live_name = first["deployments"][0]
     with EndpointLoad(first["uri"], first["key"], live_name) as load:
@@ -277,7 +280,7 @@ def test_a_killed_controller_leaves_a_v2_rollout_that_status_shows_and_abort_ret
 def test_a_killed_controller_resumes_a_v2_canary_where_it_stood_and_reaches_all_traffic(
         emulator: Any, reconcile: Reconciler, live: tuple[Repo, dict[str, Any]]) -> None:
     repo, first = live
-    repo.service(rollout=CANARY)
+    repo.service(rollout=GOOD_CANARY)
     repo.weights([[3.0], [3.0]])
     with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:
         killed = reconcile(repo, drive={"service": SERVICE, "exitAtStep": 2})
@@ -354,7 +357,7 @@ def test_a_scale_change_under_a_canary_strategy_is_made_in_place_without_a_rollo
 def test_a_person_promotes_a_v2_canary_by_hand_from_its_first_step(
         emulator: Any, reconcile: Reconciler, workdir: Path, live: tuple[Repo, dict[str, Any]]) -> None:
     repo, first = live
-    slow_steps = {**CANARY, "steps": [{"weight": 10, "pauseSeconds": 600}, {"weight": 100, "pauseSeconds": 600}]}
+    slow_steps = {**GOOD_CANARY, "steps": [{"weight": 10, "pauseSeconds": 600}, {"weight": 100, "pauseSeconds": 600}]}
     repo.service(rollout=slow_steps)
     repo.weights([[4.0], [4.0]])  # version 2 answers [[8.0]]
     with EndpointLoad(first["uri"], first["key"], first["deployments"][0]) as load:

@@ -2,7 +2,8 @@
 
 AksCluster → KubernetesCompute attachment; Environment, Model (and a service's code) → assets with
 content-hash versions; Webservice → KubernetesOnlineEndpoint + one KubernetesOnlineDeployment per
-generation, rolled out blue/green. ``read`` lists each kind once (plus one GET per amlops-managed
+generation, rolled out through the rollout engine (``TrafficSplitting``: the endpoint's traffic
+table is the split, Azure Monitor's metrics the figures) for ``canary`` and ``blueGreen``. ``read`` lists each kind once (plus one GET per amlops-managed
 asset for its tags); a no-op reconcile writes nothing. azure-ai-ml and azure-identity are an
 optional extra, imported lazily.
 

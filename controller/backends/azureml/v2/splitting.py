@@ -49,6 +49,8 @@ REQUEST_TAG: Final = "amlops.dev/rollout-request"
 GENERATION_TAG: Final = "amlops.dev/generation"
 """What the live deployment runs, less what a deployment changes in place: a new value needs a new deployment."""
 _SAMPLE_TIMEOUT_S: Final = 60.0
+_CREATE_GRACE_S: Final = 60.0
+"""How long a candidate deployment may be missing after its rollout began (a create just accepted)."""
 
 
 def generation(resource: DesiredResource) -> str:
@@ -191,14 +193,18 @@ class EndpointSplitting:
         """``starting`` / ``ready`` / ``failed`` from the candidate deployment's provisioning state."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        _raw, _live, name = self._candidate(service)
+        raw, _live, name = self._candidate(service)
         s = self.session
         try:
             dep = s.call(f"get deployment {name}", lambda: s.client.online_deployments.get(name, service))
         except PermanentError as exc:
-            if isinstance(exc.__cause__, ResourceNotFoundError):
-                return "starting", f"deployment {name} not created yet"
-            raise
+            if not isinstance(exc.__cause__, ResourceNotFoundError):
+                raise
+            rollout = state_of(raw.tags)
+            if rollout is not None and time.time() - rollout.started < _CREATE_GRACE_S:
+                return "starting", f"deployment {name} not visible yet"
+            # The rollout was stored but its deployment never created (a controller stopped in between).
+            return "failed", f"deployment {name} does not exist"
         state = str(getattr(dep.provisioning_state, "value", dep.provisioning_state) or "Unknown")
         if state == "Succeeded":
             return "ready", f"deployment {name} Succeeded"
@@ -277,12 +283,20 @@ class EndpointSplitting:
         log.info("candidate_promoted endpoint=%s deployment=%s previous=%s", m.name, name, live)
 
     def promoted(self, service: str) -> bool:
-        """Whether the live deployment is the only one left."""
+        """Whether the candidate is live and the only deployment left (deletes interrupted earlier are started again)."""
+        raw, live = self._live(service)
+        state = state_of(raw.tags)
+        if state is not None and live not in (deployment_name(state.target), deployment_name(state.target + ":again")):
+            # All traffic went to the candidate, but the controller stopped before naming it live:
+            # nothing records the new version as applied, so it is rolled back rather than guessed at.
+            raise PermanentError(f"the promotion stopped before the new deployment was named live on {service}",
+                                 reason="PromotionInterrupted")
         s = self.session
-        _raw, live = self._live(service)
-        names = [d.name for d in s.call(f"list deployments of {service}",
-                                        lambda: list(s.client.online_deployments.list(service)))]
-        return names == [live]
+        deployments = s.call(f"list deployments of {service}", lambda: list(s.client.online_deployments.list(service)))
+        others = [d for d in deployments if d.name != live]
+        if any(str(getattr(d.provisioning_state, "value", d.provisioning_state)) != "Deleting" for d in others):
+            self._delete_others(service, live, wait=False)
+        return not others
 
     def discard_candidate(self, service: str) -> None:
         """All traffic on the live deployment, then every other deployment deleted (idempotent)."""
@@ -300,7 +314,8 @@ class EndpointSplitting:
 
         s = self.session
         others = [d.name for d in s.call(f"list deployments of {service}",
-                                         lambda: list(s.client.online_deployments.list(service))) if d.name != live]
+                                         lambda: list(s.client.online_deployments.list(service)))
+                  if d.name != live and str(getattr(d.provisioning_state, "value", d.provisioning_state)) != "Deleting"]
         for name in others:
             def begin(name: str = name) -> Any:
                 return s.client.online_deployments.begin_delete(name, service)
