@@ -3,8 +3,9 @@
 Azure ML publishes online endpoint metrics under the endpoint's ARM id
 (``…/onlineEndpoints/{name}/providers/Microsoft.Insights/metrics``): ``RequestsPerMinute``
 (a count per interval) and ``RequestLatency_P99`` (milliseconds), with the dimensions
-``deployment`` and ``statusCodeClass``. Two queries over one time span give each deployment's
-requests, 5xx and p99: ``MetricsQueryClient`` of azure-monitor-query 1.x (2.x moved metrics to a
+``deployment`` and ``statusCodeClass``. One query over a time span, split by both, gives each
+deployment's requests, 5xx and p99 (the highest of its status classes' p99s, a conservative
+reading): ``MetricsQueryClient`` of azure-monitor-query 1.x (2.x moved metrics to a
 regional batch client that does not take an ARM resource id), authenticated by the workspace's
 own credential. A span longer than one interval is answered in several buckets: counts are
 summed, and the p99 is the highest bucket's (a percentile cannot be merged; the highest is the
@@ -42,40 +43,37 @@ class EndpointMetrics:
         self.session = session
         self._client: Any = None
 
-    def _query(self, endpoint: str, metric: str, aggregation: str, split: str, start: float, end: float) -> Any:
+    def _query(self, endpoint: str, start: float, end: float) -> Any:
         from azure.monitor.query import MetricsQueryClient
 
         s = self.session
         if self._client is None:
             self._client = MetricsQueryClient(s.credential())
         uri = f"{s.scope}/onlineEndpoints/{endpoint}"
-        what = f"read {metric} of endpoint {endpoint} from Azure Monitor"
+        what = f"read the metrics of endpoint {endpoint} from Azure Monitor"
         return s.call(what, lambda: self._client.query_resource(
-            uri, metric_names=[metric], timespan=(_utc(start), _utc(max(end, start + 1.0))), granularity=_GRAIN,
-            aggregations=[aggregation], filter=split))
+            uri, metric_names=["RequestsPerMinute", "RequestLatency_P99"], granularity=_GRAIN,
+            timespan=(_utc(start), _utc(max(end, start + 1.0))), aggregations=["Total", "Average"],
+            filter="deployment eq '*' and statusCodeClass eq '*'"))
 
     def figures(self, endpoint: str, start: float, end: float) -> dict[str, DeploymentFigures]:
         """Each deployment's requests, 5xx and p99 over ``[start, end)`` (epoch seconds)."""
         counts: dict[str, list[int]] = {}
-        result = self._query(endpoint, "RequestsPerMinute", "Total", "deployment eq '*' and statusCodeClass eq '*'",
-                             start, end)
-        for metric in result.metrics:
+        p99: dict[str, float] = {}
+        for metric in self._query(endpoint, start, end).metrics:
             for series in metric.timeseries:
                 labels = series.metadata_values or {}
                 deployment = str(labels.get("deployment", ""))
-                total = int(sum(v.total or 0 for v in series.data))
-                found = counts.setdefault(deployment, [0, 0])
-                found[0] += total
-                if str(labels.get("statusCodeClass", "")) == "5xx":
-                    found[1] += total
-        p99: dict[str, float] = {}
-        result = self._query(endpoint, "RequestLatency_P99", "Average", "deployment eq '*'", start, end)
-        for metric in result.metrics:
-            for series in metric.timeseries:
-                deployment = str((series.metadata_values or {}).get("deployment", ""))
-                values = [v.average for v in series.data if v.average is not None]
-                if values:
-                    p99[deployment] = max(values)
+                if metric.name == "RequestsPerMinute":
+                    total = int(sum(v.total or 0 for v in series.data))
+                    found = counts.setdefault(deployment, [0, 0])
+                    found[0] += total
+                    if str(labels.get("statusCodeClass", "")) == "5xx":
+                        found[1] += total
+                elif metric.name == "RequestLatency_P99":
+                    values = [v.average for v in series.data if v.average is not None]
+                    if values:
+                        p99[deployment] = max([*values, p99.get(deployment, 0.0)])
         return {name: DeploymentFigures(n[0], n[1], p99.get(name)) for name, n in counts.items()}
 
     def close(self) -> None:
