@@ -3,15 +3,18 @@
 The emulator runs with its data plane (real scoring replicas per deployment) and fast LRO polling
 (``--poll-ms 50``). A repo with a v2 workspace, an attached cluster, an environment, a numpy model
 and one service (canary steps 10 / 50 / 100 %, a sample request) is applied once; then the model
-file changes and one reconcile runs (in its own process, as ``amlops apply`` would) while the
-backend's progress messages are timestamped. Phases, from the start of the reconcile:
+file changes and reconcile passes run in one process, as the controller's loop runs them (one
+short rollout step per pass, ``requeue_after`` between passes), while a client posts 20 requests
+a second through the endpoint (each step needs one answer of the new version; the analysis reads
+Azure Monitor's figures). Phases, from the start of the first pass:
 
-- load + read + plan: the engine's own durations;
-- model upload + code registration: until the deployment is created;
-- deployment: create → ``Succeeded`` (replicas started and ready);
-- smoke test: the sample request through the endpoint with ``azureml-model-deployment``;
-- each traffic step (an endpoint PUT awaited until its operation succeeds);
-- delete old deployment.
+- first pass: load + read + plan, model upload + code registration, the candidate deployment created;
+- candidate ready + sample request: until the pass that enters step 1 (replicas started, provisioning
+  ``Succeeded``, the sample request answered, the traffic table at 10 %);
+- each canary step: from entering it to entering the next one (the analysis of its window included);
+- promotion: the new deployment named live, the old one deleted.
+
+Every client exception or non-200 answer is a failed request; the count is printed.
 
 Run alone: ``python -m benchmarks.rollout_v2 [--quick] [--repeats N]``.
 """
@@ -46,22 +49,48 @@ SCORE = textwrap.dedent('''
 ''')
 
 DRIVER = """
-import json, logging, sys, time
+import json, logging, sys, threading, time
+import requests
 logging.basicConfig(level=logging.WARNING)
 from controller.core.connecting import BackendPool
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
+from controller.structs.results import ReconcileStatus
 args = json.loads(sys.argv[1])
-events = []
-started = time.monotonic()
-def progress(message, fraction):
-    events.append([round(time.monotonic() - started, 3), message])
+events, answers = [], []
+stop = threading.Event()
+def load(uri, key):
+    with requests.Session() as session:
+        session.trust_env = False
+        while not stop.is_set():
+            try:
+                answers.append(session.post(uri, data=json.dumps({"data": [[1, 1]]}), timeout=30, headers={
+                    "Content-Type": "application/json", "Authorization": "Bearer " + key}).status_code)
+            except Exception as exc:
+                answers.append(type(exc).__name__)
+            stop.wait(0.05)
 pool = BackendPool(args["stateDir"], "amlops-bench")
-outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, Recorder(args["stateDir"]),
-                    ReconcileOptions(controller_name="amlops-bench", parallelism=2, backend_progress=progress))
+options = ReconcileOptions(controller_name="amlops-bench", parallelism=2)
+recorder = Recorder(args["stateDir"])
+started = time.monotonic()
+client = None
+while True:
+    outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder, options)
+    message = " ".join(c.message or "" for c in outcome.changes if c.id.kind.value == "Webservice")
+    events.append([round(time.monotonic() - started, 3), message])
+    if client is None and args.get("load"):
+        ml = next(b for b in pool.backends() if getattr(b, "api", "") == "v2").session.client
+        client = threading.Thread(target=load, daemon=True, args=(
+            ml.online_endpoints.get("svc").scoring_uri, ml.online_endpoints.get_keys("svc").primary_key))
+        client.start()
+    if outcome.status is not ReconcileStatus.PROGRESSING or time.monotonic() - started > 600:
+        break
+    time.sleep(outcome.requeue_after or 0.5)
 total = time.monotonic() - started
+stop.set()
 print("\\nRESULT " + json.dumps({"status": outcome.status.value, "errors": list(outcome.errors), "events": events,
-                               "total_s": total, "durations": dict(outcome.durations or {})}, default=str))
+                               "total_s": total, "requests": len(answers),
+                               "failed": [a for a in answers if a != 200][:20]}, default=str))
 pool.close()
 """
 
@@ -100,7 +129,7 @@ def write_repo(root: Path, config: dict[str, str], weights: list[list[float]]) -
     np.save(root / "models" / "tiny" / "model" / "w.npy", np.array(weights))
 
 
-def reconcile(emulator: Emulator, root: Path, work: Path, revision: str) -> dict[str, Any]:
+def reconcile(emulator: Emulator, root: Path, work: Path, revision: str, load: bool = True) -> dict[str, Any]:
     import os
     import subprocess
 
@@ -110,7 +139,7 @@ def reconcile(emulator: Emulator, root: Path, work: Path, revision: str) -> dict
     home.mkdir(parents=True, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(work),
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **emulator.env}
-    args = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision}
+    args = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision, "load": load}
     done = subprocess.run([project_python(), "-c", DRIVER, json.dumps(args)], cwd=work, env=env, text=True,
                           capture_output=True, timeout=900, check=False)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -120,30 +149,24 @@ def reconcile(emulator: Emulator, root: Path, work: Path, revision: str) -> dict
 
 
 def phases(out: dict[str, Any]) -> dict[str, float]:
-    """Seconds per phase from the timestamped progress messages (see the module docstring)."""
-    d = out["durations"]
+    """Seconds per phase from each pass's end and message (see the module docstring)."""
     events = out["events"]
 
-    def at(prefix: str, last: bool = False) -> float | None:
-        found = [t for t, m in events if m.startswith(prefix)]
-        return (found[-1] if last else found[0]) if found else None
+    def at(prefix: str) -> float | None:
+        return next((t for t, m in events if m.startswith(prefix)), None)
 
-    engine = sum(float(d.get(k, 0.0)) for k in ("load", "read", "plan"))
-    create = at("creating deployment")
-    smoke = at("sample request")
-    steps = [t for t, m in events if "% of traffic on" in m]
-    deleted = at("delete deployment", last=True)
-    out_phases = {"load+read+plan": engine, "upload model + code": (create or engine) - engine}
-    if create is not None and smoke is not None:
-        out_phases["deployment to Succeeded"] = smoke - create
-    previous = smoke
-    for i, t in enumerate(steps):
-        if previous is not None:
-            out_phases[("smoke test + " if i == 0 else "") + f"traffic step {i + 1}"] = t - previous
-        previous = t
-    out_phases["to 100 %"] = steps[-1] if steps else float("nan")
-    if deleted is not None and steps:
-        out_phases["old deployment deleted"] = deleted - steps[-1]
+    marks = [("first pass (candidate created)", events[0][0] if events else None),
+             ("candidate ready + sample request", at("canary step 1 ")),
+             ("step 1 (10 %)", at("canary step 2 ")), ("step 2 (50 %)", at("canary step 3 ")),
+             ("step 3 (100 %)", at("canary: promoting")), ("promotion (old deployment deleted)", float(out["total_s"]))]
+    out_phases: dict[str, float] = {}
+    previous = 0.0
+    for name, t in marks:
+        if t is not None:
+            out_phases[name] = t - previous
+            previous = t
+    out_phases["commit to 100 %"] = at("canary step 3 ") or float("nan")
+    out_phases["passes"] = float(len(events))
     out_phases["reconcile total"] = float(out["total_s"])
     return out_phases
 
@@ -162,28 +185,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator = Emulator(base / "emulator", "--aks-cluster", "aks1=Standard_D3_v2:3", "--poll-ms", "50",
                         "--lro-delay", "0.05", data_plane=True)
     runs: list[dict[str, float]] = []
+    requests = 0
     try:
         work = base / "work"
         work.mkdir()
         root = work / "repo"
         write_repo(root, emulator.config, [[1.0], [2.0]])
-        first = reconcile(emulator, root, work, "r0")
+        first = reconcile(emulator, root, work, "r0", load=False)
         if first["status"] != "applied":
             raise RuntimeError(f"first apply: {first['status']} {first['errors']}")
         for i in range(args.repeats):
             write_repo(root, emulator.config, [[float(i + 2)], [2.0]])
             started = time.monotonic()
             out = reconcile(emulator, root, work, f"r{i + 1}")
-            if out["status"] != "applied":
-                raise RuntimeError(f"rollout {i + 1}: {out['status']} {out['errors']}")
+            if out["status"] != "applied" or out["failed"]:
+                raise RuntimeError(f"rollout {i + 1}: {out['status']} {out['errors']} failed requests {out['failed']}")
+            requests += out["requests"]
             runs.append({**phases(out), "process wall": time.monotonic() - started})
     finally:
         emulator.stop()
-    heading(f"Azure ML v2 (emulator): commit to 100 % traffic on the new deployment, by phase ({len(runs)} rollouts)")
+    heading(f"Azure ML v2 (emulator): a three-step canary from a changed model file to all traffic, by phase ({len(runs)} rollouts)")
     names = list(runs[0])
     print(table(["phase", "median s", "min s", "max s"],
                 [(n, statistics.median(r[n] for r in runs), min(r[n] for r in runs), max(r[n] for r in runs))
                  for n in names]))
+    print(f"\n{requests} requests through the endpoint during the rollouts, none failed.")
     return 0
 
 

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from controller.backends.keys import KeyName
 from controller.structs.manifests import Kind
 from controller.structs.plans import Change
-from controller.structs.rollouts import RolloutState, Traffic
+from controller.structs.rollouts import RolloutState, Traffic, VersionFigures
 from controller.structs.states import ActualResource, ActualState, DesiredResource, DesiredState, ResourceId
 from controller.structs.tokens import AccessToken
 
@@ -195,3 +195,18 @@ class TrafficSplitting(Protocol):
     def discard_candidate(self, service: str) -> None:
         """Return all traffic to the live version and remove the candidate (idempotent)."""
         ...
+
+
+@runtime_checkable
+class TrafficWindows(Protocol):
+    """Optional, beside ``TrafficSplitting``: metrics asked for over a time span rather than read as counters.
+
+    Azure Monitor answers request counts, 5xx and latency percentiles over a span; a percentile over
+    a step cannot be had by subtracting two readings, so such a backend is asked for each step's
+    window directly (from the step's start until now).
+    """
+
+    def figures_since(self, service: str, since: float) -> tuple[VersionFigures, VersionFigures]:
+        """``(candidate, live)`` figures over the scoring requests answered from ``since`` (epoch seconds) until now."""
+        ...
+

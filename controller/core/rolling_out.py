@@ -15,7 +15,9 @@ all traffic at once and is promoted. Rolling back returns all traffic to the liv
 once, removes the candidate and raises ``PermanentError`` with the figure that failed: the
 resource is Stalled on that input until its manifest or files change.
 
-The analysis (``judge``) is a pure function of the two versions' counters over the same window.
+The analysis (``judge``) is a pure function of the two versions' counters over the same window:
+each replica's counters now less those at the step's start, or, on a backend whose metrics are
+asked for over a time span (``TrafficWindows``: Azure Monitor), the span from the step's start.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from controller.backends.base import ApplyContext, Backend, TrafficSplitting
+from controller.backends.base import ApplyContext, Backend, TrafficSplitting, TrafficWindows
 from controller.structs.errors import PermanentError
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import Analysis, Rollout, RolloutStep, SampleRequest, WebserviceManifest
@@ -86,8 +88,8 @@ def _percent(value: float) -> str:
     return f"{value * 100:.1f} %"
 
 
-def judge(analysis: Analysis | None, step: RolloutStep, candidate: Counters, live: Counters,
-          elapsed_s: float, live_reference_p99_ms: float | None = None) -> Verdict:
+def judge(analysis: Analysis | None, step: RolloutStep, candidate: Counters | VersionFigures,
+          live: Counters | VersionFigures, elapsed_s: float, live_reference_p99_ms: float | None = None) -> Verdict:
     """Judge one step over one window: the candidate's counters against the limits and the live version.
 
     Checks run as soon as the candidate has answered the step's minimum of requests (at least one),
@@ -96,7 +98,7 @@ def judge(analysis: Analysis | None, step: RolloutStep, candidate: Counters, liv
     earlier step's) when the live version saw too few requests in this one (at weight 100).
     """
     analysis = analysis or Analysis()
-    cand, live_figures = VersionFigures.of(candidate), VersionFigures.of(live)
+    cand, live_figures = _figures_of(candidate), _figures_of(live)
     needed = max(1, analysis.minRequests, step.minRequests or 0)
     pause = step.pauseSeconds or 0.0
     if candidate.requests < needed:
@@ -117,6 +119,10 @@ def judge(analysis: Analysis | None, step: RolloutStep, candidate: Counters, liv
     if elapsed_s < pause:
         return Verdict(None, f"checks pass {over}; pausing {elapsed_s:.0f}/{pause:.0f} s", cand, live_figures)
     return Verdict(True, f"passed {over}", cand, live_figures)
+
+
+def _figures_of(value: Counters | VersionFigures) -> VersionFigures:
+    return value if isinstance(value, VersionFigures) else VersionFigures.of(value)
 
 
 def step_label(index: int, weight: int) -> str:
@@ -282,13 +288,18 @@ def _smoke_test(backend: TrafficSplitting, resource: DesiredResource, ctx: Apply
 
 def _enter_step(backend: TrafficSplitting, rollout: Rollout, state: RolloutState, index: int, now: Clock) -> Progress:
     weight = rollout.steps[index].weight
-    traffic = backend.traffic(state.service)
-    baseline = {"live": {k: v.to_json() for k, v in traffic.live.items()},
-                "candidate": {k: v.to_json() for k, v in traffic.candidate.items()}}
+    baseline: dict[str, dict[str, Any]] = {}
+    if not isinstance(backend, TrafficWindows):  # windowed metrics need only the step's start time
+        traffic = backend.traffic(state.service)
+        baseline = {"live": {k: v.to_json() for k, v in traffic.live.items()},
+                    "candidate": {k: v.to_json() for k, v in traffic.candidate.items()}}
     # The baseline is stored before the weight moves: every request of the step falls inside its window.
     state = replace(state, phase=Phase.STEPPING, step=index, weight=weight, step_started=now(), baseline=baseline)
     state = _save(backend, state, f"{step_label(index, weight)}: started")
     backend.set_weight(state.service, weight)
+    if isinstance(backend, TrafficWindows):
+        # A span cannot leave out what came before it: it starts once the new weight is in force.
+        state = _save(backend, replace(state, step_started=now()), f"{step_label(index, weight)}: started")
     log.info("rollout.step", service=state.service, step=index + 1, weight=weight)
     return Progress(False, f"canary {step_label(index, weight)}", POLL_S)
 
@@ -298,9 +309,7 @@ def _stepping(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyCo
     if state.step >= len(rollout.steps):
         return _promote(backend, resource, ctx, state, "every step passed")
     step = rollout.steps[state.step]
-    traffic = backend.traffic(state.service)
-    candidate = window(traffic.candidate, state.baseline_of("candidate"))
-    live = window(traffic.live, state.baseline_of("live"))
+    candidate, live = _step_window(backend, state)
     elapsed = now() - state.step_started
     verdict = judge(rollout.analysis, step, candidate, live, elapsed, state.live_p99_ms)
     label = step_label(state.step, state.weight)
@@ -316,6 +325,16 @@ def _stepping(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyCo
     if state.step + 1 < len(rollout.steps):
         return _enter_step(backend, rollout, state, state.step + 1, now)
     return _promote(backend, resource, ctx, state, "every step passed")
+
+
+def _step_window(backend: TrafficSplitting, state: RolloutState) -> tuple[Counters | VersionFigures,
+                                                                          Counters | VersionFigures]:
+    """``(candidate, live)`` over the current step so far: asked for over its span, or counters less its baseline."""
+    if isinstance(backend, TrafficWindows):
+        return backend.figures_since(state.service, state.step_started)
+    traffic = backend.traffic(state.service)
+    return (window(traffic.candidate, state.baseline_of("candidate")),
+            window(traffic.live, state.baseline_of("live")))
 
 
 def _promote(backend: TrafficSplitting, resource: DesiredResource, ctx: ApplyContext, state: RolloutState,
@@ -351,11 +370,11 @@ def describe(backend: TrafficSplitting, service: str, now: Clock = time.time) ->
         return None
     data = state.summary()
     if state.phase == Phase.STEPPING:
-        traffic = backend.traffic(service)
+        candidate, live = _step_window(backend, state)
         data["window"] = {
             "seconds": round(now() - state.step_started, 1),
-            "candidate": VersionFigures.of(window(traffic.candidate, state.baseline_of("candidate"))).to_json(),
-            "live": VersionFigures.of(window(traffic.live, state.baseline_of("live"))).to_json(),
+            "candidate": _figures_of(candidate).to_json(),
+            "live": _figures_of(live).to_json(),
         }
     return data
 

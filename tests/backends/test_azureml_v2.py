@@ -261,7 +261,7 @@ class Clients:
             t.join(60)
 
 
-def test_a_new_model_file_rolls_out_blue_green_in_steps_with_zero_failed_requests(
+def test_a_new_model_file_rolls_out_through_canary_steps_with_zero_failed_requests(
         emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
     first = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
     repo.service(rollout={"strategy": "canary", "steps": [{"weight": 10}, {"weight": 50}, {"weight": 100}],
@@ -270,13 +270,20 @@ def test_a_new_model_file_rolls_out_blue_green_in_steps_with_zero_failed_request
     repo.weights([[2.0], [2.0]])
     emulator.reset_counts()
     with Clients(first["uri"], first["key"]) as clients:
-        out = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
+        # One short step per pass (the rollout engine's), passes run as the loop runs them.
+        out = _applied(reconcile(repo, drive={"service": "svc-tiny"}, predict={"service": "svc-tiny", "rows": [[1, 1]]}))
     for name, results in clients.results.items():
         assert results and all(r[0] == 200 for r in results), (name, [r for r in results if r[0] != 200][:5])
         assert {r[1] for r in results} <= {"[[3.0]]", "[[4.0]]"}, (name, {r[1] for r in results})
     after = out["predict"]
     assert after["body"] == [[4.0]] and after["deployments"] != first["deployments"] and len(after["deployments"]) == 1
-    assert emulator.counts()["PUT arm {WS}/onlineEndpoints/{name}"] == 3, emulator.counts()  # 10 %, 50 %, 100 %
+    (change,) = [c for c in out["changes"] if c["id"] == "Webservice/svc-tiny"]
+    assert [s["weight"] for s in change["rollout"]] == [10, 50, 100], change
+    # Endpoint PUTs: the rollout stored (1); per step its state, its traffic table and its start once
+    # in force (3 × 3); promotion: all traffic, state, the new deployment named live, state removed (4).
+    # Never one on a pass that merely waits for requests.
+    puts = emulator.counts()["PUT arm {WS}/onlineEndpoints/{name}"]
+    assert puts <= 1 + 3 * 3 + 4, (puts, len(out["passes"]))
 
 
 def test_a_broken_new_model_gets_no_traffic_and_the_old_deployment_keeps_serving(

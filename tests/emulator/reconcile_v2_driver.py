@@ -3,14 +3,20 @@
 The same as ``reconcile_driver.py`` (real ``BackendPool`` and ``Recorder``, as ``amlops apply``
 wires them), plus: ``predict`` scores through the v2 endpoint's ``scoring_uri`` with the key from
 ``get_keys`` (a plain ``requests`` client, as the walk-through's), ``planOnly`` prints the plan
-without applying, and ``access`` exercises keys / logs through the backend's ServiceAccess.
+without applying, ``access`` exercises keys / logs through the backend's ServiceAccess, and
+``drive`` runs passes as the loop does (sleeping ``requeue_after`` between them) until a rollout is
+no longer under way, recording where it stood after each pass (``describe``, as ``amlops rollout
+status`` shows it); ``drive.exitAtStep`` ends the process without any cleanup once the rollout has
+entered that step (a controller killed mid-rollout).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +70,27 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
                                              "max_total_s": 60.0}))
     pool = BackendPool(args["stateDir"], "amlops")
     recorder = Recorder(args["stateDir"])
-    outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder,
-                        ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2,
-                                         detect_only=bool(args.get("planOnly")), source=args.get("source", ""),
-                                         allow_mass_delete=args.get("allowMassDelete", False)))
+    options = ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2,
+                               detect_only=bool(args.get("planOnly")), source=args.get("source", ""),
+                               allow_mass_delete=args.get("allowMassDelete", False))
+    outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder, options)
+    passes: list[dict[str, Any]] = []
+    drive = args.get("drive")
+    if drive:
+        from controller.core.rolling_out import describe
+        from controller.structs.results import ReconcileStatus
+
+        deadline = time.monotonic() + float(drive.get("deadline", 300))
+        while True:
+            where = describe(_v2(pool), drive["service"])
+            passes.append({"status": outcome.status.value, "rollout": where})
+            if outcome.status is not ReconcileStatus.PROGRESSING or time.monotonic() > deadline:
+                break
+            if drive.get("exitAtStep") and where is not None and where.get("step") == drive["exitAtStep"]:
+                print("\nRESULT " + json.dumps({"status": "killed", "passes": passes}, default=str), flush=True)
+                os._exit(0)  # no cleanup, no closing: as if killed
+            time.sleep(outcome.requeue_after or 0.5)
+            outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, recorder, options)
     out: dict[str, Any] = {
         "status": outcome.status.value,
         "errors": list(outcome.errors),
@@ -75,7 +98,9 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
                   "diffs": [[d.path, d.before, d.after] for d in c.diffs]}
                  for c in outcome.plan.changes] if outcome.plan is not None else [],
         "changes": [{"id": f"{c.id.kind.value}/{c.id.name}", "action": c.action.value, "status": c.status.value,
-                     "attempts": c.attempts, "reason": c.reason, "error": c.error} for c in outcome.changes],
+                     "attempts": c.attempts, "reason": c.reason, "error": c.error, "rollout": list(c.rollout)}
+                    for c in outcome.changes],
+        "passes": passes,
         "resources": {f"{rid.kind.value}/{rid.name}": [[c.type, c.status, c.reason, c.message] for c in st.conditions]
                       for rid, st in recorder.resource_status().items()},
     }

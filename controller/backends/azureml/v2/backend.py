@@ -2,7 +2,8 @@
 
 AksCluster → KubernetesCompute attachment; Environment, Model (and a service's code) → assets with
 content-hash versions; Webservice → KubernetesOnlineEndpoint + one KubernetesOnlineDeployment per
-generation, rolled out blue/green. ``read`` lists each kind once (plus one GET per amlops-managed
+generation, rolled out through the rollout engine (``TrafficSplitting``: the endpoint's traffic
+table is the split, Azure Monitor's metrics the figures) for ``canary`` and ``blueGreen``. ``read`` lists each kind once (plus one GET per amlops-managed
 asset for its tags); a no-op reconcile writes nothing. azure-ai-ml and azure-identity are an
 optional extra, imported lazily.
 
@@ -28,7 +29,8 @@ from controller.backends.handling import HandlerBackend
 from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind, WorkspaceManifest
-from controller.structs.states import DesiredState
+from controller.structs.rollouts import RolloutState, Traffic, VersionFigures
+from controller.structs.states import DesiredResource, DesiredState
 from controller.structs.tokens import AccessToken
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class AzureMLV2Backend(HandlerBackend):
 
     def close(self) -> None:
         """Close the SDK clients."""
+        if self.endpoints._metrics is not None:
+            self.endpoints._metrics.close()
         self.session.close()
         if self._v1 is not None:
             self._v1.close()
@@ -141,3 +145,57 @@ class AzureMLV2Backend(HandlerBackend):
         s = self.session
         return str(s.call(f"get logs of deployment {live}",
                           lambda: s.client.online_deployments.get_logs(live, service, lines)) or "")
+
+    # -- traffic splitting (``TrafficSplitting``, ``TrafficWindows``): the endpoint handler's ---------
+
+    def rollout_state(self, service: str) -> RolloutState | None:
+        """The rollout state stored in the endpoint's tags, or None."""
+        return self.endpoints.rollout_state(service)
+
+    def save_rollout(self, service: str, state: RolloutState | None) -> None:
+        """Store (or forget) the rollout state in the endpoint's tags."""
+        self.endpoints.save_rollout(service, state)
+
+    def request_rollout(self, service: str, action: str) -> bool:
+        """Tag the endpoint with a person's ``abort`` or ``promote``."""
+        return self.endpoints.request_rollout(service, action)
+
+    def needs_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> bool:
+        """Whether the desired version needs a new deployment."""
+        return self.endpoints.needs_candidate(resource, ctx)
+
+    def start_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Create the candidate deployment at 0 % traffic."""
+        self.endpoints.start_candidate(resource, ctx)
+
+    def candidate_health(self, service: str) -> tuple[str, str]:
+        """The candidate deployment's provisioning state, as the rollout reads it."""
+        return self.endpoints.candidate_health(service)
+
+    def set_weight(self, service: str, weight: int) -> None:
+        """The endpoint's traffic table with ``weight`` percent on the candidate."""
+        self.endpoints.set_weight(service, weight)
+
+    def traffic(self, service: str) -> Traffic:
+        """Each deployment's requests and 5xx since the rollout started."""
+        return self.endpoints.traffic(service)
+
+    def figures_since(self, service: str, since: float) -> tuple[VersionFigures, VersionFigures]:
+        """``(candidate, live)`` figures from Azure Monitor since ``since``."""
+        return self.endpoints.figures_since(service, since)
+
+    def sample(self, service: str, body: bytes, candidate: bool) -> tuple[int, bytes]:
+        """One scoring request to the candidate (or live) deployment alone."""
+        return self.endpoints.sample(service, body, candidate)
+
+    def promote_candidate(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Make the candidate deployment the live one."""
+        self.endpoints.promote_candidate(resource, ctx)
+
+    def promoted(self, service: str) -> bool:
+        """Whether the live deployment is the only one left."""
+        return self.endpoints.promoted(service)
+
+    def discard_candidate(self, service: str) -> None:
+        """All traffic on the live deployment, every other deployment deleted."""
+        self.endpoints.discard_candidate(service)

@@ -1,10 +1,12 @@
 """Webservice on v2: a KubernetesOnlineEndpoint and one KubernetesOnlineDeployment per generation.
 
 Scaling (``replicas``, ``autoscale``) changes the live deployment in place. Anything that needs new
-containers (model, environment, code, resources, probes…) is a blue/green rollout: the next
-deployment is created beside the live one with no traffic, awaited until ``Succeeded``, smoke-tested
-through the endpoint with the ``azureml-model-deployment`` header, then given traffic in the
-manifest's steps (a canary's weights, else one step to 100 %), and the old deployment is deleted.
+containers (model, environment, code, resources, probes…: a new ``generation``) is a new deployment.
+With ``strategy: rolling`` (and for a first deployment) it is created beside the live one with no
+traffic, awaited until ``Succeeded``, smoke-tested through the endpoint with the
+``azureml-model-deployment`` header, then given all traffic, and the old deployment is deleted.
+``canary`` and ``blueGreen`` go through the rollout engine instead, one short step per pass, with
+the endpoint's traffic table as the split (``splitting.EndpointSplitting``).
 A new deployment that fails or answers wrongly never gets traffic: it is deleted and the error is
 permanent (the resource stalls with the reason) while the old one keeps serving.
 
@@ -19,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from controller.backends.azureml.tags import SPEC_TAG, ownership_tags, split_ownership
 from controller.backends.azureml.v2.assets import environment_version, model_version, register_code
@@ -34,10 +36,18 @@ from controller.backends.azureml.v2.deployments import (
 from controller.backends.azureml.v2.migrating import keep_v1, migrate
 from controller.backends.azureml.v2.probing import expected_answer, sample_body, score
 from controller.backends.azureml.v2.sessions import V2Session
+from controller.backends.azureml.v2.splitting import (
+    GENERATION_TAG,
+    LIVE_TAG,
+    EndpointSplitting,
+    generation,
+    state_of,
+)
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Kind, WebserviceManifest
 from controller.structs.plans import Action, Change
+from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
 from controller.structs.states import (
     DIGEST_TAG,
     MANAGED_BY_TAG,
@@ -50,8 +60,6 @@ from controller.structs.states import (
 
 log = logging.getLogger(__name__)
 
-LIVE_TAG: Final = "amlops.dev/live-deployment"
-_MAX_PAUSE_S: Final = 600.0
 
 
 def _in_place(change: Change) -> bool:
@@ -61,8 +69,8 @@ def _in_place(change: Change) -> bool:
     return all(any(d.path == f or d.path.startswith(f + ".") for f in SCALING_FIELDS) for d in change.diffs)
 
 
-class EndpointHandler:
-    """Webservice on v2."""
+class EndpointHandler(EndpointSplitting):
+    """Webservice on v2 (and its traffic splitting for rollouts)."""
 
     kind = Kind.WEBSERVICE
     # The endpoint's compute is fixed at creation.
@@ -139,7 +147,10 @@ class EndpointHandler:
             self.rollout(resource, m, ctx, live=None)
             return None
         live = str((endpoint.tags or {})[LIVE_TAG])
-        if _in_place(change):
+        # A deployment left beside the live one by a rollout nobody drives any more goes first.
+        self.discard_candidate(m.name)
+        recorded = (endpoint.tags or {}).get(GENERATION_TAG)
+        if recorded == generation(resource) if recorded else _in_place(change):
             self._scale(resource, m, ctx, live)
         else:
             self.rollout(resource, m, ctx, live=live)
@@ -201,11 +212,12 @@ class EndpointHandler:
             tags.pop(DIGEST_TAG, None)
             tags.pop(SPEC_TAG, None)
             previous = self._get_endpoint(m.name)
-            for key in (DIGEST_TAG, SPEC_TAG, LIVE_TAG):
+            for key in (DIGEST_TAG, SPEC_TAG, LIVE_TAG, GENERATION_TAG):
                 if previous is not None and (previous.tags or {}).get(key):
                     tags[key] = (previous.tags or {})[key]
         elif live is not None:
             tags[LIVE_TAG] = live
+            tags[GENERATION_TAG] = generation(resource)
         endpoint = KubernetesOnlineEndpoint(name=m.name, compute=compute_name(s, m.spec.cluster),
                                             auth_mode=auth_mode(m.spec), tags=tags, traffic=dict(traffic),
                                             description=m.spec.description)
@@ -319,7 +331,7 @@ class EndpointHandler:
 
     def rollout(self, resource: DesiredResource, m: WebserviceManifest, ctx: ApplyContext, live: str | None,
                 reference: tuple[str, str | None] | None = None) -> None:
-        """Blue/green: next deployment at 0 %, Succeeded, smoke-tested, traffic in steps, old one deleted."""
+        """Next deployment at 0 %, Succeeded, smoke-tested, then all traffic; the old one deleted."""
         new = deployment_name(resource.digest)
         if new == live:
             new = deployment_name(resource.digest + ":again")
@@ -338,16 +350,10 @@ class EndpointHandler:
                                      reason=exc.reason if exc.reason != "AzureError" else "DeploymentFailed") from exc
             raise
         ready_s = time.monotonic() - started
-        # A first deployment has nothing to share traffic with: it takes all of it at once.
-        weights = [100] if live is None else [step.weight for step in m.spec.rollout.steps if step.weight < 100] + [100]
-        for index, weight in enumerate(weights):
-            traffic = {new: weight} if live is None or weight == 100 else {live: 100 - weight, new: weight}
-            final = weight == 100
-            self._put_endpoint(resource, m, ctx, traffic=traffic, final=final, live=new if final else None)
-            ctx.progress(f"{m.name}: {weight}% of traffic on {new}", weight / 100)
-            step = m.spec.rollout.steps[index] if live is not None and index < len(m.spec.rollout.steps) else None
-            if step is not None and step.pauseSeconds and not final:
-                time.sleep(min(step.pauseSeconds, _MAX_PAUSE_S))
+        # All traffic at once: a first deployment has nothing to share it with, and a rolling update
+        # was smoke-tested above (canary and blueGreen steps are the rollout engine's, not this).
+        self._put_endpoint(resource, m, ctx, traffic={new: 100}, final=True, live=new)
+        ctx.progress(f"{m.name}: 100% of traffic on {new}", 1.0)
         if live is not None:
             self._delete_deployment(m.name, live, ctx)
         log.info("rollout_finished endpoint=%s deployment=%s previous=%s ready_s=%.1f total_s=%.1f",
@@ -364,15 +370,24 @@ def _observe(e: Any) -> ActualResource:
     own, spec = split_ownership(e.tags)
     live = (e.tags or {}).get(LIVE_TAG)
     traffic = dict(e.traffic or {})
+    rollout = state_of(e.tags)
     state = str(getattr(e.provisioning_state, "value", e.provisioning_state) or "Unknown")
-    serving = bool(live) and traffic.get(live, 0) > 0
+    serving = (bool(live) and traffic.get(live, 0) > 0) or (rollout is not None and sum(traffic.values()) > 0)
     ready = state == "Succeeded" and serving
     reason = state if state != "Succeeded" else ("Succeeded" if serving else "NoTraffic")
     conds = [Condition(ConditionType.READY, ready, reason,
                        "" if ready else f"traffic {json.dumps(traffic)}")]
-    if state in ("Creating", "Updating"):
+    details = {"scoringUri": e.scoring_uri, "state": state, "traffic": traffic, "liveDeployment": live, "api": "v2"}
+    untracked = rollout is None and bool(live) and any(v > 0 for k, v in traffic.items() if k != live)
+    if rollout is not None or untracked:
+        # A rollout under way (or a split nobody tracks) is at no desired digest: every pass plans an
+        # update, which drives the rollout (or returns all traffic to the live deployment).
+        own[DIGEST_TAG] = ROLLOUT_DIGEST_PREFIX + (rollout.target if rollout is not None else "untracked")
+        details["rollout"] = rollout.summary() if rollout is not None else {"phase": "untracked", "weight": 0}
+        message = (rollout.message or f"{rollout.strategy} {rollout.phase}") if rollout is not None else \
+            f"traffic {json.dumps(traffic)} is split without a rollout: the next pass returns it to {live}"
+        conds.append(Condition(ConditionType.PROGRESSING, True, "RolloutInProgress", message))
+    elif state in ("Creating", "Updating"):
         conds.append(Condition(ConditionType.PROGRESSING, True, state))
     spec["auth"] = "token" if str(e.auth_mode).lower() == "aml_token" else "key"
-    return ActualResource(ResourceId(Kind.WEBSERVICE, e.name), spec, own, tuple(conds),
-                          {"scoringUri": e.scoring_uri, "state": state, "traffic": traffic, "liveDeployment": live,
-                           "api": "v2"})
+    return ActualResource(ResourceId(Kind.WEBSERVICE, e.name), spec, own, tuple(conds), details)
