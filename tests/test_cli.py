@@ -293,3 +293,18 @@ def test_apply_exits_0_on_success_and_2_only_with_detailed_exitcode_when_it_chan
     assert "~ update in place AksCluster/aks-cpu" in capsys.readouterr().out
     assert main(["apply", "manifests", "--state-dir", state, "--yes", "--detailed-exitcode"]) == 0
     assert "No changes." in capsys.readouterr().out
+
+
+def test_the_same_manifests_name_one_source_whichever_folder_amlops_runs_from(git_repo: Repo) -> None:
+    from controller.cli.contexts import source_of
+
+    root = git_repo.root
+    inside = source_of(root, ".")
+    assert inside == f"{root}//."
+    # From the repo's parent (`amlops apply repo`): the Git work tree, not the working directory, names it.
+    assert source_of(root.parent, "repo") == inside
+    assert source_of(root.parent, "repo/manifests") == source_of(root, "manifests") == f"{root}//manifests"
+    # Outside any Git work tree the folder given is the source.
+    plain = root.parent / "plain"
+    plain.mkdir()
+    assert source_of(plain, ".") == f"{plain}//."

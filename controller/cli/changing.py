@@ -17,6 +17,7 @@ from controller.cli.contexts import (
     render_plan,
     root_and_path,
     settings_of,
+    source_of,
     use_color,
 )
 from controller.core.deleting import delete
@@ -30,7 +31,7 @@ from controller.structs.errors import BackendError, RevisionUnavailable, Validat
 from controller.structs.manifests import Kind
 from controller.structs.plans import Plan
 from controller.structs.results import ChangeStatus, ReconcileStatus
-from controller.structs.states import ResourceId, source_id
+from controller.structs.states import ResourceId
 
 
 def _plan_between_refs(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,7 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.base:
         return _plan_between_refs(args, settings)
     root, path = root_and_path(args.path_arg)
-    options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+    options = ReconcileOptions(controller_name=settings.controller_name, source=source_of(root, path),
                                allow_mass_delete=args.allow_mass_delete)
     pool = open_pool(settings)
     try:
@@ -103,7 +104,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     pool = open_pool(settings)
     try:
         # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
-        options = ReconcileOptions(controller_name=settings.controller_name, source=source_id(str(root), None, path),
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_of(root, path),
                                    allow_mass_delete=args.allow_mass_delete,
                                    parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                                    confirm=confirm)
