@@ -183,23 +183,35 @@ def local_backend(quick: bool) -> None:
 
 AZ_SCORE = "import json\n\n\ndef init():\n    pass\n\n\ndef run(raw_data):\n    return json.loads(raw_data)['data']\n"
 
-# One reconcile of the real engine with a real BackendPool and Recorder (what `amlops apply` wires up).
+# Reconciles of the real engine with a real BackendPool and Recorder (what `amlops apply` wires up):
+# one, or (``passes``) several with the same pool, as the long-lived `amlops run` keeps it, with the
+# emulator's request counters reset before and read after each (``admin``).
 AZ_DRIVER = """
-import json, logging, sys
+import json, logging, sys, urllib.request
 logging.basicConfig(level=logging.WARNING)
 from controller.core.connecting import BackendPool
 from controller.core.executing import RetryPolicy
 from controller.core.reconciling import ReconcileOptions, reconcile
 from controller.core.recording import Recorder
 args = json.loads(sys.argv[1])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def admin(method):
+    with opener.open(urllib.request.Request(args["admin"] + "requests", method=method), timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
 pool = BackendPool(args["stateDir"], "amlops-bench")
-outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, Recorder(args["stateDir"]),
-                    ReconcileOptions(controller_name="amlops-bench", parallelism=2,
-                                     retry=RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2,
-                                                       max_total_s=120.0)))
-changes = [c for c in (outcome.plan.changes if outcome.plan else ()) if c.action.value != "no-op"]
-print("\\nRESULT " + json.dumps({"status": outcome.status.value, "errors": list(outcome.errors),
-                              "changes": [f"{c.id.kind.value}/{c.id.name} {c.action.value}" for c in changes]}))
+results = []
+for _ in range(args.get("passes", 1)):
+    if "admin" in args:
+        admin("DELETE")
+    outcome = reconcile(args["root"], ".", args["revision"], pool.backend_for, Recorder(args["stateDir"]),
+                        ReconcileOptions(controller_name="amlops-bench", parallelism=2,
+                                         retry=RetryPolicy(max_attempts=4, base_delay_s=0.05, max_delay_s=0.2,
+                                                           max_total_s=120.0)))
+    changes = [c for c in (outcome.plan.changes if outcome.plan else ()) if c.action.value != "no-op"]
+    results.append({"status": outcome.status.value, "errors": list(outcome.errors),
+                    "changes": [f"{c.id.kind.value}/{c.id.name} {c.action.value}" for c in changes],
+                    "counts": admin("GET") if "admin" in args else None})
+print("\\nRESULT " + json.dumps(results[0] if "passes" not in args else results))
 pool.close()
 """
 
@@ -241,20 +253,23 @@ class Emulator:
         with opener.open(request, timeout=10) as response:
             return json.loads(response.read() or b"null")
 
-    def reconcile(self, root: Path, work: Path, revision: str) -> dict[str, Any]:
-        """One reconcile pass in a subprocess with the emulator's env and a temp HOME."""
+    def reconcile(self, root: Path, work: Path, revision: str, passes: int = 0) -> Any:
+        """One reconcile pass in a subprocess with the emulator's env and a temp HOME (or, with
+        ``passes``, that many in one process, each with its request counts)."""
         home = work / ".home"
         home.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(work),
                "AZUREML_LOG_DEPRECATION_WARNING_ENABLED": "False", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": str(REPO), **self.env}
-        args = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision}
+        args: dict[str, Any] = {"root": str(root), "stateDir": str(work / "amlops-state"), "revision": revision}
+        if passes:
+            args.update(passes=passes, admin=f"http://127.0.0.1:{self.port}/_emulator/")
         done = subprocess.run([project_python(), "-c", AZ_DRIVER, json.dumps(args)], cwd=work, env=env, text=True,
                               capture_output=True, timeout=600, check=False)
         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
         if not lines:
             raise RuntimeError(f"reconcile failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-        return dict(json.loads(lines[-1].removeprefix("RESULT ")))
+        return json.loads(lines[-1].removeprefix("RESULT "))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -355,16 +370,27 @@ def azureml_backend(quick: bool, api: str = "v1") -> None:
                 emulator.admin("DELETE", "requests")
                 out = emulator.reconcile(root, work, "r1")
                 passes.append((out, emulator.admin("GET", "requests")))
+            # The long-lived controller (`amlops run`) keeps its backends between passes: one process,
+            # its first pass cold, the others steady.
+            held = emulator.reconcile(root, work, "r1", passes=runs + 1) if api == "v2" else []
             results.append({"size": (envs, models, services), "resources": resources, "first": first,
-                            "apply_s": apply_s, "apply_counts": apply_counts, "passes": passes})
+                            "apply_s": apply_s, "apply_counts": apply_counts, "passes": passes,
+                            "held": [(out, out.pop("counts")) for out in held]})
     finally:
         emulator.stop()
     print_azureml(results, runs, api)
+    if api == "v2":
+        print_azureml([{**r, "passes": r["held"][1:]} for r in results], runs, api,
+                      "in one long-lived process (as `amlops run`), after its first pass")
+        print_azureml([{**r, "passes": r["held"][:1]} for r in results], 1, api,
+                      "the first pass of that process")
 
 
-def print_azureml(results: list[dict[str, Any]], runs: int, api: str = "v1") -> None:
+def print_azureml(results: list[dict[str, Any]], runs: int, api: str = "v1",
+                  where: str = "each in its own process (as `amlops apply`)") -> None:
     """Per-route counts of each size side by side, then totals split into login / reads / writes."""
-    heading(f"Azure ML emulator, API {api}: HTTP requests per no-op reconcile ({runs} passes each, after one apply)")
+    heading(f"Azure ML emulator, API {api}: HTTP requests per no-op reconcile ({runs} passes each after one apply, "
+            f"{where})")
     labels = [f"{r['resources']} res ({r['size'][0]} env, {r['size'][1]} mod, {r['size'][2]} svc)" for r in results]
     routes = sorted({route for r in results for _, counts in r["passes"] for route in counts},
                     key=lambda rt: (request_kind(rt), rt))

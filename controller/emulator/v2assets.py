@@ -157,7 +157,8 @@ class V2AssetRoutes(BlobRoutes):
         latest = str(max(numeric)) if numeric else (str(versions[-1]["name"]) if versions else None)
         name = str(versions[0]["id"].split("/")[-3]) if versions else params["name"]
         created = versions[0]["systemData"]["createdAt"] if versions else now_iso()
-        modified = versions[-1]["systemData"]["lastModifiedAt"] if versions else created
+        # A container is modified when any of its versions is (registered, re-tagged, archived).
+        modified = max((str(v["systemData"]["lastModifiedAt"]) for v in versions), default=created)
         return {"id": f"{ws_scope(params)}/{plural}/{name}", "name": name,
                 "type": f"Microsoft.MachineLearningServices/workspaces/{plural}",
                 "systemData": system_data(created, modified),

@@ -205,6 +205,62 @@ def test_a_second_apply_makes_zero_writes_and_few_requests(emulator: Any, repo: 
     assert sum(n for route, n in counts.items() if route.split(" ", 2)[1] != "login") <= 12, counts
 
 
+def test_a_no_op_pass_makes_the_same_requests_whatever_the_number_of_assets_and_misses_no_change_by_hand(
+        emulator: Any, repo: Repo, reconcile: Reconciler, workdir: Path) -> None:
+    # Passes in one process with one backend pool, as ``amlops run`` keeps it: the first reads every
+    # asset's versions; later ones list each kind once and a container's versions only when the
+    # container list shows it changed (or amlops wrote to it).
+    config = json.loads((emulator.state_dir / "config.json").read_text())
+    more = Repo(workdir / "repo-more", config)
+    for i in (2, 3, 4):
+        more.write(f"models/tiny-{i}.yaml", _doc("Model", f"tiny-{i}", {"path": "tiny", "tags": {"dataset": "ones"}}))
+    more.write("environments/myenv-2.yaml", _doc("Environment", "myenv-2", {
+        "baseImage": "DEFAULT_GPU_IMAGE", "conda": {"dependencies": ["python=3.11", {"pip": ["numpy"]}]}}))
+    bigger = {"root": str(more.root), "count": True}
+    def acted(out: dict[str, Any]) -> list[tuple[str, str]]:
+        return sorted((c["id"], c["action"]) for c in out["plan"] if c["action"] != "no-op")
+
+    # After a pass that wrote, the next one lists again what amlops wrote to ("settle"), then none.
+    steps = {
+        "cold": {}, "settle-1": {},  # lists the versions of every asset (and applies what is missing)
+        "small": {"count": True},  # 1 environment, 1 model
+        "grow": {"root": str(more.root)}, "settle-2": {"root": str(more.root)},  # 3 models, 1 environment more
+        "large": bigger,  # 2 environments, 4 models
+        "retagged": {**bigger, "byHand": {"workspace": config, "kind": "model", "name": "tiny-2", "do": "retag",
+                                          "tags": {"dataset": "zeros"}}},
+        "settle-3": {"root": str(more.root)},
+        "registered": {**bigger, "byHand": {"workspace": config, "kind": "environment", "name": "myenv-2",
+                                            "do": "register", "version": "1", "tags": {"owner": "someone"}}},
+        "archived": {**bigger, "byHand": {"workspace": config, "kind": "model", "name": "tiny-3", "do": "archive"}},
+        "settle-4": {"root": str(more.root)},
+        "steady": bigger,
+        "prune": {"allowMassDelete": True},  # back to the walk-through: the extra assets are pruned
+    }
+    passes = dict(zip(steps, reconcile(repo, admin=f"http://127.0.0.1:{emulator.port}/_emulator/",
+                                       passes=list(steps.values()))["passes"], strict=True))
+    for out in passes.values():
+        _applied(out)
+    small, large, retagged, registered, archived, steady = (
+        passes[name] for name in ("small", "large", "retagged", "registered", "archived", "steady"))
+    for out in (small, large, steady):
+        assert out["status"] == "no-changes" and writes(out["counts"]) == {}, out["counts"]
+        assert not any("/versions" in route for route in out["counts"]), out["counts"]
+    # The same requests at 5 and 9 resources (one list per kind, no login: the session holds its
+    # tokens), and again after the changes by hand.
+    assert small["counts"] == large["counts"] == steady["counts"], (small["counts"], large["counts"], steady["counts"])
+    assert all(n == 1 and " login " not in route for route, n in small["counts"].items()), small["counts"]
+    versions = "GET arm {WS}/%s/{name}/versions"
+    # A user's re-tag of amlops's version is seen (its container changed) and put back.
+    assert acted(retagged) == [("Model/tiny-2", "update")], retagged["plan"]
+    # A version a user registered is seen (one list of that container's versions); it is not amlops's.
+    assert registered["status"] == "no-changes" and registered["counts"][versions % "environments"] == 1, registered
+    assert versions % "models" not in registered["counts"], registered["counts"]
+    # amlops's version archived by hand: the model is missing, so it is registered again.
+    assert acted(archived) == [("Model/tiny-3", "create")], archived["plan"]
+    assert acted(passes["prune"]) == [("Environment/myenv-2", "delete"), ("Model/tiny-2", "delete"),
+                                      ("Model/tiny-3", "delete"), ("Model/tiny-4", "delete")], passes["prune"]["plan"]
+
+
 def test_changing_replicas_scales_the_live_deployment_in_place(emulator: Any, repo: Repo, reconcile: Reconciler) -> None:
     before = _applied(reconcile(repo, predict={"service": "svc-tiny", "rows": [[1, 1]]}))["predict"]
     repo.service(replicas=2)

@@ -60,15 +60,78 @@ def _service_info(pool: Any, service: str) -> dict[str, Any]:
     return info
 
 
+def _admin(url: str, method: str) -> Any:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(urllib.request.Request(url, method=method), timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _by_hand(action: dict[str, Any]) -> None:
+    """What a user does to the workspace with plain azure-ai-ml between two passes (not through amlops)."""
+    import os
+
+    from azure.ai.ml import MLClient
+    from azure.identity import ClientSecretCredential
+
+    cfg = action["workspace"]
+    client = MLClient(ClientSecretCredential(os.environ["AZURE_TENANT_ID"], os.environ["AZURE_CLIENT_ID"],
+                                             os.environ["AZURE_CLIENT_SECRET"]),
+                      cfg["subscription_id"], cfg["resource_group"], cfg["workspace_name"])
+    ops = client.models if action["kind"] == "model" else client.environments
+    asset = ops.get(action["name"], label="latest")
+    if action["do"] == "retag":
+        asset.tags = {**(asset.tags or {}), **action["tags"]}
+        ops.create_or_update(asset)
+    elif action["do"] == "register":  # the same content under a version of the user's own
+        asset.version, asset.tags = action["version"], dict(action["tags"])
+        ops.create_or_update(asset)
+    elif action["do"] == "archive":
+        ops.archive(action["name"], version=asset.version)
+    else:
+        raise ValueError(action["do"])
+
+
 def main(args: dict[str, Any]) -> dict[str, Any]:
+    """One pass as ``args`` says, or (``passes``) several with one backend pool, as ``amlops run`` keeps it.
+
+    Each entry of ``passes`` may name its own ``root``, a ``byHand`` change made first, and whether the
+    emulator's request counters (``admin``) are reset before and read after the pass (``count``).
+    """
+    if "passes" not in args:
+        return _passes(args, [{}])[0]
+    return {"passes": _passes(args, list(args["passes"]))}
+
+
+def _passes(common: dict[str, Any], passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from controller.core.connecting import BackendPool
+
+    pool = BackendPool(common["stateDir"], "amlops")
+    try:
+        out = []
+        for n, each in enumerate(passes):
+            args = {**common, **each, "revision": f"{common['revision']}.{n}" if len(passes) > 1 else common["revision"]}
+            if each.get("byHand"):
+                _by_hand(each["byHand"])
+            if each.get("count"):
+                _admin(common["admin"] + "requests", "DELETE")
+            result = _one(args, pool)
+            if each.get("count"):
+                result["counts"] = _admin(common["admin"] + "requests", "GET")
+            out.append(result)
+        return out
+    finally:
+        pool.close()
+
+
+def _one(args: dict[str, Any], pool: Any) -> dict[str, Any]:
     from controller.core.executing import RetryPolicy
     from controller.core.reconciling import ReconcileOptions, reconcile
     from controller.core.recording import Recorder
 
     retry = RetryPolicy(**args.get("retry", {"max_attempts": 3, "base_delay_s": 0.05, "max_delay_s": 0.2,
                                              "max_total_s": 60.0}))
-    pool = BackendPool(args["stateDir"], "amlops")
     recorder = Recorder(args["stateDir"])
     options = ReconcileOptions(controller_name="amlops", retry=retry, parallelism=2,
                                detect_only=bool(args.get("planOnly")), source=args.get("source", ""),
@@ -132,7 +195,6 @@ def main(args: dict[str, Any]) -> dict[str, Any]:
         after = backend.get_keys(name)
         out["access"] = {"primary_kept": before[0] == after[0], "secondary_changed": before[1] != after[1],
                          "log": backend.tail_log(name, lines=20)[:2000]}
-    pool.close()
     return out
 
 

@@ -5,18 +5,27 @@ same content names an existing version and registers nothing; a change of conten
 version. Code is registered under a name and a hash version, never as an anonymous asset (those
 get a fresh name on every call and re-upload every time). Ownership tags sit on each version.
 
-``read`` lists the containers of a kind (one call) and the versions of those whose latest version
-has amlops's shape (a content hash), for their tags and modification times: requests grow with the
-assets amlops manages, not with everything in the workspace.
+``read`` lists the containers of a kind (one call). The ownership tags live on the versions, and
+azure-ai-ml has no public call that writes a container's tags, so a container whose latest version
+has amlops's shape (a content hash) needs its versions listed to be observed. A handler keeps, as
+an informer's cache does, what the last list of each container's versions gave, keyed by what the
+container list reports about it (latest version, creation and modification times); it lists a
+container's versions again only when that key changed, when amlops itself wrote to the asset since
+(create, update and delete forget the entry before and after writing), or when the entry is older
+than ``ASSET_RESYNC_S``. The first read of a session reads everything; a steady no-op pass makes
+one request per kind.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -45,6 +54,8 @@ V2_BASE_IMAGES: Final[dict[str, str]] = {
     "DEFAULT_GPU_IMAGE": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cuda11.8-gpu-inference:latest",
     "DEFAULT_CPU_IMAGE": "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest",
 }
+ASSET_RESYNC_S: Final = 600.0
+"""The longest a container's cached versions are trusted without listing them again (as an informer's resync)."""
 _HASH_VERSION = re.compile(r"^[0-9]{13,16}$")
 
 
@@ -99,6 +110,13 @@ def _modified(asset: Any) -> str:
     return str(when or "")
 
 
+def container_key(container: Any) -> tuple[str, str, str]:
+    """What the container list says of a container that changes when its versions do."""
+    context = getattr(container, "creation_context", None)
+    return (str(getattr(container, "latest_version", None) or ""), str(getattr(context, "created_at", None) or ""),
+            str(getattr(context, "last_modified_at", None) or ""))
+
+
 class _AssetHandler:
     """What environments and models share: list containers, get amlops-shaped latest versions."""
 
@@ -107,6 +125,10 @@ class _AssetHandler:
 
     def __init__(self, session: V2Session) -> None:
         self.session = session
+        # container name (lower case) -> (container key, when listed, what its versions gave, writes seen)
+        self._seen: dict[str, tuple[tuple[str, str, str], float, ActualResource | None, int]] = {}
+        self._writes: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _operations(self) -> Any:
         raise NotImplementedError
@@ -114,22 +136,48 @@ class _AssetHandler:
     def _observe(self, asset: Any) -> ActualResource:
         raise NotImplementedError
 
+    def forget(self, name: str) -> None:
+        """Drop what was read of ``name`` (amlops writes to it): the next read lists its versions again."""
+        with self._lock:
+            self._seen.pop(name.lower(), None)
+            self._writes[name.lower()] = self._writes.get(name.lower(), 0) + 1
+
     def read(self) -> Iterable[ActualResource]:
-        """One list call, plus one list of versions per amlops-versioned container (for tags and order)."""
+        """One list call, plus one list of versions per amlops-versioned container that changed since the last read."""
         s = self.session
         ops = self._operations()
         containers = s.call(f"list {self.kind.value.lower()}s", lambda: list(ops.list()))
         found = []
+        listed: set[str] = set()
         for container in containers:
             latest = getattr(container, "latest_version", None)
             if not is_hash_version(latest):
                 continue
+            name = str(container.name).lower()
+            listed.add(name)
+            key = container_key(container)
+            with self._lock:
+                seen = self._seen.get(name)
+                writes = self._writes.get(name, 0)
+            if seen is not None and seen[0] == key and seen[3] == writes \
+                    and time.monotonic() - seen[1] < ASSET_RESYNC_S:
+                if seen[2] is not None:
+                    found.append(copy.deepcopy(seen[2]))
+                continue
+            started = time.monotonic()
             # The version amlops registered or re-tagged last (a hash version says nothing about order).
             versions = s.call(f"list {self.kind.value.lower()} {container.name}",
                               functools.partial(_list_versions, ops, container.name))
             owned = [v for v in versions if (v.tags or {}).get(MANAGED_BY_TAG) == s.controller_name]
-            if owned:
-                found.append(self._observe(max(owned, key=_modified)))
+            observed = self._observe(max(owned, key=_modified)) if owned else None
+            with self._lock:
+                if self._writes.get(name, 0) == writes:  # no write of amlops's overlapped this list
+                    self._seen[name] = (key, started, observed, writes)
+            if observed is not None:
+                found.append(copy.deepcopy(observed))
+        with self._lock:
+            for gone in set(self._seen) - listed:
+                del self._seen[gone]
         return found
 
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
@@ -138,6 +186,13 @@ class _AssetHandler:
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Archive the versions this controller registered (Azure ML v2 assets are archived, not deleted)."""
+        self.forget(id.name)
+        try:
+            self._archive(id)
+        finally:
+            self.forget(id.name)
+
+    def _archive(self, id: ResourceId) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
         s = self.session
@@ -163,6 +218,13 @@ class EnvironmentHandler(_AssetHandler):
 
     def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         """Register the environment under its content-hash version (nothing when that version exists)."""
+        self.forget(resource.id.name)
+        try:
+            self._register(resource, ctx)
+        finally:
+            self.forget(resource.id.name)
+
+    def _register(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         from azure.ai.ml.entities import Environment
 
         m = resource.manifest
@@ -197,6 +259,13 @@ class ModelHandler(_AssetHandler):
 
     def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         """Upload and register the model under its content-hash version (nothing when that version exists)."""
+        self.forget(resource.id.name)
+        try:
+            self._register(resource, ctx)
+        finally:
+            self.forget(resource.id.name)
+
+    def _register(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         from azure.ai.ml.entities import Model
 
         m = resource.manifest

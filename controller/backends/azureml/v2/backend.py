@@ -3,9 +3,11 @@
 AksCluster → KubernetesCompute attachment; Environment, Model (and a service's code) → assets with
 content-hash versions; Webservice → KubernetesOnlineEndpoint + one KubernetesOnlineDeployment per
 generation, rolled out through the rollout engine (``TrafficSplitting``: the endpoint's traffic
-table is the split, Azure Monitor's metrics the figures) for ``canary`` and ``blueGreen``. ``read`` lists each kind once (plus one GET per amlops-managed
-asset for its tags); a no-op reconcile writes nothing. azure-ai-ml and azure-identity are an
-optional extra, imported lazily.
+table is the split, Azure Monitor's metrics the figures) for ``canary`` and ``blueGreen``. ``read``
+lists each kind once, plus the versions of an amlops-managed asset (for their tags) on the
+session's first read and whenever the container list shows the asset changed or amlops wrote to
+it; a no-op reconcile writes nothing. azure-ai-ml and azure-identity are an optional extra,
+imported lazily.
 
 When azureml-core is installed too, the v1 web services of the same workspace are listed beside
 the endpoints, so a service whose manifest moves to v2 plans (and runs) its migration.
