@@ -1,4 +1,5 @@
-"""Content digests of the files manifests point at (model files, source folders), cached by stat."""
+"""Content digests of the files manifests point at (model files, source folders), cached by stat, and the
+walks over those files (what is in a folder, whether a path stays in the repository)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ def walk_files(start: Path) -> Iterator[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             yield Path(dirpath) / name
+
+
+def inside(root: Path, path: Path) -> bool:
+    """Whether ``path``, links resolved, lies within ``root`` (a manifest may not reach out of its repository)."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 class ContentHasher:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Final
 
 import yaml
 
-from controller.sources.digests import HASHER, walk_files
+from controller.sources.digests import HASHER, inside, walk_files
 from controller.sources.documents import Document, FieldPath
 from controller.sources.validating import build_desired_state
 from controller.structs.errors import ManifestError, ValidationFailed
@@ -195,14 +195,6 @@ def parse_documents(display: str, raw: bytes) -> tuple[list[Document], list[Mani
     return documents, []
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
-
-
 def discover_files(root: Path, start: Path) -> tuple[list[Path], list[ManifestError]]:
     """Manifest files under ``start`` (a folder or one file), skipping hidden folders; links must stay in ``root``."""
     errors: list[ManifestError] = []
@@ -216,7 +208,7 @@ def discover_files(root: Path, start: Path) -> tuple[list[Path], list[ManifestEr
     for path in candidates:
         if path.suffix not in MANIFEST_SUFFIXES:
             continue
-        if path.is_symlink() and not _inside(root, path):
+        if path.is_symlink() and not inside(root, path):
             errors.append(ManifestError(display_path(root, path), 0, "symbolic link points outside the repository; refused"))
             continue
         files.append(path)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from controller.sources.digests import inside
 from controller.sources.documents import Document
 from controller.sources.loading import (
     DOCUMENTS,
@@ -135,13 +136,6 @@ class _Renderer:
                     ok = False
         return ok
 
-    def _inside(self, target: Path) -> bool:
-        try:
-            target.resolve().relative_to(self.root.resolve())
-        except ValueError:
-            return False
-        return True
-
     def _local(self, folder: Path, spec: Document, entry: Any, where: tuple[str | int, ...]) -> Path | None:
         """``entry`` (relative to ``folder``) as a path inside the repository, or None after an error."""
         label = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in where).replace(".[", "[")
@@ -155,7 +149,7 @@ class _Renderer:
             self.error(spec.file, self._at(spec, *where), f"must be a path inside the repository, not absolute (got {entry!r})", label)
             return None
         target = Path(os.path.normpath(folder / entry))
-        if not self._inside(target):
+        if not inside(self.root, target):
             self.error(spec.file, self._at(spec, *where), f"leaves the repository (got {entry!r})", label)
             return None
         if not target.exists():

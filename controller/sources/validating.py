@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controller.sources.digests import HASHER
+from controller.sources.digests import HASHER, inside
 from controller.sources.documents import Document, FieldPath
 from controller.structs.errors import ManifestError
 from controller.structs.manifests import (
@@ -230,7 +230,7 @@ class _Builder:
         if found is None:
             target = self.root / normal
             exists = target.exists()
-            found = self._locations[normal] = (exists, exists and _inside_root(self.root, target))
+            found = self._locations[normal] = (exists, exists and inside(self.root, target))
         return found
 
     def check_references(self) -> None:
@@ -396,12 +396,6 @@ def _normalise(path: str) -> str | None:
     return "/".join(parts) or "."
 
 
-def _inside_root(root: Path, target: Path) -> bool:
-    try:
-        target.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True
 
 
 def build_desired_state(root: Path, documents: list[Document], revision: str) -> tuple[DesiredState, list[ManifestError]]:
@@ -413,4 +407,3 @@ def build_desired_state(root: Path, documents: list[Document], revision: str) ->
     builder.check_gpu_capacity()
     builder.check_api_rules()
     return builder.build(revision), builder.errors
-
