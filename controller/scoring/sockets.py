@@ -35,17 +35,6 @@ def open_listener(host: str, port: int, listen_fd: int | None) -> socket.socket:
     return listener
 
 
-def receive_listener(path: str, timeout_s: float = 5.0) -> int:
-    """Ask the fd socket at ``path`` for the shared listening socket; returns a new fd we own."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout_s)
-        client.connect(path)
-        _msg, fds, _flags, _addr = socket.recv_fds(client, 64, 1)
-    if not fds:
-        raise OSError(f"{path} sent no file descriptor")
-    return fds[0]
-
-
 class FdServer:
     """Hands a duplicate of the listening socket to any local client of a unix socket."""
 

@@ -70,10 +70,10 @@ def read_status(path: str) -> ReplicaStatus:
 
 
 def receive_listener(path: str, timeout_s: float = 5.0) -> int:
-    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS).
+    """The shared listening socket, fetched from a replica's fd socket (SCM_RIGHTS); a new fd we own.
 
-    The scoring host has the same few lines (``controller.scoring.sockets``): the controller side
-    may not import the scoring package (import-linter forbids it), so the client end lives here too.
+    The serving end is the scoring host's ``controller.scoring.sockets.FdServer``; only the
+    supervisor asks for the socket, so the client end lives here alone.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(timeout_s)
