@@ -6,7 +6,8 @@ or under ``--tensorflow-compat v1``, see :mod:`controller.scoring.importing`). T
 itself never imports this package; it starts the host as a process.
 
 Modules: ``options`` (the command line contract), ``sockets`` (listening socket, fd sharing),
-``serving`` (HTTP, routes, auth, lifecycle), ``dispatching`` (run() threads and batching),
+``connections`` (HTTP/1.1 on one client connection: parsing, limits, writing), ``serving`` (routes,
+auth, the watchdog, lifecycle), ``dispatching`` (run() threads and batching),
 ``importing`` (entry scripts, TF1 compatibility), ``savedmodels`` (the no-code scorer),
 ``forking`` (``--workers``), ``keys``, ``metrics`` and ``reporting`` (logs and status file).
 """
