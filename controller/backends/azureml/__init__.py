@@ -2,8 +2,8 @@
 
 ``v1`` drives azureml-core (AKS web services, out of support since June 2026); ``v2`` drives
 azure-ai-ml (Kubernetes online endpoints). Both are optional extras, imported lazily: importing
-this package imports neither SDK. Credentials, error classification and ownership tags are
-shared (``credentials``, ``classifying``, ``tags``).
+this package imports neither SDK. Credentials, error classification, ownership tags and the
+workspace itself are shared (``credentials``, ``classifying``, ``tags``, ``workspaces``).
 """
 
 from controller.backends.azureml.v1 import AzureMLBackend

@@ -7,13 +7,11 @@ manifest's field names, and models keep their content digest (``amlops.dev/conte
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, Final
 
 from controller.backends.base import ApplyContext
-from controller.structs.manifests import WorkspaceManifest
 from controller.structs.states import OWNERSHIP_TAGS, DesiredResource
 from controller.structs.states import ownership_tags as common_tags
 
@@ -46,9 +44,3 @@ def split_ownership(tags: Mapping[str, Any] | None) -> tuple[dict[str, str], dic
 def user_tags(tags: Mapping[str, Any] | None) -> dict[str, str]:
     """The tags a user set (not amlops's own)."""
     return {k: str(v) for k, v in (tags or {}).items() if not k.startswith("amlops.dev/")}
-
-
-def canonical_digest(manifest: WorkspaceManifest) -> str:
-    """A workspace's digest, by the same formula as ``sources.validating`` for a resource without files."""
-    text = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
-    return "sha256:" + hashlib.sha256(text).hexdigest()

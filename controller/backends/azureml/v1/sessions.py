@@ -9,18 +9,13 @@ from typing import Any, TypeVar
 
 from controller.backends.azureml.classifying import call
 from controller.backends.azureml.credentials import credential_type, service_principal
-from controller.backends.azureml.tags import canonical_digest
 from controller.backends.azureml.v1.sdk import bound_sdk_retries
+from controller.backends.azureml.workspaces import observed_workspace, require_coordinates
 from controller.backends.base import ApplyContext
-from controller.structs.errors import PermanentError
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.plans import Change
 from controller.structs.states import (
-    DIGEST_TAG,
-    MANAGED_BY_TAG,
     ActualResource,
-    Condition,
-    ConditionType,
     DesiredResource,
     ResourceId,
 )
@@ -33,9 +28,7 @@ class V1Session:
 
     def __init__(self, workspace: WorkspaceManifest, controller_name: str, lro_timeout_s: float,
                  environ: Mapping[str, str] | None = None) -> None:
-        spec = workspace.spec
-        if spec.subscriptionId is None or spec.resourceGroup is None:
-            raise PermanentError("the azureml backend needs subscriptionId and resourceGroup", reason="InvalidWorkspace")
+        require_coordinates(workspace)
         self.manifest = workspace
         self.controller_name = controller_name
         self.lro_timeout_s = lro_timeout_s
@@ -95,10 +88,7 @@ class WorkspaceHandler:
     def read(self) -> Iterable[ActualResource]:
         """The workspace, as its manifest says, with its location."""
         s = self.session
-        wid = ResourceId(Kind.WORKSPACE, s.manifest.metadata.name)
-        return [ActualResource(wid, s.manifest.spec.model_dump(mode="json"),
-                               {MANAGED_BY_TAG: s.controller_name, DIGEST_TAG: canonical_digest(s.manifest)},
-                               (Condition(ConditionType.READY, True, "Succeeded"),), {"location": s.ws.location})]
+        return [observed_workspace(s.manifest, s.controller_name, {"location": s.ws.location})]
 
     def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         """Connect (the workspace must exist)."""

@@ -24,17 +24,13 @@ from typing import Any, Final, TypeVar
 
 from controller.backends.azureml.classifying import call, classify
 from controller.backends.azureml.credentials import credential_type, resolve, service_principal
-from controller.backends.azureml.tags import canonical_digest
+from controller.backends.azureml.workspaces import observed_workspace, require_coordinates
 from controller.backends.base import ApplyContext, ProgressFn, no_progress
 from controller.structs.errors import PermanentError, TransientError
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.plans import Change
 from controller.structs.states import (
-    DIGEST_TAG,
-    MANAGED_BY_TAG,
     ActualResource,
-    Condition,
-    ConditionType,
     DesiredResource,
     ResourceId,
 )
@@ -99,11 +95,9 @@ class V2Session:
 
     def __init__(self, workspace: WorkspaceManifest, controller_name: str, lro_timeout_s: float,
                  environ: Mapping[str, str] | None = None) -> None:
-        spec = workspace.spec
-        if spec.subscriptionId is None or spec.resourceGroup is None:
-            raise PermanentError("the azureml backend needs subscriptionId and resourceGroup", reason="InvalidWorkspace")
+        require_coordinates(workspace)
         self.manifest = workspace
-        self.workspace_name = spec.workspaceName or workspace.metadata.name
+        self.workspace_name = workspace.spec.workspaceName or workspace.metadata.name
         self.controller_name = controller_name
         self.lro_timeout_s = lro_timeout_s
         self.environ = dict(os.environ if environ is None else environ)
@@ -204,11 +198,7 @@ class WorkspaceHandler:
     def read(self) -> Iterable[ActualResource]:
         """The workspace, as its manifest says, with its location (one GET)."""
         s = self.session
-        wid = ResourceId(Kind.WORKSPACE, s.manifest.metadata.name)
-        return [ActualResource(wid, s.manifest.spec.model_dump(mode="json"),
-                               {MANAGED_BY_TAG: s.controller_name, DIGEST_TAG: canonical_digest(s.manifest)},
-                               (Condition(ConditionType.READY, True, "Succeeded"),),
-                               {"location": s.location, "api": "v2"})]
+        return [observed_workspace(s.manifest, s.controller_name, {"location": s.location, "api": "v2"})]
 
     def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
         """Check that the workspace answers (it must exist)."""
