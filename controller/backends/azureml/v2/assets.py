@@ -22,7 +22,6 @@ import copy
 import functools
 import hashlib
 import json
-import logging
 import re
 import threading
 import time
@@ -36,6 +35,7 @@ from controller.backends.azureml.v1.models import model_source
 from controller.backends.azureml.v2.sessions import V2Session
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import EnvironmentManifest, Kind, ModelManifest, canonical_base_image
 from controller.structs.plans import Change
 from controller.structs.states import (
@@ -47,7 +47,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 # Azure ML's current inference base images for the manifest's base-image names (v1 names kept).
 V2_BASE_IMAGES: Final[dict[str, str]] = {
@@ -234,13 +234,13 @@ class EnvironmentHandler(_AssetHandler):
         existing = _existing(s, self._operations(), m.name, version)
         if existing is not None:
             _retag(s, self._operations(), existing, ownership_tags(resource, ctx), f"environment {m.name}:{version}")
-            log.info("environment_unchanged name=%s version=%s", m.name, version)
+            log.info("environment.unchanged", name=m.name, version=version)
             return
         image, conda = environment_content(resource, ctx.root)
         env = Environment(name=m.name, version=version, image=image, conda_file=conda,
                           tags=ownership_tags(resource, ctx))
         s.call(f"register environment {m.name}", lambda: self._operations().create_or_update(env))
-        log.info("environment_registered name=%s version=%s", m.name, version)
+        log.info("environment.registered", name=m.name, version=version)
 
     def _observe(self, asset: Any) -> ActualResource:
         own, spec = split_ownership(asset.tags)
@@ -278,13 +278,13 @@ class ModelHandler(_AssetHandler):
         if existing is not None:
             existing.description = m.spec.description
             _retag(s, self._operations(), existing, tags, f"model {m.name}:{version}")
-            log.info("model_unchanged name=%s version=%s", m.name, version)
+            log.info("model.unchanged", name=m.name, version=version)
             return
         model = Model(name=m.name, version=version, path=str(model_source(resource, ctx.root)), type="custom_model",
                       description=m.spec.description, tags=tags)
         ctx.progress(f"uploading model {m.name}", None)
         s.call(f"register model {m.name}", lambda: self._operations().create_or_update(model))
-        log.info("model_registered name=%s version=%s", m.name, version)
+        log.info("model.registered", name=m.name, version=version)
 
     def _observe(self, asset: Any) -> ActualResource:
         own, spec = split_ownership(asset.tags)

@@ -15,7 +15,6 @@ the endpoints, so a service whose manifest moves to v2 plans (and runs) its migr
 
 from __future__ import annotations
 
-import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any, Final
@@ -30,12 +29,13 @@ from controller.backends.base import ApplyContext, KindHandler
 from controller.backends.handling import HandlerBackend
 from controller.backends.keys import KeyName
 from controller.structs.errors import PermanentError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind, WorkspaceManifest
 from controller.structs.rollouts import RolloutState, Traffic, VersionFigures
 from controller.structs.states import DesiredResource, DesiredState
 from controller.structs.tokens import AccessToken
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 V2_HANDLERS: Final[Mapping[Kind, type[KindHandler]]] = {
     Kind.WORKSPACE: WorkspaceHandler,
@@ -130,7 +130,7 @@ class AzureMLV2Backend(HandlerBackend):
         ctx = ApplyContext(self.controller_name, "", "", DesiredState("", "", {}))
         set_keys(self.endpoints, service, fresh if which == "primary" else None,
                  fresh if which == "secondary" else None, ctx)
-        log.info("endpoint_key_regenerated endpoint=%s key=%s", service, which)
+        log.info("endpoint.key_regenerated", endpoint=service, key=which)
 
     def tail_log(self, service: str, replica: int = 0, lines: int = 100) -> str:
         """The last ``lines`` lines of the live deployment's inference-server log (getLogs).

@@ -17,7 +17,6 @@ The endpoint's tags carry ownership, the last-applied spec and the live deployme
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -45,6 +44,7 @@ from controller.backends.azureml.v2.splitting import (
 )
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind, WebserviceManifest
 from controller.structs.plans import Action, Change
 from controller.structs.rollouts import ROLLOUT_DIGEST_PREFIX
@@ -58,7 +58,7 @@ from controller.structs.states import (
     ResourceId,
 )
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 
 
@@ -95,7 +95,7 @@ class EndpointHandler(EndpointSplitting):
                 v1_services = list(v1.handlers[Kind.WEBSERVICE].read())
             except PermanentError as exc:
                 # Listing v1 services only finds migrations to plan: never a reason to stop a v2 reconcile.
-                log.warning("v1_services_unlisted reason=%r", str(exc)[:300])
+                log.warning("endpoint.v1_services_unlisted", reason=str(exc)[:300])
                 v1_services = []
             for service in v1_services:
                 if service.id.name not in names:
@@ -342,7 +342,7 @@ class EndpointHandler(EndpointSplitting):
             self.smoke_test(resource, m, ctx, new, live, reference)
         except (PermanentError, TransientError) as exc:
             # The new deployment never got traffic; the old one keeps serving.
-            log.warning("deployment_rejected endpoint=%s deployment=%s reason=%r", m.name, new, str(exc)[:300])
+            log.warning("deployment.rejected", endpoint=m.name, deployment=new, reason=str(exc)[:300])
             self._delete_deployment(m.name, new, ctx)
             if isinstance(exc, PermanentError):
                 raise PermanentError(f"new deployment {new} of {m.name} got no traffic and was deleted"
@@ -356,8 +356,8 @@ class EndpointHandler(EndpointSplitting):
         ctx.progress(f"{m.name}: 100% of traffic on {new}", 1.0)
         if live is not None:
             self._delete_deployment(m.name, live, ctx)
-        log.info("rollout_finished endpoint=%s deployment=%s previous=%s ready_s=%.1f total_s=%.1f",
-                 m.name, new, live, ready_s, time.monotonic() - started)
+        log.info("rollout.finished", endpoint=m.name, deployment=new, previous=live, ready_s=round(ready_s, 1),
+                 total_s=round(time.monotonic() - started, 1))
 
 
 def _manifest(resource: DesiredResource) -> WebserviceManifest:

@@ -11,18 +11,18 @@ A failure anywhere before the last step deletes the v2 endpoint and leaves v1 as
 from __future__ import annotations
 
 import functools
-import logging
 from typing import TYPE_CHECKING, Any, Final
 
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import WebserviceManifest
 from controller.structs.states import DesiredResource
 
 if TYPE_CHECKING:
     from controller.backends.azureml.v2.endpoints import EndpointHandler
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 KEEP_V1_ANNOTATION: Final = "amlops.dev/keep-v1"
 
@@ -75,7 +75,7 @@ def migrate(handler: EndpointHandler, v1: Any, resource: DesiredResource, m: Web
             credential = v1.get_token(m.name).access_token
         handler.rollout(resource, m, ctx, live=None, reference=(uri, credential))
     except (PermanentError, TransientError) as exc:
-        log.warning("migration_failed service=%s reason=%r", m.name, str(exc)[:300])
+        log.warning("migration.failed", service=m.name, reason=str(exc)[:300])
         ctx.progress(f"migrating {m.name} failed; the v1 service keeps serving", None)
         handler.delete_endpoint(m.name, ctx)
         if isinstance(exc, PermanentError):
@@ -83,11 +83,11 @@ def migrate(handler: EndpointHandler, v1: Any, resource: DesiredResource, m: Web
                                  reason=exc.reason) from exc
         raise
     new_uri = handler.scoring_uri(m.name)
-    log.info("migration_published service=%s scoring_uri=%s previous=%s", m.name, new_uri, uri)
+    log.info("migration.published", service=m.name, scoring_uri=new_uri, previous=uri)
     ctx.progress(f"{m.name} now served by v2 at {new_uri}", 1.0)
     published = f"migrated to Azure ML v2: scoring URI {new_uri} (was {uri}"
     if keep_v1(m):
-        log.info("migration_v1_kept service=%s annotation=%s", m.name, KEEP_V1_ANNOTATION)
+        log.info("migration.v1_kept", service=m.name, annotation=KEEP_V1_ANNOTATION)
         return f"{published}; the v1 service keeps running while {KEEP_V1_ANNOTATION} asks)"
     ctx.progress(f"deleting the v1 web service {m.name}", None)
     v1.delete(resource.id, ctx)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -34,6 +33,7 @@ from controller.backends.azureml.v2.probing import DEPLOYMENT_HEADER
 from controller.backends.azureml.v2.sessions import V2Session
 from controller.backends.base import ApplyContext
 from controller.structs.errors import PermanentError, TransientError
+from controller.structs.logformats import event_logger
 from controller.structs.manifests import WebserviceManifest
 from controller.structs.rollouts import Counters, RolloutState, Traffic, VersionFigures
 from controller.structs.states import DesiredResource
@@ -41,7 +41,7 @@ from controller.structs.states import DesiredResource
 if TYPE_CHECKING:
     from controller.backends.azureml.v2.endpoints import EndpointHandler
 
-log = logging.getLogger(__name__)
+log = event_logger(__name__)
 
 LIVE_TAG: Final = "amlops.dev/live-deployment"
 ROLLOUT_TAG: Final = "amlops.dev/rollout"
@@ -180,7 +180,7 @@ class EndpointSplitting:
         what = f"create deployment {deployment.name} of endpoint {m.name}"
         ctx.progress(what, None)
         s.call(what, lambda: s.client.online_deployments.begin_create_or_update(deployment, skip_script_validation=True))
-        log.info("candidate_started endpoint=%s deployment=%s live=%s", m.name, deployment.name, live)
+        log.info("candidate.started", endpoint=m.name, deployment=deployment.name, live=live)
 
     def _candidate(self, service: str) -> tuple[Any, str, str]:
         raw, live = self._live(service)
@@ -227,7 +227,7 @@ class EndpointSplitting:
         raw, live, name = self._candidate(service)
         traffic = {live: 100 - weight, name: weight} if 0 < weight < 100 else {name: 100} if weight >= 100 else {live: 100}
         self._rewrite(raw, traffic=traffic, what=f"update endpoint {service} (traffic {json.dumps(traffic, sort_keys=True)})")
-        log.info("traffic_split endpoint=%s candidate=%s weight=%d", service, name, weight)
+        log.info("traffic.split", endpoint=service, candidate=name, weight=weight)
 
     # -- figures -------------------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class EndpointSplitting:
                 **keep}
         self._rewrite(raw, tags=tags, traffic={name: 100}, what=f"make deployment {name} live on endpoint {m.name}")
         self._delete_others(m.name, name, wait=False)
-        log.info("candidate_promoted endpoint=%s deployment=%s previous=%s", m.name, name, live)
+        log.info("candidate.promoted", endpoint=m.name, deployment=name, previous=live)
 
     def promoted(self, service: str) -> bool:
         """Whether the candidate is live and the only deployment left (deletes interrupted earlier are started again)."""
@@ -328,7 +328,7 @@ class EndpointSplitting:
                 raise
             if wait:
                 s.wait(f"delete deployment {name}", poller)
-            log.info("deployment_deleted endpoint=%s deployment=%s", service, name)
+            log.info("deployment.deleted", endpoint=service, deployment=name)
 
     def _handler(self) -> EndpointHandler:
         from controller.backends.azureml.v2.endpoints import EndpointHandler
@@ -347,6 +347,6 @@ def state_of(tags: Mapping[str, Any] | None) -> RolloutState | None:
         data = json.loads(text)
         return RolloutState.from_json({**data, "request": tags.get(REQUEST_TAG) or None})
     except (ValueError, TypeError, KeyError):
-        log.warning("rollout_tag_unreadable")
+        log.warning("rollout.tag_unreadable")
         return None
 
