@@ -136,6 +136,9 @@ class _AssetHandler:
     def _observe(self, asset: Any) -> ActualResource:
         raise NotImplementedError
 
+    def _register(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        raise NotImplementedError
+
     def forget(self, name: str) -> None:
         """Drop what was read of ``name`` (amlops writes to it): the next read lists its versions again."""
         with self._lock:
@@ -180,9 +183,20 @@ class _AssetHandler:
                 del self._seen[gone]
         return found
 
+    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Register the asset under its content-hash version (nothing when that version exists).
+
+        What was read of it is forgotten before and after, so no read overlapping the write keeps it.
+        """
+        self.forget(resource.id.name)
+        try:
+            self._register(resource, ctx)
+        finally:
+            self.forget(resource.id.name)
+
     def update(self, resource: DesiredResource, change: Change, ctx: ApplyContext) -> None:
         """Register the new version (assets are versioned, never changed)."""
-        self.create(resource, ctx)  # type: ignore[attr-defined]
+        self.create(resource, ctx)
 
     def delete(self, id: ResourceId, ctx: ApplyContext) -> None:
         """Archive the versions this controller registered (Azure ML v2 assets are archived, not deleted)."""
@@ -216,15 +230,8 @@ class EnvironmentHandler(_AssetHandler):
     def _operations(self) -> Any:
         return self.session.client.environments
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Register the environment under its content-hash version (nothing when that version exists)."""
-        self.forget(resource.id.name)
-        try:
-            self._register(resource, ctx)
-        finally:
-            self.forget(resource.id.name)
-
     def _register(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Register the environment under its content-hash version (nothing when that version exists)."""
         from azure.ai.ml.entities import Environment
 
         m = resource.manifest
@@ -257,15 +264,8 @@ class ModelHandler(_AssetHandler):
     def _operations(self) -> Any:
         return self.session.client.models
 
-    def create(self, resource: DesiredResource, ctx: ApplyContext) -> None:
-        """Upload and register the model under its content-hash version (nothing when that version exists)."""
-        self.forget(resource.id.name)
-        try:
-            self._register(resource, ctx)
-        finally:
-            self.forget(resource.id.name)
-
     def _register(self, resource: DesiredResource, ctx: ApplyContext) -> None:
+        """Upload and register the model under its content-hash version (nothing when that version exists)."""
         from azure.ai.ml.entities import Model
 
         m = resource.manifest
