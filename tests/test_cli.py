@@ -296,7 +296,7 @@ def test_apply_exits_0_on_success_and_2_only_with_detailed_exitcode_when_it_chan
 
 
 def test_the_same_manifests_name_one_source_whichever_folder_amlops_runs_from(git_repo: Repo) -> None:
-    from controller.cli.contexts import source_of
+    from controller.core.connecting import source_for as source_of
 
     root = git_repo.root
     inside = source_of(root, ".")
@@ -304,7 +304,8 @@ def test_the_same_manifests_name_one_source_whichever_folder_amlops_runs_from(gi
     # From the repo's parent (`amlops apply repo`): the Git work tree, not the working directory, names it.
     assert source_of(root.parent, "repo") == inside
     assert source_of(root.parent, "repo/manifests") == source_of(root, "manifests") == f"{root}//manifests"
-    # Outside any Git work tree the folder given is the source.
+    # Outside any Git work tree the folder holding the manifests is the source, from wherever it is named.
     plain = root.parent / "plain"
-    plain.mkdir()
+    (plain / "manifests").mkdir(parents=True)
     assert source_of(plain, ".") == f"{plain}//."
+    assert source_of(plain, "manifests") == source_of(plain.parent, "plain/manifests") == f"{plain}/manifests//."

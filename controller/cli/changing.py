@@ -17,9 +17,9 @@ from controller.cli.contexts import (
     render_plan,
     root_and_path,
     settings_of,
-    source_of,
     use_color,
 )
+from controller.core.connecting import source_for
 from controller.core.deleting import delete
 from controller.core.reconciling import ReconcileOptions, apply_once, plan_once
 from controller.core.recording import Recorder
@@ -58,7 +58,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.base:
         return _plan_between_refs(args, settings)
     root, path = root_and_path(args.path_arg)
-    options = ReconcileOptions(controller_name=settings.controller_name, source=source_of(root, path),
+    options = ReconcileOptions(controller_name=settings.controller_name, source=source_for(root, path),
                                allow_mass_delete=args.allow_mass_delete)
     pool = open_pool(settings)
     try:
@@ -104,7 +104,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     pool = open_pool(settings)
     try:
         # The same source name as ``amlops run --repo <this folder> --path <path>``: one inventory.
-        options = ReconcileOptions(controller_name=settings.controller_name, source=source_of(root, path),
+        options = ReconcileOptions(controller_name=settings.controller_name, source=source_for(root, path),
                                    allow_mass_delete=args.allow_mass_delete,
                                    parallelism=args.parallelism, progress=progress, backend_progress=progress.backend,
                                    confirm=confirm)

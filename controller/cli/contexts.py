@@ -17,7 +17,7 @@ from controller.settings import Settings, resolve_settings
 from controller.structs.errors import ValidationFailed
 from controller.structs.plans import Plan
 from controller.structs.results import ExecutionEvent, ExecutionPhase
-from controller.structs.states import ResourceId, source_id
+from controller.structs.states import ResourceId
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_USAGE = 0, 1, 2, 64
 
@@ -45,20 +45,6 @@ def root_and_path(target: str) -> tuple[Path, str]:
         if top is not None:
             return top, absolute.relative_to(top).as_posix() or "."
         return base, "." if absolute.is_dir() else absolute.name
-
-
-def source_of(root: Path, path: str) -> str:
-    """The inventory name of manifests at ``root/path``: from the Git work tree that holds them, if any.
-
-    ``amlops apply repo`` from the repo's parent and ``amlops apply .`` inside it name one source
-    (``/x/repo//.``), so neither takes the other's resources for another source's.
-    """
-    target = (root / path).absolute()
-    base = target if target.is_dir() else target.parent
-    top = next((p for p in (base, *base.parents) if (p / ".git").exists()), None)
-    if top is None:
-        return source_id(str(root), None, path)
-    return source_id(str(top), None, target.relative_to(top).as_posix() or ".")
 
 
 def open_pool(settings: Settings) -> BackendPool:

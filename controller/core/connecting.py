@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from controller.backends.base import Backend, ServiceAccess, TrafficSplitting
 from controller.sources.loading import load_desired_state
+from controller.sources.revisions import local_source
 from controller.structs.errors import PermanentError
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import AnyManifest, Kind, WebserviceManifest, WorkspaceManifest
@@ -212,3 +213,9 @@ class _LogFiles(Protocol):
 def log_file(access: ServiceAccess, service: str, replica: int) -> Path | None:
     """The file a replica's log is written to, where the backend keeps it on this machine (what ``logs --follow`` tails)."""
     return access.log_path(service, replica) if isinstance(access, _LogFiles) else None
+
+
+def source_for(root: Path, path: str) -> str:
+    """The inventory name of the manifests at ``root/path`` on this machine (``sources.revisions.local_source``)."""
+    target = (root / path).absolute()
+    return local_source(target if target.is_dir() else target.parent)

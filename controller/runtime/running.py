@@ -46,6 +46,7 @@ from controller.runtime.statuses import StatusBoard
 from controller.runtime.waking import Signals, Wakeup
 from controller.settings import Settings, resolve_settings
 from controller.sources.gitting import SourceUnavailable
+from controller.sources.revisions import local_source
 from controller.structs.logformats import event_logger
 from controller.structs.manifests import Kind
 from controller.structs.plans import Action
@@ -105,7 +106,8 @@ class Controller:
             detect_only=args.detect_only,
         )
         # The name of what this controller follows: its inventory is what this source applied.
-        self.source_id = source_id(self.source.display_url, args.branch, args.path)
+        self.source_id = (local_source(Path(self.source.display_url) / args.path) if self.followed.kind == "folder"
+                          else source_id(self.source.display_url, args.branch, args.path))
         self.recorder = Recorder(self.state_dir)
         # Credentials a backend resolves (e.g. a service principal's secret) join the redacted set.
         self.backends = BackendPool(self.state_dir, self.name, on_secrets=self.redactor.add_secrets)

@@ -14,9 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.structs.errors import RevisionUnavailable
+from controller.structs.states import source_id
 
 if TYPE_CHECKING:
     import git  # imported when used: a CLI run that reads no Git history never loads GitPython
+
+
+def local_source(folder: Path) -> str:
+    """The inventory name of the manifests in a local ``folder``: from the Git work tree that holds it, if any.
+
+    ``amlops apply repo`` from the repo's parent, ``amlops apply .`` inside it and a controller
+    following the folder all name one source (``/x/repo//manifests``), so none of them takes the
+    others' resources for another source's. Outside any work tree the folder itself is the source.
+    """
+    target = folder.absolute()
+    top = next((p for p in (target, *target.parents) if (p / ".git").exists()), None)
+    if top is None:
+        return source_id(str(target), None, ".")
+    return source_id(str(top), None, target.relative_to(top).as_posix() or ".")
 
 
 def revision_of(root: Path) -> str:
