@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STATE  ?= .state
+TEST_WORKERS ?= 3
 
 .PHONY: run test lint setup tools plan bench gpu-check clean
 
@@ -42,7 +43,7 @@ run: $(STAMP)
 
 ## The whole test suite.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## Static checks: ruff, mypy (strict on controller/), import-linter layering, schemas up to date.
 lint: $(STAMP)
