@@ -279,6 +279,9 @@ class Emulator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        from controller.emulator.deploying import stop_services
+
+        stop_services(self.state_dir)  # its services' replicas outlive it by design; a benchmark must not leak them
 
 
 def write_azureml_repo(root: Path, config: dict[str, str], envs: int, models: int, services: int,

@@ -350,3 +350,25 @@ class RecordOnlyDataPlane:
 
     def close(self) -> None:
         pass
+
+
+def stop_services(state_dir: Path) -> None:
+    """Delete every service an emulator's data plane left running under ``state_dir`` (after it stopped).
+
+    Services outlive the emulator by design (a restarted one re-adopts them); a test or benchmark
+    run that is over must not leave their supervisors and replicas behind.
+    """
+    from controller.backends.base import ApplyContext
+    from controller.backends.local import LocalBackend
+
+    local = state_dir / "dataplane" / "local"
+    if not local.exists():
+        return
+    backend = LocalBackend(local, CONTROLLER_NAME)
+    ctx = ApplyContext(CONTROLLER_NAME, "cleanup", str(state_dir), DesiredState("cleanup", str(state_dir), {}))
+    try:
+        for resource in backend.read():
+            if resource.id.kind is Kind.WEBSERVICE:
+                backend.delete(resource.id, ctx)
+    finally:
+        backend.close()

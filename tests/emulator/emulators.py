@@ -109,21 +109,11 @@ class RunningEmulator:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        local = self.state_dir / "dataplane" / "local"
-        if keep_services or not local.exists():
-            return
-        # Services outlive the emulator by design (re-adopted on restart); a test run must not leak them.
-        from controller.backends.base import ApplyContext
-        from controller.backends.local import LocalBackend
-        from controller.structs.manifests import Kind
-        from controller.structs.states import DesiredState
+        if not keep_services:
+            # Services outlive the emulator by design (re-adopted on restart); a test run must not leak them.
+            from controller.emulator.deploying import stop_services
 
-        backend = LocalBackend(local, "amlops-emulator")
-        ctx = ApplyContext("amlops-emulator", "cleanup", str(self.state_dir), DesiredState("cleanup", str(self.state_dir), {}))
-        for resource in backend.read():
-            if resource.id.kind is Kind.WEBSERVICE:
-                backend.delete(resource.id, ctx)
-        backend.close()
+            stop_services(self.state_dir)
 
 
 def start_emulator(state_dir: Path, *args: str, gpus: list[dict[str, Any]] | None = None) -> RunningEmulator:
