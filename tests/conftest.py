@@ -1,4 +1,4 @@
-"""Suite-wide GPU settings.
+"""Suite-wide GPU settings, and fixtures tests in several folders share.
 
 Every process the suite starts sees the GPUs ``AMLOPS_GPU_INVENTORY`` lists: none, unless the
 variable is already set (to run the suite as a machine with some GPUs) or a test hands its own
@@ -9,10 +9,14 @@ reports no GPU (never passing silently), and by ``make gpu-check``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import socket
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU: {real_gpus().reason}")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def silent_remote() -> Iterator[str]:
+    """An HTTP Git remote that accepts connections and never answers (a hung proxy or server)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/org/repo.git"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -165,29 +163,6 @@ def test_redaction_covers_quoted_and_base64_forms() -> None:
     assert TOKEN not in redact(text, [TOKEN]) and "***" in redact(text, [TOKEN])
     assert split_credentials("https://u:p%40ss@host/r.git") == ("https://host/r.git", "u", "p@ss")
     assert split_credentials("git@github.com:org/repo.git") == ("git@github.com:org/repo.git", None, None)
-
-
-@pytest.fixture
-def silent_remote() -> Iterator[str]:
-    """An HTTP remote that accepts connections and never answers (a hung proxy or server)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError, OSError):
-                held.append(listener.accept()[0])
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/org/repo.git"
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
 
 
 def test_a_remote_that_never_answers_is_reported_unreachable_after_the_timeout(
